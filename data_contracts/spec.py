@@ -1,0 +1,198 @@
+"""The feature spec: the single declaration of names, order, dtypes, ranges and categories.
+
+Everything else (pandera schemas, ONNX input names, the bento request model, the Evidently
+column mapping) is derived from a :class:`FeatureSpec`. The spec is plain data, loadable from
+YAML or JSON, and identified everywhere by :meth:`FeatureSpec.spec_hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Categorical features are fed to ONNX as strings, which cannot be null: a missing category is
+# replaced by this token in both training and serving (see ``model_frame``).
+MISSING_CATEGORY = "__missing__"
+
+
+class FeatureKind(StrEnum):
+    """How a feature is encoded; decides its pandas dtype and its ONNX input type."""
+
+    NUMERIC = "numeric"  # float
+    INTEGER = "integer"  # whole number, fed to the model as float
+    BOOLEAN = "boolean"  # true/false, fed to the model as 0.0/1.0
+    CATEGORICAL = "categorical"  # string from an allowed set
+
+
+class Feature(BaseModel):
+    """One model input: its name, kind, allowed values and whether it may be null."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: FeatureKind
+    description: str = ""
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+    allow_unknown_categories: bool = False
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> Feature:
+        if self.kind == FeatureKind.CATEGORICAL:
+            if not self.categories:
+                raise ValueError(f"feature {self.name!r}: a categorical feature needs categories")
+            if MISSING_CATEGORY in self.categories:
+                raise ValueError(f"feature {self.name!r}: {MISSING_CATEGORY!r} is reserved")
+            if self.min is not None or self.max is not None:
+                raise ValueError(f"feature {self.name!r}: min/max apply to numbers only")
+        else:
+            if self.categories is not None:
+                raise ValueError(f"feature {self.name!r}: categories apply to categorical only")
+            if self.kind == FeatureKind.BOOLEAN and (self.min is not None or self.max is not None):
+                raise ValueError(f"feature {self.name!r}: min/max do not apply to booleans")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+            for bound in (self.min, self.max):
+                if bound is not None and not math.isfinite(bound):
+                    raise ValueError(f"feature {self.name!r}: bounds must be finite numbers")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for every kind fed to the model as a float tensor."""
+        return self.kind != FeatureKind.CATEGORICAL
+
+
+class LabelSpec(BaseModel):
+    """The target column and which of its values is the positive (fraud) class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    positive: str | int | bool
+    negative: str | int | bool
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LabelSpec:
+        if str(self.positive) == str(self.negative):
+            raise ValueError("label: positive and negative values must differ")
+        return self
+
+
+class FeatureSpec(BaseModel):
+    """A data contract for one binary-classification table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Model name: the MLflow registered model, the bento and the image.",
+    )
+    version: int = 1
+    description: str = ""
+    id_column: str
+    event_time_column: str | None = None
+    label: LabelSpec
+    features: tuple[Feature, ...]
+
+    @field_validator("features")
+    @classmethod
+    def _non_empty(cls, value: tuple[Feature, ...]) -> tuple[Feature, ...]:
+        if not value:
+            raise ValueError("features: at least one feature is required")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeatureSpec:
+        names = [f.name for f in self.features]
+        others = [self.id_column, self.label.name]
+        if self.event_time_column:
+            others.append(self.event_time_column)
+        seen: set[str] = set()
+        for name in names + others:
+            if name in seen:
+                raise ValueError(f"column {name!r} is declared twice")
+            seen.add(name)
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names in the pinned order: the ONNX input order and the serving order."""
+        return [f.name for f in self.features]
+
+    @property
+    def numeric_features(self) -> list[Feature]:
+        return [f for f in self.features if f.is_numeric]
+
+    @property
+    def categorical_features(self) -> list[Feature]:
+        return [f for f in self.features if not f.is_numeric]
+
+    def feature(self, name: str) -> Feature:
+        """The feature called ``name``; KeyError names the unknown feature."""
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown feature {name!r}")
+
+    def canonical_json(self) -> str:
+        """The spec as canonical JSON: sorted keys, no whitespace; the input of the hash."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        """A stable sha256 of the spec's content (first 16 hex digits), used as its identity."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def label_to_int(self, value: Any) -> int:
+        """Map a raw label value to 1 (positive) or 0 (negative); ValueError otherwise."""
+        if _same(value, self.label.positive):
+            return 1
+        if _same(value, self.label.negative):
+            return 0
+        raise ValueError(
+            f"label {self.label.name!r}: {value!r} is neither the positive value "
+            f"{self.label.positive!r} nor the negative value {self.label.negative!r}"
+        )
+
+
+def _same(value: Any, expected: str | int | bool) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return str(value).lower() == str(expected).lower()
+    return str(value) == str(expected)
+
+
+def parse_spec(data: dict[str, Any]) -> FeatureSpec:
+    """Build a spec from a plain dict (the content of a YAML or JSON spec file)."""
+    return FeatureSpec.model_validate(data)
+
+
+def load_spec(path: str | Path) -> FeatureSpec:
+    """Load a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    elif path.suffix.lower() in {".yaml", ".yml"}:
+        data = yaml.safe_load(text)
+    else:
+        raise ValueError(f"spec file {path}: expected .yaml, .yml or .json, got {path.suffix!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"spec file {path}: expected a mapping at the top level")
+    return parse_spec(data)
+
+
+DEFAULT_SPEC_PATH = Path(__file__).with_name("fraud_spec.yaml")
+
+
+def default_spec() -> FeatureSpec:
+    """The card-fraud spec shipped with the project (the embedded default)."""
+    return load_spec(DEFAULT_SPEC_PATH)
