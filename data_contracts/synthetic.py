@@ -206,7 +206,6 @@ INVALID_KINDS: tuple[tuple[str, str, object], ...] = (
     ("null credit limit", "credit_limit", np.nan),
     ("duplicate id", "transaction_id", None),
     ("label outside the set", "is_fraud", 7),
-    ("amount is text", "amount", "12,50 EUR"),
 )
 
 

@@ -1,0 +1,168 @@
+"""MLflow side effects: the training run, the logged ONNX model, registration and the alias.
+
+Every function takes the :class:`Settings` (or an explicit client) and does one thing; the gate
+decision is made elsewhere and only read here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import onnx
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from data_contracts.spec import FeatureSpec
+from flows.onnx_export import sha256
+from flows.settings import PROJECT_ROOT, Settings
+
+ONNX_FILE = "model.onnx"
+SPEC_FILE = "feature_spec.json"
+SPEC_IN_MODEL = f"extra_files/{SPEC_FILE}"  # where mlflow puts extra_files
+MODEL_NAME_IN_RUN = "onnx_model"
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the settings' tracking URI and make sure the experiment exists."""
+    if settings.uses_local_mlflow:
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    if client.get_experiment_by_name(settings.experiment_name) is None:
+        location = settings.artifact_root.resolve().as_uri() if settings.uses_local_mlflow else None
+        try:
+            client.create_experiment(settings.experiment_name, artifact_location=location)
+        except MlflowException:
+            if client.get_experiment_by_name(settings.experiment_name) is None:
+                raise  # not a concurrent create of the same experiment
+    mlflow.set_experiment(settings.experiment_name)
+    return client
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    """The project's current git commit (with '-dirty' when the tree has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+@dataclass(frozen=True)
+class ChampionModel:
+    """The champion's registry entry and its downloaded ONNX model with its metadata."""
+
+    version: ModelVersion
+    model_bytes: bytes
+    threshold: float
+    spec: dict[str, Any]
+    spec_hash: str
+    sha256: str
+
+
+def current_champion(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None when the model or alias does not exist yet."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as err:
+        if err.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        raise
+
+
+def download_model(version: ModelVersion, dest: Path) -> ChampionModel:
+    """Download a registered version's ONNX file and metadata; verify its sha256."""
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
+    )
+    model_bytes = (local / ONNX_FILE).read_bytes()
+    meta = mlflow.models.Model.load(str(local)).metadata or {}
+    digest = sha256(model_bytes)
+    if meta.get("sha256") and meta["sha256"] != digest:
+        raise ValueError(
+            f"model {version.name} v{version.version}: ONNX sha256 {digest} does not match the "
+            f"registered {meta['sha256']}"
+        )
+    return ChampionModel(
+        version=version,
+        model_bytes=model_bytes,
+        threshold=float(meta["threshold"]),
+        spec=json.loads((local / SPEC_IN_MODEL).read_text()),
+        spec_hash=str(meta["spec_hash"]),
+        sha256=digest,
+    )
+
+
+def log_onnx_model(
+    model_bytes: bytes,
+    spec: FeatureSpec,
+    threshold: float,
+    work_dir: Path,
+    extra_metadata: dict[str, Any],
+) -> str:
+    """Log the ONNX model into the active run with its spec, threshold and sha256; return its URI.
+
+    The spec file and the metadata travel inside the model directory, so every registered version
+    carries what it needs to be served and re-scored.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = work_dir / SPEC_FILE
+    spec_path.write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    metadata = {
+        "sha256": sha256(model_bytes),
+        "threshold": threshold,
+        "spec_hash": spec.spec_hash(),
+        "feature_names": spec.feature_names,
+        **extra_metadata,
+    }
+    info = mlflow.onnx.log_model(
+        onnx.load_from_string(model_bytes),
+        name=MODEL_NAME_IN_RUN,
+        metadata=metadata,
+        extra_files=[str(spec_path)],
+        save_as_external_data=False,
+        pip_requirements=["onnxruntime"],
+    )
+    return info.model_uri
+
+
+def find_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from ``run_id``, if any (registration is idempotent)."""
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return versions[0] if versions else None
+
+
+def register_version(
+    client: MlflowClient, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> ModelVersion:
+    """Register the logged model (once per run) and set its tags."""
+    existing = find_version(client, model_name, run_id)
+    version = existing or mlflow.register_model(model_uri, model_name, tags=tags)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version.version, key, value)
+    return client.get_model_version(model_name, version.version)
+
+
+def move_alias(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``."""
+    client.set_registered_model_alias(model_name, alias, version)

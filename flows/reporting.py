@@ -1,0 +1,95 @@
+"""What a person reads about a release: plots for MLflow and the Prefect markdown summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only written to files
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve
+
+from flows.gate import ChampionScore, Decision
+from flows.training import Metrics
+
+
+def pr_curve_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:
+    """Precision-recall curve on the holdout with the tuned threshold's operating point."""
+    precision, recall, _ = precision_recall_curve(y_true, scores)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(recall, precision, lw=1.5, label=f"PR-AUC {metrics.pr_auc:.3f}")
+    ax.scatter([metrics.recall], [metrics.precision], color="red", zorder=3,
+               label=f"threshold {metrics.threshold:.3f}, F1 {metrics.f1:.3f}")  # fmt: skip
+    ax.set(xlabel="recall", ylabel="precision", title="Holdout precision-recall", xlim=(0, 1),
+           ylim=(0, 1.02))  # fmt: skip
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(metrics: Metrics) -> Figure:
+    """Confusion matrix on the holdout at the tuned threshold."""
+    cells = np.array([[metrics.tn, metrics.fp], [metrics.fn, metrics.tp]])
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    ax.imshow(cells, cmap="Blues")
+    for (i, j), value in np.ndenumerate(cells):
+        ax.text(j, i, f"{value:,}", ha="center", va="center",
+                color="white" if value > cells.max() / 2 else "black")  # fmt: skip
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["legit", "fraud"],
+           yticklabels=["legit", "fraud"], xlabel="predicted", ylabel="actual",
+           title=f"Holdout at threshold {metrics.threshold:.3f}")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def release_markdown(
+    *,
+    model_name: str,
+    decision: Decision | None,
+    metrics: Metrics | None,
+    champion: ChampionScore | None,
+    facts: dict[str, Any],
+    stopped: str | None = None,
+) -> str:
+    """The Prefect artifact of a train-and-release run: outcome first, then the numbers."""
+    if stopped:
+        head = f"## {model_name}: STOPPED before training\n\n{stopped}\n"
+    elif decision is not None and decision.promote:
+        head = f"## {model_name}: PROMOTED to champion (v{facts.get('version')})\n"
+    else:
+        head = f"## {model_name}: BLOCKED (v{facts.get('version')} registered, alias unchanged)\n"
+        if decision is not None:
+            head += "\n" + "\n".join(f"- {r}" for r in decision.reasons) + "\n"
+    lines = [head]
+    if decision is not None:
+        lines += ["| check | passed | detail |", "| --- | --- | --- |"]
+        lines += [
+            f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |"
+            for c in decision.checks
+        ]
+        lines.append("")
+    if metrics is not None:
+        champ = champion.f1 if champion else None
+        lines += [
+            "| holdout metric | candidate | champion |",
+            "| --- | --- | --- |",
+            f"| F1 | {_fmt(metrics.f1)} | {_fmt(champ)} |",
+            f"| precision | {_fmt(metrics.precision)} | |",
+            f"| recall | {_fmt(metrics.recall)} | |",
+            f"| PR-AUC | {_fmt(metrics.pr_auc)} | |",
+            f"| ROC-AUC | {_fmt(metrics.roc_auc)} | |",
+            f"| threshold | {_fmt(metrics.threshold)} | |",
+            f"| rows / positives | {metrics.rows:,} / {metrics.positives:,} | |",
+            "",
+        ]
+    if facts:
+        lines += ["| fact | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in facts.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""One settings object for every flow run: where state lives and which servers to talk to.
+
+All state of the embedded default lives under one git-ignored home folder (``.fraud`` in the
+project, or ``FRAUD_HOME``). ``MLFLOW_TRACKING_URI`` points the pipeline at a real tracking
+server instead of the local SQLite store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Locations and service addresses; built once per flow run and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+
+    home: Path = Field(PROJECT_ROOT / ".fraud", description="Root of all local state.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FRAUD_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server; default: SQLite under the home folder.",
+    )
+    experiment_name: str = "train-and-release"
+    champion_alias: str = "champion"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking (and registry) URI in force."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def uses_local_mlflow(self) -> bool:
+        return not self.mlflow_tracking_uri
+
+    @property
+    def artifact_root(self) -> Path:
+        """Artifact root of the embedded MLflow store."""
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def default_data_path(self) -> Path:
+        """The generated data set that ``make run`` trains on."""
+        return self.data_dir / "transactions.parquet"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for downloads and exports of a run."""
+        return self.home / "work"

@@ -1,0 +1,235 @@
+"""The ``train-and-release`` Prefect flow: thin wiring over the steps in ``flows.release``.
+
+load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> score champion
+-> F1 gate -> track in MLflow -> register -> move ``champion`` only when every gate passed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from data_contracts.schemas import LABEL_INT, ValidationResult
+from data_contracts.spec import FeatureSpec, default_spec, load_spec
+from flows import registry, release
+from flows.data_io import file_digest, load_table, write_quarantine
+from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
+from flows.reporting import release_markdown
+from flows.settings import Settings
+from flows.training import Splits, TrainParams, split
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+
+@task(name="load-data", cache_policy=NO_CACHE, **IO_RETRIES)
+def load_data(path: Path) -> tuple[pd.DataFrame, str]:
+    return load_table(path), file_digest(path)
+
+
+@task(name="validate-contract", cache_policy=NO_CACHE)
+def validate_data(df: pd.DataFrame, spec: FeatureSpec) -> ValidationResult:
+    return release.validate(df, spec)
+
+
+@task(name="write-quarantine", cache_policy=NO_CACHE, **IO_RETRIES)
+def save_quarantine(result: ValidationResult, folder: Path, digest: str) -> Path | None:
+    return write_quarantine(result, folder, digest)
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_data(df: pd.DataFrame, spec: FeatureSpec, holdout: float, validation: float) -> Splits:
+    return split(df, spec, holdout, validation)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(splits: Splits, spec: FeatureSpec, params: TrainParams) -> release.TrainedCandidate:
+    return release.train_candidate(splits, spec, params)
+
+
+@task(name="export-onnx-and-parity", cache_policy=NO_CACHE)
+def export(
+    candidate: release.TrainedCandidate, holdout: pd.DataFrame, spec: FeatureSpec, tol: float
+) -> release.ExportedModel:
+    return release.export_with_parity(candidate, holdout, spec, tol)
+
+
+@task(name="score-champion", cache_policy=NO_CACHE, **IO_RETRIES)
+def champion_score(
+    settings: Settings, model_name: str, holdout: pd.DataFrame, spec: FeatureSpec
+) -> ChampionScore | None:
+    client = registry.configure(settings)
+    version = registry.current_champion(client, model_name, settings.champion_alias)
+    if version is None:
+        return None
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    return release.score_champion(version, holdout, spec, settings.work_dir)
+
+
+@task(name="f1-gate", cache_policy=NO_CACHE)
+def gate(
+    candidate: release.TrainedCandidate,
+    exported: release.ExportedModel,
+    champion: ChampionScore | None,
+    policy: GatePolicy,
+) -> Decision:
+    return decide_promotion(candidate.metrics, exported.parity, champion, policy)
+
+
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def start_run(settings: Settings, model_name: str) -> str:
+    return release.start_run(settings, model_name, str(runtime.flow_run.id or "") or None)
+
+
+@task(name="track-in-mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
+def track(settings: Settings, run_id: str, record: release.ReleaseRecord, raw: pd.DataFrame) -> str:
+    return release.track(settings, run_id, record, raw)
+
+
+@task(name="register-version", cache_policy=NO_CACHE, **IO_RETRIES)
+def register(
+    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> str:
+    client = registry.configure(settings)
+    return str(release.register(client, model_name, model_uri, run_id, tags).version)
+
+
+@task(name="promote", cache_policy=NO_CACHE, **IO_RETRIES)
+def promote(settings: Settings, model_name: str, version: str) -> None:
+    client = registry.configure(settings)
+    registry.move_alias(client, model_name, settings.champion_alias, version)
+
+
+def _resolve_inputs(
+    settings: Settings, data_path: str | None, spec_path: str | None
+) -> tuple[Path, FeatureSpec]:
+    spec = load_spec(spec_path) if spec_path else default_spec()
+    path = Path(data_path) if data_path else settings.default_data_path
+    if not path.exists():
+        hint = " (generate it with `make data`)" if not data_path else ""
+        raise FileNotFoundError(f"data file {path} does not exist{hint}")
+    return path, spec
+
+
+@flow(name="train-and-release", log_prints=True)
+def train_and_release(
+    data_path: str | None = None,
+    spec_path: str | None = None,
+    model_name: str | None = None,
+    params: TrainParams = TrainParams(),  # noqa: B008 - pydantic models are immutable
+    policy: GatePolicy = GatePolicy(),  # noqa: B008
+    holdout_fraction: float = 0.2,
+    validation_fraction: float = 0.2,
+) -> State:
+    """Train a candidate on contract-validated data and promote it only if every gate passes.
+
+    Args:
+        data_path: CSV or Parquet with labelled rows; default: the generated data set.
+        spec_path: YAML or JSON feature spec; default: the card-fraud spec.
+        model_name: registered model name; default: the spec's ``name``.
+        params: classifier hyper-parameters (``cripple`` trains a deliberately bad model).
+        policy: gate thresholds (F1 floor, champion tolerance, parity, quarantine limit).
+        holdout_fraction: share of each class in the frozen holdout.
+        validation_fraction: share of the rest used to tune the threshold.
+    """
+    logger = get_run_logger()
+    settings = Settings()
+    path, spec = _resolve_inputs(settings, data_path, spec_path)
+    name = model_name or spec.name
+    started = time.perf_counter()
+
+    def step(msg: str) -> None:
+        logger.info("[%6.1fs] %s", time.perf_counter() - started, msg)
+
+    step(f"loading {path} (spec {spec.name} {spec.spec_hash()})")
+    raw, digest = load_data(path)
+    step(f"validating {len(raw):,} rows against the contract")
+    result = validate_data(raw, spec)
+    quarantine = save_quarantine(result, settings.quarantine_dir, digest)
+    step(result.summary() + (f"\nquarantine file: {quarantine}" if quarantine else ""))
+    try:
+        release.enforce_contract(result, policy)
+    except release.ContractViolation as err:
+        create_markdown_artifact(
+            key="release-decision",
+            markdown=release_markdown(
+                model_name=name,
+                decision=None,
+                metrics=None,
+                champion=None,
+                facts={"data": str(path), "quarantine file": str(quarantine or "none")},
+                stopped=f"```\n{err}\n```",
+            ),
+            description=f"{name}: stopped by the data contract",
+        )
+        raise
+
+    splits = split_data(result.valid, spec, holdout_fraction, validation_fraction)
+    sizes = {k: len(getattr(splits, k)) for k in ("train", "validation", "holdout")}
+    step(f"split {sizes}; training {params.classifier}")
+    candidate = train(splits, spec, params)
+    step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")
+    exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
+    step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
+    champion = champion_score(settings, name, splits.holdout, spec)
+    decision = gate(candidate, exported, champion, policy)
+    step(f"gate: {decision.outcome} {decision.reasons or ''}")
+
+    record = release.ReleaseRecord(
+        spec=spec,
+        params=params,
+        policy=policy,
+        data_path=str(path.resolve()),
+        data_digest=digest,
+        raw_rows=len(raw),
+        validation=result,
+        quarantine_path=str(quarantine) if quarantine else None,
+        splits_sizes=sizes,
+        candidate=candidate,
+        exported=exported,
+        champion=champion,
+        decision=decision,
+        git_commit=registry.git_commit(),
+        y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
+    )
+    run_id = start_run(settings, name)
+    model_uri = track(settings, run_id, record, raw)
+    version = register(settings, name, model_uri, run_id, release.version_tags(record, run_id))
+    if decision.promote:
+        promote(settings, name, version)
+    facts = release.summary_facts(record, version, run_id, settings)
+    create_markdown_artifact(
+        key="release-decision",
+        markdown=release_markdown(
+            model_name=name,
+            decision=decision,
+            metrics=candidate.metrics,
+            champion=champion,
+            facts=facts,
+        ),
+        description=f"{name} v{version}: {decision.outcome}",
+    )
+    outcome: dict[str, Any] = {
+        "model_name": name,
+        "version": version,
+        "run_id": run_id,
+        "outcome": decision.outcome,
+        "reasons": decision.reasons,
+        "holdout_f1": candidate.metrics.f1,
+        "champion_version": version if decision.promote else (champion and champion.version),
+    }
+    step(f"{name} v{version}: {decision.outcome}")
+    if decision.promote:
+        return Completed(message=f"{name} v{version} promoted to champion", data=outcome)
+    return Completed(
+        name="Blocked",
+        message=f"{name} v{version} blocked: " + "; ".join(decision.reasons),
+        data=outcome,
+    )
