@@ -148,8 +148,41 @@ class ReleaseRecord:
     champion: ChampionScore | None
     decision: Decision
     git_commit: str
+    reference: pd.DataFrame | None = None
     flow_run_id: str | None = None
     y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+def reference_snapshot(
+    splits: Splits, candidate: TrainedCandidate, spec: FeatureSpec, max_rows: int, seed: int = 0
+) -> pd.DataFrame:
+    """The drift reference that travels with the model: unseen rows with the model's scores.
+
+    Validation and holdout rows were not used to fit the model, so their score distribution is
+    what live traffic should look like. Sampled per class (stratified) down to ``max_rows``.
+    """
+    val_scores = predict_proba(candidate.pipeline, splits.validation, spec)
+    frames = []
+    for part, scores in (
+        (splits.validation, val_scores),
+        (splits.holdout, candidate.holdout_scores),
+    ):
+        cols = [c for c in [*spec.feature_names, spec.event_time_column, LABEL_INT] if c]
+        frame = part[cols].copy()
+        frame["score"] = scores.astype(np.float64)
+        frames.append(frame)
+    ref = pd.concat(frames, ignore_index=True)
+    if len(ref) > max_rows:
+        share = max_rows / len(ref)
+        ref = (
+            ref.groupby(LABEL_INT, group_keys=False)
+            .sample(frac=share, random_state=seed)
+            .reset_index(drop=True)
+        )
+    return ref
 
 
 def start_run(settings: Settings, model_name: str, flow_run_id: str | None) -> str:
@@ -226,6 +259,12 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
             "validation_report.json",
         )
         mlflow.log_dict(json.loads(record.decision.model_dump_json()), "gate_decision.json")
+        if record.reference is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+                record.reference.to_parquet(ref_path, index=False)
+                mlflow.log_artifact(str(ref_path), Path(REFERENCE_ARTIFACT).parent.as_posix())
+            mlflow.log_metric("reference_rows", len(record.reference))
         for name, fig in (
             ("pr_curve.png", pr_curve_figure(record.y_holdout, record.candidate.holdout_scores, m)),
             ("confusion_matrix.png", confusion_figure(m)),

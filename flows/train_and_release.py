@@ -61,6 +61,13 @@ def export(
     return release.export_with_parity(candidate, holdout, spec, tol)
 
 
+@task(name="reference-snapshot", cache_policy=NO_CACHE)
+def snapshot(
+    splits: Splits, candidate: release.TrainedCandidate, spec: FeatureSpec, max_rows: int
+) -> pd.DataFrame:
+    return release.reference_snapshot(splits, candidate, spec, max_rows)
+
+
 @task(name="score-champion", cache_policy=NO_CACHE, **IO_RETRIES)
 def champion_score(
     settings: Settings, model_name: str, holdout: pd.DataFrame, spec: FeatureSpec
@@ -127,6 +134,7 @@ def train_and_release(
     policy: GatePolicy = GatePolicy(),  # noqa: B008
     holdout_fraction: float = 0.2,
     validation_fraction: float = 0.2,
+    reference_rows: int = 200_000,
 ) -> State:
     """Train a candidate on contract-validated data and promote it only if every gate passes.
 
@@ -138,6 +146,7 @@ def train_and_release(
         policy: gate thresholds (F1 floor, champion tolerance, parity, quarantine limit).
         holdout_fraction: share of each class in the frozen holdout.
         validation_fraction: share of the rest used to tune the threshold.
+        reference_rows: size of the drift reference snapshot logged with the model.
     """
     logger = get_run_logger()
     settings = Settings()
@@ -198,6 +207,7 @@ def train_and_release(
         decision=decision,
         git_commit=registry.git_commit(),
         y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
+        reference=snapshot(splits, candidate, spec, reference_rows),
     )
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
