@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     )
     experiment_name: str = "train-and-release"
     champion_alias: str = "champion"
+    monitoring_experiment: str = "drift-monitoring"
+    inference_log_dir: Path | None = Field(
+        None, description="Root of the inference log; default: <home>/inference_log."
+    )
+    labelled_data_dir: Path | None = Field(
+        None, description="Folder where labelled batches land; default: <home>/labelled."
+    )
 
     @property
     def tracking_uri(self) -> str:
@@ -66,3 +73,22 @@ class Settings(BaseSettings):
     def work_dir(self) -> Path:
         """Scratch space for downloads and exports of a run."""
         return self.home / "work"
+
+    @property
+    def inference_log_root(self) -> Path:
+        """Date-partitioned Parquet log written by the bento, read by the drift check."""
+        return self.inference_log_dir or self.home / "inference_log"
+
+    @property
+    def labelled_root(self) -> Path:
+        """Where labelled batches (chargeback-resolved transactions) land for retraining."""
+        return self.labelled_data_dir or self.home / "labelled"
+
+    @property
+    def drift_reports_dir(self) -> Path:
+        return self.home / "drift_reports"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Emails that could not be sent yet; the next drift check sends them first."""
+        return self.home / "outbox"
