@@ -1,0 +1,69 @@
+# One task runner for people and CI. `make run` does the main job; `make test` runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+export FRAUD_HOME ?= $(ROOT)/.fraud
+export PREFECT_HOME ?= $(FRAUD_HOME)/prefect
+export BENTOML_HOME ?= $(FRAUD_HOME)/bentoml
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := $(ROOT)/.venv/bin/python
+ROWS ?= 200000
+DATA := $(FRAUD_HOME)/data/transactions.parquet
+
+.PHONY: help install data up deploy run release down status test test-fast lint format bench mlflow-ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## install uv if missing, then the locked environment (.venv)
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || python3 -m pip install --quiet --user uv
+	@$(UV) sync --frozen --quiet
+
+data: install ## generate the synthetic data set if absent (ROWS=200000)
+	@[ -f "$(DATA)" ] || $(PY) -m flows.generate_data "$(DATA)" --rows $(ROWS) --invalid-rows 40
+
+up: install ## start the local Prefect server and a process worker (reused when running)
+	@scripts/stack.sh up
+
+deploy: up ## deploy prefect.yaml
+	@scripts/stack.sh deploy
+
+run: data deploy ## the main job: train-and-release as a Prefect deployment run, then where things are
+	@scripts/stack.sh release
+	@scripts/stack.sh summary
+
+release: ## run train-and-release again on the running stack
+	@scripts/stack.sh release
+	@scripts/stack.sh summary
+
+down: ## stop what `make run` started (by PID)
+	@scripts/stack.sh down
+
+status: ## what is running
+	@scripts/stack.sh status
+
+mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
+	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri "sqlite:///$(FRAUD_HOME)/mlflow/mlflow.db"
+
+test: install ## the whole test suite (unit, then integration against real servers)
+	$(ROOT)/.venv/bin/pytest
+
+test-fast: install ## unit tests only: no servers, seconds
+	$(ROOT)/.venv/bin/pytest -m "not integration"
+
+lint: install ## ruff lint and format check
+	$(ROOT)/.venv/bin/ruff check .
+	$(ROOT)/.venv/bin/ruff format --check .
+
+format: install
+	$(ROOT)/.venv/bin/ruff format .
+	$(ROOT)/.venv/bin/ruff check --fix .
+
+bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime scoring
+	$(PY) benchmarks/release/bench.py
+
+clean: down ## stop the stack and delete all local state (.fraud)
+	rm -rf "$(FRAUD_HOME)"

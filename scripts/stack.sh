@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The embedded default stack: a local Prefect server (its own SQLite) and a process worker.
+#   scripts/stack.sh up        start what is not running (reuses a healthy server and worker)
+#   scripts/stack.sh deploy    create the work pool if needed and deploy prefect.yaml
+#   scripts/stack.sh release   run train-and-release/fraud-detector and wait for it
+#   scripts/stack.sh down      stop what `up` started, by PID
+#   scripts/stack.sh status    show what is running
+#   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
+#   scripts/stack.sh env       print the environment to talk to this stack from your shell
+# Set PREFECT_API_URL before calling to use an existing Prefect server instead of a local one.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export FRAUD_PROJECT_DIR="$ROOT"
+export FRAUD_HOME="${FRAUD_HOME:-$ROOT/.fraud}"
+mkdir -p "$FRAUD_HOME"
+FRAUD_HOME="$(cd "$FRAUD_HOME" && pwd)"
+export FRAUD_HOME
+export PREFECT_HOME="${PREFECT_HOME:-$FRAUD_HOME/prefect}"
+export BENTOML_HOME="${BENTOML_HOME:-$FRAUD_HOME/bentoml}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export BENTOML_DO_NOT_TRACK=true
+export DO_NOT_TRACK=1
+PORT="${FRAUD_PREFECT_PORT:-4200}"
+if [[ -n "${PREFECT_API_URL:-}" ]]; then
+  EXTERNAL_PREFECT=1
+else
+  EXTERNAL_PREFECT=0
+  export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
+fi
+POOL="${FRAUD_WORK_POOL:-fraud-pool}"
+DEPLOYMENT="${FRAUD_DEPLOYMENT:-train-and-release/fraud-detector}"
+RUN_DIR="$FRAUD_HOME/run"
+LOG_DIR="$FRAUD_HOME/logs"
+BIN="$ROOT/.venv/bin"
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$PREFECT_HOME"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+alive() { # alive NAME: the recorded PID is running
+  local pid_file="$RUN_DIR/$1.pid"
+  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+healthy() {
+  curl -fsS --max-time 2 "${PREFECT_API_URL%/}/health" >/dev/null 2>&1
+}
+
+start_bg() { # start_bg NAME CMD...: own session, output to a log file, PID recorded
+  local name="$1"; shift
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+stop_pid() { # stop_pid NAME: SIGTERM the process group, wait, then SIGKILL
+  local name="$1" pid_file="$RUN_DIR/$1.pid" pid
+  [[ -f "$pid_file" ]] || return 0
+  pid="$(cat "$pid_file")"
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop in 20 s; killing it"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pid_file"
+}
+
+up() {
+  if [[ "$EXTERNAL_PREFECT" == 1 ]]; then
+    healthy || { log "PREFECT_API_URL=$PREFECT_API_URL is not answering"; exit 1; }
+    log "using the Prefect server at $PREFECT_API_URL"
+  elif healthy; then
+    log "Prefect server already up at $PREFECT_API_URL"
+  else
+    alive prefect-server && stop_pid prefect-server
+    log "starting the Prefect server on 127.0.0.1:$PORT (log: $LOG_DIR/prefect-server.log)"
+    start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
+    for _ in $(seq 1 120); do
+      healthy && break
+      alive prefect-server || { log "the Prefect server exited; see $LOG_DIR/prefect-server.log"; tail -20 "$LOG_DIR/prefect-server.log" >&2; exit 1; }
+      sleep 0.5
+    done
+    healthy || { log "the Prefect server did not become healthy in 60 s"; exit 1; }
+  fi
+  "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
+    || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+  if alive prefect-worker; then
+    log "worker already running (pid $(cat "$RUN_DIR/prefect-worker.pid"))"
+  else
+    log "starting a process worker on pool $POOL (log: $LOG_DIR/prefect-worker.log)"
+    start_bg prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process
+  fi
+}
+
+deploy() {
+  log "deploying prefect.yaml"
+  (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all >>"$LOG_DIR/deploy.log" 2>&1) \
+    || { log "deploy failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
+}
+
+release() {
+  log "running $DEPLOYMENT $*"
+  "$BIN/prefect" deployment run "$DEPLOYMENT" --watch "$@"
+}
+
+down() {
+  stop_pid prefect-worker
+  stop_pid prefect-server
+}
+
+status() {
+  for name in prefect-server prefect-worker; do
+    if alive "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
+  done
+  healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
+}
+
+env_lines() {
+  cat <<ENV
+export FRAUD_HOME=$FRAUD_HOME
+export PREFECT_HOME=$PREFECT_HOME
+export PREFECT_API_URL=$PREFECT_API_URL
+export BENTOML_HOME=$BENTOML_HOME
+export PREFECT_SERVER_ANALYTICS_ENABLED=false BENTOML_DO_NOT_TRACK=true
+ENV
+}
+
+summary() {
+  "$BIN/python" -m flows.summary "$@"
+}
+
+case "${1:-}" in
+  up) up ;;
+  summary) shift; summary "$@" ;;
+  deploy) deploy ;;
+  release) shift; release "$@" ;;
+  down) down ;;
+  status) status ;;
+  env) env_lines ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
