@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         return self.home / "bentoml"
 
     @property
+    def champion_pointer(self) -> Path:
+        """File holding the served champion's tag (``<model>:v<version>``) in both BentoML stores."""
+        return self.bentoml_home / "champion_tag"
+
+    @property
+    def packaging_dir(self) -> Path:
+        """Build, containerize and smoke-test logs of each packaged version."""
+        return self.home / "packaging"
+
+    @property
     def work_dir(self) -> Path:
         """Scratch space for downloads and exports of a run."""
         return self.home / "work"
