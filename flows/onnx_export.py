@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pandas as pd
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from pydantic import BaseModel, ConfigDict
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType, StringTensorType
@@ -51,9 +52,9 @@ def sha256(data: bytes) -> str:
 def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; refuses models that reference external data files."""
     model = onnx.load_from_string(model_bytes)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ValueError(f"ONNX model uses external data ({tensor.name}); refused")
+    external = [t.name for t in _get_all_tensors(model) if uses_external_data(t)]
+    if external:
+        raise ValueError(f"ONNX model uses external data ({', '.join(external[:3])}); refused")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -1,0 +1,37 @@
+"""Shared fixtures: the default spec, small generated data sets and an isolated state home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_contracts.spec import FeatureSpec, default_spec
+from data_contracts.synthetic import GeneratorConfig, generate
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def spec() -> FeatureSpec:
+    return default_spec()
+
+
+@pytest.fixture(scope="session")
+def small_data() -> pd.DataFrame:
+    """30k clean generated rows (about 600 frauds): enough to train a meaningful model."""
+    return generate(GeneratorConfig(rows=30_000, seed=11))
+
+
+@pytest.fixture
+def fraud_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated FRAUD_HOME (MLflow SQLite store, quarantine, work files) for one test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FRAUD_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
+    return home
