@@ -1,0 +1,306 @@
+"""Packaging functions that need no Docker engine: names, pointer, store, smoke logic."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows import packaging as pk
+from flows.onnx_export import export_onnx, onnx_predict_proba, onnx_session, sha256
+from flows.settings import Settings
+
+LABELS = {
+    "model_name": "fraud-detector",
+    "model_version": "3",
+    "run_id": "r1",
+    "spec_hash": "abc",
+    "data_digest": "d1",
+    "git_commit": "c1",
+}
+
+
+@pytest.fixture(scope="module")
+def model_bytes(trained, spec) -> bytes:
+    return export_onnx(trained.pipeline, spec)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_tags_carry_the_mlflow_version():
+    assert pk.version_label("3") == "v3"
+    assert pk.version_label(12) == "v12"
+    assert pk.store_tag("fraud-detector", "3") == "fraud-detector:v3"
+    assert pk.image_tag("fraud-detector", 3) == "fraud-detector:v3"
+    assert pk.latest_image_tag("fraud-detector") == "fraud-detector:latest"
+
+
+@pytest.mark.parametrize("bad", ["v3", "", "3.1", "-1", "latest"])
+def test_version_must_be_an_mlflow_version_number(bad):
+    with pytest.raises(ValueError, match="positive integers"):
+        pk.version_label(bad)
+
+
+@pytest.mark.parametrize("bad", ["Fraud", "fraud detector", "fraud--x", "-fraud", "a/b", ""])
+def test_model_name_must_be_a_valid_image_name(bad):
+    with pytest.raises(ValueError, match="lowercase"):
+        pk.store_tag(bad, 1)
+
+
+def test_store_labels_come_from_the_version_tags():
+    tags = {
+        "run_id": "r1",
+        "feature_spec_hash": "abc",
+        "data_digest": "d1",
+        "git_commit": "c1",
+        "holdout_f1": "0.9",
+    }
+    assert pk.store_labels("fraud-detector", "3", tags) == LABELS
+    assert pk.store_labels("fraud-detector", "3", {})["run_id"] == "unknown"
+
+
+def test_release_log_dir_is_per_version(settings):
+    assert pk.release_log_dir(settings, "fraud-detector", "4") == (
+        settings.home / "packaging" / "fraud-detector-v4"
+    )
+
+
+# --------------------------------------------------------------------------- pointer file
+
+
+def test_pointer_write_is_atomic_and_readable(settings):
+    assert pk.read_champion_pointer(settings) is None
+    path = pk.write_champion_pointer(settings, "fraud-detector:v3")
+    assert path == settings.home / "bentoml" / "champion_tag"
+    assert pk.read_champion_pointer(settings) == "fraud-detector:v3"
+    pk.write_champion_pointer(settings, "fraud-detector:v4")
+    assert pk.read_champion_pointer(settings) == "fraud-detector:v4"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["champion_tag"]
+
+
+def test_pointer_is_where_the_service_reads_it(settings):
+    from bento.store import read_champion_pointer
+
+    pk.write_champion_pointer(settings, "fraud-detector:v7")
+    assert read_champion_pointer(settings.home) == "fraud-detector:v7"
+
+
+def test_failed_write_keeps_the_old_pointer(settings, monkeypatch):
+    pk.write_champion_pointer(settings, "fraud-detector:v3")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        pk.write_champion_pointer(settings, "fraud-detector:v4")
+    monkeypatch.undo()
+    assert pk.read_champion_pointer(settings) == "fraud-detector:v3"
+    assert sorted(p.name for p in settings.champion_pointer.parent.iterdir()) == ["champion_tag"]
+
+
+@pytest.mark.parametrize("bad", ["fraud-detector", "fraud-detector:3", "fraud-detector:latest"])
+def test_pointer_refuses_non_version_tags(settings, bad):
+    with pytest.raises(ValueError):
+        pk.write_champion_pointer(settings, bad)
+
+
+# --------------------------------------------------------------------------- model store
+
+
+def test_import_puts_model_spec_labels_and_metadata_in_the_store(settings, model_bytes, spec):
+    stored = pk.import_model(
+        settings.bentoml_home,
+        "fraud-detector",
+        "3",
+        model_bytes,
+        spec.model_dump(mode="json"),
+        threshold=0.42,
+        spec_hash=spec.spec_hash(),
+        labels=LABELS,
+    )
+    assert stored.tag == "fraud-detector:v3"
+    assert stored.path == settings.bentoml_home / "models" / "fraud-detector" / "v3"
+    assert (stored.path / "model.onnx").read_bytes() == model_bytes
+    assert json.loads((stored.path / "feature_spec.json").read_text())["name"] == spec.name
+    assert stored.sha256 == sha256(model_bytes)
+    assert (stored.threshold, stored.model_version, stored.labels) == (0.42, "3", LABELS)
+    assert stored.spec_hash == spec.spec_hash()
+
+
+def test_reimport_of_the_same_version_is_a_no_op(settings, model_bytes, spec):
+    args = ("fraud-detector", "3", model_bytes, spec.model_dump(mode="json"))
+    kwargs = {"threshold": 0.42, "spec_hash": spec.spec_hash(), "labels": LABELS}
+    first = pk.import_model(settings.bentoml_home, *args, **kwargs)
+    mtime = (first.path / "model.yaml").stat().st_mtime_ns
+    again = pk.import_model(settings.bentoml_home, *args, **kwargs)
+    assert again.tag == first.tag
+    assert (again.path / "model.yaml").stat().st_mtime_ns == mtime
+
+
+def test_reimport_with_other_bytes_replaces_the_version(settings, model_bytes, spec):
+    kwargs = {"spec_hash": spec.spec_hash(), "labels": LABELS}
+    pk.import_model(
+        settings.bentoml_home, "fraud-detector", "3", b"old", {}, threshold=0.1, **kwargs
+    )
+    stored = pk.import_model(
+        settings.bentoml_home,
+        "fraud-detector",
+        "3",
+        model_bytes,
+        spec.model_dump(mode="json"),
+        threshold=0.42,
+        **kwargs,
+    )
+    assert (stored.path / "model.onnx").read_bytes() == model_bytes
+    assert stored.threshold == 0.42
+    versions = settings.bentoml_home / "models" / "fraud-detector"
+    assert {p.name for p in versions.iterdir() if p.is_dir()} == {"v3"}
+
+
+def test_discard_failed_points_latest_back_at_the_champion(settings, model_bytes, spec):
+    kwargs = {"threshold": 0.42, "spec_hash": spec.spec_hash(), "labels": LABELS}
+    spec_dict = spec.model_dump(mode="json")
+    pk.import_model(settings.bentoml_home, "fraud-detector", "1", model_bytes, spec_dict, **kwargs)
+    pk.publish_champion(settings, "fraud-detector:v1", image=False)
+    pk.import_model(settings.bentoml_home, "fraud-detector", "2", model_bytes, spec_dict, **kwargs)
+    models = settings.bentoml_home / "models" / "fraud-detector"
+
+    pk.discard_failed(settings, "fraud-detector:v2")
+
+    assert not (models / "v2").exists()
+    assert (models / "latest").read_text() == "v1"
+    assert pk.read_champion_pointer(settings) == "fraud-detector:v1"
+
+
+def test_discard_never_removes_the_champion(settings, model_bytes, spec):
+    spec_dict = spec.model_dump(mode="json")
+    kwargs = {"threshold": 0.42, "spec_hash": spec.spec_hash(), "labels": LABELS}
+    pk.import_model(settings.bentoml_home, "fraud-detector", "1", model_bytes, spec_dict, **kwargs)
+    pk.publish_champion(settings, "fraud-detector:v1", image=False)
+    pk.discard_failed(settings, "fraud-detector:v1")
+    assert (settings.bentoml_home / "models" / "fraud-detector" / "v1" / "model.onnx").is_file()
+
+
+def test_bentoml_env_points_the_cli_at_our_store(settings):
+    env = pk.bentoml_env(settings, "fraud-detector:v3")
+    assert env["BENTOML_HOME"] == str(settings.bentoml_home.resolve())
+    assert env["FRAUD_MODEL_TAG"] == "fraud-detector:v3"
+    assert env["DOCKER_BUILDKIT"] == "0"
+    assert env["BENTOML_DO_NOT_TRACK"] == "true"
+
+
+# --------------------------------------------------------------------------- smoke logic
+
+
+def test_request_records_are_typed_json_keyed_by_feature(spec, small_data):
+    frame = small_data.head(200).copy()
+    frame.loc[frame.index[0], "device_type"] = None
+    frame.loc[frame.index[0], "avg_amount_30d"] = np.nan
+    records = pk.request_records(frame, spec)
+    assert len(records) == 200
+    first = records[0]
+    assert list(first) == spec.feature_names
+    assert first["device_type"] is None and first["avg_amount_30d"] is None
+    kinds = {f.name: f.kind.value for f in spec.features}
+    for record in records:
+        for name, value in record.items():
+            if value is None:
+                continue
+            expected = {"numeric": float, "integer": int, "boolean": bool, "categorical": str}
+            assert type(value) is expected[kinds[name]], (name, value)
+    json.dumps(records, allow_nan=False)  # strict JSON: no NaN or inf left
+
+
+def test_smoke_case_is_frozen_and_covers_both_decisions(model_bytes, spec, splits, trained):
+    case = pk.make_smoke_case(model_bytes, spec, splits.holdout, trained.threshold, rows=40)
+    again = pk.make_smoke_case(model_bytes, spec, splits.holdout, trained.threshold, rows=40)
+    assert case == again
+    assert len(case.records) == len(case.probabilities) == 40
+    assert set(case.decisions) == {0, 1}
+    # the expected probabilities are the offline ONNX scores of exactly these records
+    offline = onnx_predict_proba(onnx_session(model_bytes), pd.DataFrame(case.records), spec)
+    np.testing.assert_array_equal(offline, np.array(case.probabilities, dtype=np.float32))
+
+
+def _case() -> pk.SmokeCase:
+    return pk.SmokeCase(records=[{"a": 1}, {"a": 2}], probabilities=[0.1, 0.9], threshold=0.5)
+
+
+def _reply(p: float, d: int, v: str = "3") -> dict:
+    return {"probability": p, "decision": d, "model_version": v, "request_id": "x"}
+
+
+def test_identical_replies_pass():
+    result = pk.compare_replies(_case(), [_reply(0.1, 0), _reply(0.9 + 5e-7, 1)], model_version="3")
+    assert result.passed
+    assert result.records == 2
+    assert math.isclose(result.max_abs_diff, 5e-7, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected"),
+    [
+        ([_reply(0.1, 0), _reply(0.9 + 2e-6, 1)], "record 1: probability"),
+        ([_reply(0.1, 1), _reply(0.9, 1)], "record 0: decision 1 != offline 0"),
+        ([_reply(0.1, 0), {"score": 0.9}], "record 1: unreadable reply"),
+        ([_reply(0.1, 0)], "1 replies for 2 records"),
+        ([_reply(0.1, 0), _reply(0.9, 1, "2")], "model_version '2' != '3'"),
+        ([_reply(0.1, 0), _reply(float("nan"), 1)], "record 1: probability nan"),
+    ],
+)
+def test_any_difference_fails_with_its_record(replies, expected):
+    result = pk.compare_replies(_case(), replies, model_version="3")
+    assert not result.passed
+    assert any(expected in m for m in result.mismatches), result.mismatches
+
+
+# --------------------------------------------------------------------------- errors and docker
+
+
+def test_error_names_the_step_the_subject_and_the_log(tmp_path):
+    log = tmp_path / "build.log"
+    log.write_text("\n".join(f"line {i}" for i in range(100)))
+    err = pk.BentoBuildError("fraud-detector:v3", "exit code 1", log)
+    text = str(err)
+    assert text.startswith("bentoml build failed for fraud-detector:v3: exit code 1")
+    assert f"log: {log}" in text
+    assert "line 99" in text and "line 50" not in text
+    assert isinstance(err, pk.PackagingError)
+
+
+def test_missing_docker_is_reported_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ok, detail = pk.docker_status()
+    assert not ok and "not on PATH" in detail
+    with pytest.raises(pk.DockerUnavailableError, match=r"docker-engine\.sh"):
+        pk.require_docker()
+
+
+def test_engine_that_does_not_answer_is_reported(monkeypatch, tmp_path):
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ok, detail = pk.docker_status()
+    assert not ok
+    assert detail == "`docker info` failed: Cannot connect to the Docker daemon"
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = pk.free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
