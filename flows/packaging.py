@@ -41,8 +41,8 @@ from flows.settings import PROJECT_ROOT, Settings
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "feature_spec.json"
 MODEL_TAG_ENV = "FRAUD_MODEL_TAG"
-SCORE_FIELD = "probability"
-DECISION_FIELD = "decision"
+SCORE_FIELD = "fraud_probability"
+DECISION_FIELD = "is_fraud"
 VERSION_FIELD = "model_version"
 LOG_TAIL_LINES = 25
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
@@ -463,11 +463,14 @@ def image_facts(ref: str) -> ImageFacts:
     )
 
 
-def containerize(settings: Settings, bento_tag: str, *, timeout: float = 1800) -> ImageFacts:
+def containerize(
+    settings: Settings, bento_tag: str, *, repository: str | None = None, timeout: float = 1800
+) -> ImageFacts:
     """``bentoml containerize`` the bento to the image ``<model>:v<version>`` (never ``latest``).
 
     Uses the legacy builder (``DOCKER_BUILDKIT=0``) with host networking for the build steps,
-    and puts the bento's labels on the image. Retry on failure: this step does network I/O.
+    and puts the bento's labels on the image. ``repository`` overrides the image name (default:
+    the model name). Retry on failure: this step does network I/O.
     """
     name, _, version = bento_tag.partition(":")
     log_path = release_log_dir(settings, name, version[1:]) / "containerize.log"
@@ -475,7 +478,7 @@ def containerize(settings: Settings, bento_tag: str, *, timeout: float = 1800) -
     log_path.write_text("")
     require_docker()
     bento = _bento_store(settings.bentoml_home).get(bento_tag)
-    ref = image_tag(name, version[1:])
+    ref = image_tag(repository or name, version[1:])
     label_args = [f"--opt=label={k}={v}" for k, v in bento.info.labels.items()]
     cmd = _bentoml_cli(
         "containerize",
@@ -633,6 +636,16 @@ def compare_replies(
     return SmokeComparison(records=len(replies), max_abs_diff=max_diff, mismatches=mismatches)
 
 
+def compare_batch_reply(
+    case: SmokeCase, reply: Mapping[str, Any], *, tolerance: float = 1e-6
+) -> SmokeComparison:
+    """Compare a ``/predict_batch`` reply (``predictions`` in record order) with the case."""
+    predictions = reply.get("predictions")
+    if not isinstance(predictions, list):
+        return SmokeComparison(0, 0.0, [f"no 'predictions' list in {str(reply)[:200]!r}"])
+    return compare_replies(case, predictions, tolerance=tolerance)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -759,19 +772,22 @@ def smoke_test(
     model_version: str,
     ready_timeout: float = 60,
     tolerance: float = 1e-6,
+    batch: bool = True,
 ) -> SmokeReport:
-    """Start the image, wait for ``/readyz``, POST every record to ``/predict``, compare.
+    """Start the image, wait for ``/readyz``, POST every record to ``/predict`` (and all of
+    them at once to ``/predict_batch``), compare with the offline predictions.
 
     Passes only when every reply matches its offline ONNX prediction (probability within
     ``tolerance``, identical decision, the expected model version). The container is always
     stopped and removed; its log stays in the version's packaging folder.
     """
-    name, _, version = image.partition(":")
+    name, _, version = image.rpartition("/")[2].partition(":")
     folder = release_log_dir(settings, name, version[1:])
     log_path = folder / "smoke-container.log"
     write_atomic(folder / "smoke-case.json", case.to_json())
     require_docker()
     env = {"FRAUD_INFERENCE_LOG_DIR": "/tmp/inference_log"}
+    batch_reply: dict[str, Any] = {}
     with run_container(image, log_path, env=env) as container:
         try:
             ready_s = container.wait_ready(ready_timeout)
@@ -781,6 +797,13 @@ def smoke_test(
                 if status != 200:
                     raise SmokeTestError(image, f"record {i}: HTTP {status}: {reply!r}")
                 replies.append(reply)
+            if batch:
+                status, reply = http_json(
+                    "POST", f"{container.base_url}/predict_batch", {"records": case.records}
+                )
+                if status != 200 or not isinstance(reply, dict):
+                    raise SmokeTestError(image, f"/predict_batch: HTTP {status}: {reply!r}")
+                batch_reply = reply
         except SmokeTestError as err:
             failure: SmokeTestError | None = err
         else:
@@ -788,10 +811,19 @@ def smoke_test(
     if failure is not None:
         raise SmokeTestError(image, failure.reason, log_path) from failure
     comparison = compare_replies(case, replies, tolerance=tolerance, model_version=model_version)
-    if not comparison.passed:
-        shown = "; ".join(comparison.mismatches[:10])
-        more = len(comparison.mismatches) - 10
-        reason = f"{len(comparison.mismatches)} mismatches: {shown}" + (
+    mismatches = [f"/predict {m}" for m in comparison.mismatches]
+    if batch:
+        batch_cmp = compare_batch_reply(case, batch_reply, tolerance=tolerance)
+        mismatches += [f"/predict_batch {m}" for m in batch_cmp.mismatches]
+        if str(batch_reply.get(VERSION_FIELD)) != model_version:
+            mismatches.append(
+                f"/predict_batch model_version {batch_reply.get(VERSION_FIELD)!r} "
+                f"!= {model_version!r}"
+            )
+    if mismatches:
+        shown = "; ".join(mismatches[:10])
+        more = len(mismatches) - 10
+        reason = f"{len(mismatches)} mismatches with the offline ONNX predictions: {shown}" + (
             f" (+{more} more)" if more > 0 else ""
         )
         raise SmokeTestError(image, reason, log_path)
@@ -813,16 +845,21 @@ def _set_store_latest(store_dir: Path, tag: str) -> None:
         write_atomic(store_dir / name / "latest", version)
 
 
-def publish_champion(settings: Settings, tag: str, *, image: bool = True) -> None:
+def publish_champion(
+    settings: Settings, tag: str, *, image: bool = True, repository: str | None = None
+) -> None:
     """After the smoke test and the alias: tag the image ``latest``, point stores and file at it.
 
-    ``tag`` is ``<model>:v<version>`` (model store, bento and image share it).
+    ``tag`` is ``<model>:v<version>`` (model store, bento and image share it; ``repository``
+    overrides the image name as in :func:`containerize`).
     """
-    name, _, _ = tag.partition(":")
+    name, _, version = tag.partition(":")
     if image:
-        proc = _docker("tag", tag, latest_image_tag(name))
+        source = f"{repository or name}:{version}"
+        target = latest_image_tag(repository or name)
+        proc = _docker("tag", source, target)
         if proc.returncode != 0:
-            raise PackagingError(tag, f"docker tag {tag} {name}:latest: {proc.stderr.strip()}")
+            raise PackagingError(tag, f"docker tag {source} {target}: {proc.stderr.strip()}")
     _set_store_latest(settings.bentoml_home / "models", tag)
     _set_store_latest(settings.bentoml_home / "bentos", tag)
     write_champion_pointer(settings, tag)

@@ -239,7 +239,7 @@ def _case() -> pk.SmokeCase:
 
 
 def _reply(p: float, d: int, v: str = "3") -> dict:
-    return {"probability": p, "decision": d, "model_version": v, "request_id": "x"}
+    return {"fraud_probability": p, "is_fraud": bool(d), "model_version": v, "request_id": "x"}
 
 
 def test_identical_replies_pass():
@@ -255,6 +255,7 @@ def test_identical_replies_pass():
         ([_reply(0.1, 0), _reply(0.9 + 2e-6, 1)], "record 1: probability"),
         ([_reply(0.1, 1), _reply(0.9, 1)], "record 0: decision 1 != offline 0"),
         ([_reply(0.1, 0), {"score": 0.9}], "record 1: unreadable reply"),
+        ([_reply(0.1, 0), None], "record 1: unreadable reply"),
         ([_reply(0.1, 0)], "1 replies for 2 records"),
         ([_reply(0.1, 0), _reply(0.9, 1, "2")], "model_version '2' != '3'"),
         ([_reply(0.1, 0), _reply(float("nan"), 1)], "record 1: probability nan"),
@@ -264,6 +265,16 @@ def test_any_difference_fails_with_its_record(replies, expected):
     result = pk.compare_replies(_case(), replies, model_version="3")
     assert not result.passed
     assert any(expected in m for m in result.mismatches), result.mismatches
+
+
+def test_batch_reply_is_compared_record_by_record():
+    good = {"predictions": [_reply(0.1, 0), _reply(0.9, 1)], "model_version": "3"}
+    assert pk.compare_batch_reply(_case(), good).passed
+    partly = {"predictions": [_reply(0.1, 0), None], "model_version": "3"}
+    assert pk.compare_batch_reply(_case(), partly).mismatches == [
+        "record 1: unreadable reply None ('NoneType' object is not subscriptable)"
+    ]
+    assert not pk.compare_batch_reply(_case(), {"detail": "invalid batch"}).passed
 
 
 # --------------------------------------------------------------------------- errors and docker
