@@ -301,7 +301,9 @@ def model_frame(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     out = {}
     for feature in spec.features:
         col = df[feature.name]
-        if feature.is_numeric:
+        if feature.kind == FeatureKind.BOOLEAN:
+            out[feature.name] = _parse_bool(col).astype("float32")
+        elif feature.is_numeric:
             out[feature.name] = pd.to_numeric(col, errors="raise").astype("float32")
         else:
             out[feature.name] = col.astype(object).where(col.notna(), MISSING_CATEGORY).astype(str)
