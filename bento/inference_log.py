@@ -1,0 +1,270 @@
+"""Inference log: every scored record appended, off the request path, to date-partitioned Parquet.
+
+Layout (read by the drift check)::
+
+    <root>/date=YYYY-MM-DD/part-<UTC timestamp>-<pid>-<n>.parquet
+
+Columns: every spec feature (raw values as served), ``score`` (float64), ``decision`` (int8),
+``model_version`` (str), ``timestamp`` (timestamp[us, UTC]), ``request_id`` (str),
+``transaction_id_hash`` (sha256 hex of the caller's transaction id, or null).
+
+Requests only append to in-memory column lists (under a lock, a few microseconds). A
+background thread writes the buffer every ``flush_interval_s`` seconds, sooner when
+``flush_records`` are waiting, and once more on :meth:`InferenceLogWriter.close`. Each write
+is a new file (written to a temporary name, then renamed), so readers never see half a file.
+A failed write never reaches the caller: the records are dropped and reported through
+``on_lost`` and the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_contracts.spec import FeatureKind, FeatureSpec
+
+LOG_DIR_ENV = "FRAUD_INFERENCE_LOG_DIR"
+logger = logging.getLogger("fraud.serving.inference_log")
+
+_ARROW_TYPES = {
+    FeatureKind.NUMERIC: pa.float64(),
+    FeatureKind.INTEGER: pa.int64(),
+    FeatureKind.BOOLEAN: pa.bool_(),
+    FeatureKind.CATEGORICAL: pa.string(),
+}
+
+
+def log_schema(spec: FeatureSpec) -> pa.Schema:
+    """The Arrow schema of the inference log for ``spec``."""
+    fields = [pa.field(f.name, _ARROW_TYPES[f.kind]) for f in spec.features]
+    fields += [
+        pa.field("score", pa.float64()),
+        pa.field("decision", pa.int8()),
+        pa.field("model_version", pa.string()),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("request_id", pa.string()),
+        pa.field("transaction_id_hash", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def hash_transaction_id(value: str | None) -> str | None:
+    """sha256 hex of a transaction id (ids are stored hashed, never in clear)."""
+    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+_EXTRA = ("score", "decision", "request_id", "transaction_id", "timestamp")
+
+
+class InferenceLogWriter:
+    """Buffered, thread-flushed writer of the inference log (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        spec: FeatureSpec,
+        model_version: str,
+        *,
+        flush_interval_s: float = 5.0,
+        flush_records: int = 50_000,
+        max_buffered_records: int = 500_000,
+        on_written: Callable[[int], None] | None = None,
+        on_lost: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.spec = spec
+        self.model_version = model_version
+        self.flush_interval_s = flush_interval_s
+        self.flush_records = flush_records
+        self.max_buffered_records = max_buffered_records
+        self._on_written = on_written or (lambda n: None)
+        self._on_lost = on_lost or (lambda n, reason: None)
+        self._schema = log_schema(spec)
+        self._names = tuple(spec.feature_names)
+        self._lock = threading.Lock()
+        self._cols = self._empty()
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self.written = 0
+        self.lost = 0
+        self.files: list[Path] = []
+
+    # -- request path ---------------------------------------------------------------------
+    def _empty(self) -> dict[str, list[Any]]:
+        return {name: [] for name in (*self._names, *_EXTRA)}
+
+    def append_row(
+        self,
+        values: Mapping[str, Any],
+        score: float,
+        decision: int,
+        request_id: str,
+        transaction_id: str | None,
+    ) -> None:
+        """Buffer one scored record: a handful of list appends, column by column."""
+        if not self._admit(1):
+            return
+        now = time.time()
+        with self._lock:
+            cols = self._cols
+            for name in self._names:
+                cols[name].append(values[name])
+            cols["score"].append(score)
+            cols["decision"].append(decision)
+            cols["request_id"].append(request_id)
+            cols["transaction_id"].append(transaction_id)
+            cols["timestamp"].append(now)
+            self._pending += 1
+            full = self._pending >= self.flush_records
+        if full:
+            self._wake.set()
+
+    def append_batch(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        scores: Sequence[float],
+        decisions: Sequence[int],
+        request_id: str,
+        transaction_ids: Sequence[str | None],
+    ) -> None:
+        """Buffer many scored records given column-wise (feature name -> values)."""
+        n = len(scores)
+        if n == 0 or not self._admit(n):
+            return
+        now = time.time()
+        with self._lock:
+            cols = self._cols
+            for name in self._names:
+                cols[name].extend(columns[name])
+            cols["score"].extend(scores)
+            cols["decision"].extend(decisions)
+            cols["request_id"].extend([request_id] * n)
+            cols["transaction_id"].extend(transaction_ids)
+            cols["timestamp"].extend([now] * n)
+            self._pending += n
+            full = self._pending >= self.flush_records
+        if full:
+            self._wake.set()
+
+    def _admit(self, n: int) -> bool:
+        if self._pending + n > self.max_buffered_records:
+            self._report_loss(n, "buffer full")
+            return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background flush thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="inference-log-writer", daemon=True
+            )
+            self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the thread and write whatever is buffered."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Records buffered and not written yet."""
+        return self._pending
+
+    # -- writing --------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write the buffered records now; return how many were written."""
+        with self._lock:
+            cols, self._cols = self._cols, self._empty()
+            n, self._pending = self._pending, 0
+        if n == 0:
+            return 0
+        try:
+            table = self._table(cols)
+            for path in self._write(table):
+                self.files.append(path)
+        except Exception as err:  # any I/O or conversion failure: count, log, keep serving
+            self._report_loss(n, f"{type(err).__name__}: {err}")
+            return 0
+        self.written += n
+        self._on_written(n)
+        return n
+
+    def _report_loss(self, n: int, reason: str) -> None:
+        self.lost += n
+        logger.error(
+            "inference log: %d records lost (%s)",
+            n,
+            reason,
+            extra={"records_lost": n, "reason": reason, "log_root": str(self.root)},
+        )
+        try:
+            self._on_lost(n, reason)
+        except Exception:  # a metrics failure must not hide the loss
+            logger.exception("inference log: reporting the loss failed")
+
+    def _table(self, cols: dict[str, list[Any]]) -> pa.Table:
+        """Column lists to an Arrow table (conversions in C; integers arrive as whole floats)."""
+        arrays = []
+        for f in self.spec.features:
+            if f.kind == FeatureKind.INTEGER:
+                arrays.append(pa.array(cols[f.name], type=pa.float64()).cast(pa.int64()))
+            else:
+                arrays.append(pa.array(cols[f.name], type=_ARROW_TYPES[f.kind]))
+        n = len(cols["score"])
+        micros = (np.asarray(cols["timestamp"], dtype=np.float64) * 1e6).astype(np.int64)
+        arrays += [
+            pa.array(cols["score"], type=pa.float64()),
+            pa.array(cols["decision"], type=pa.int8()),
+            pa.array([self.model_version] * n, type=pa.string()),
+            pa.array(micros, type=pa.timestamp("us", tz="UTC")),
+            pa.array(cols["request_id"], type=pa.string()),
+            pa.array([hash_transaction_id(t) for t in cols["transaction_id"]], type=pa.string()),
+        ]
+        return pa.Table.from_arrays(arrays, schema=self._schema)
+
+    def _write(self, table: pa.Table) -> list[Path]:
+        """One file per UTC date present in ``table``."""
+        days = (table.column("timestamp").cast(pa.int64()).to_numpy() // 86_400_000_000).astype(
+            np.int64
+        )
+        paths = []
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        for day in np.unique(days):
+            part = table.filter(pa.array(days == day))
+            date = datetime.fromtimestamp(int(day) * 86_400, UTC).strftime("%Y-%m-%d")
+            folder = self.root / f"date={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._seq += 1
+            name = f"part-{stamp}-{os.getpid()}-{self._seq}.parquet"
+            tmp = folder / f".{name}.tmp"
+            pq.write_table(part, tmp)
+            tmp.replace(folder / name)
+            paths.append(folder / name)
+        return paths

@@ -1,0 +1,161 @@
+"""The fraud-detector BentoML service.
+
+Start it from the repository with ``bentoml serve`` (serves the champion recorded by the release
+flow, or ``FRAUD_MODEL_TAG``), or serve a built bento with ``bentoml serve fraud-detector:latest``.
+
+What BentoML gives: the process model and lifecycle, ``/healthz``, ``/livez``, ``/readyz``,
+``/metrics`` (its own metrics plus ours), the OpenAPI page at ``/``, packing the model into the
+bento and the container image. The prediction endpoints are a lean ASGI app mounted into the
+service (see :mod:`bento.http_app`): BentoML's generic API layer would spend most of the time
+per request on framework work rather than on the model.
+
+At import (which BentoML needs to pack the model at ``bentoml build``) the service only decides
+which stored model it serves. The model is loaded and verified when the service starts, and
+``/readyz`` turns ready only after a verified model answered a warm-up prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from bento import store
+from bento.config import ServingConfig
+from bento.http_app import ServingApp
+from bento.inference_log import InferenceLogWriter
+from bento.logs import configure_json_logging
+from bento.metrics import service_metrics
+from bento.runtime import ModelLoadError, load_runtime
+
+logger = logging.getLogger("fraud.serving")
+PREDICTION_PATHS = ["/predict", "/predict_batch"]
+
+
+def _model_reference() -> bentoml.models.BentoModel:
+    """The stored model this process serves (see :func:`bento.store.resolve_model_tag`).
+
+    Inside a built bento the only packed model is used. From a checkout without
+    ``BENTOML_HOME``, the project's store under ``FRAUD_HOME`` is used, so that a plain
+    ``bentoml serve`` finds the champion.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+    from bentoml.exceptions import NotFound
+
+    packed: list[str] | None = None
+    if store.bento_root(Path(__file__)) is not None:
+        packed = [str(m.tag) for m in BentoMLContainer.model_store.get().list(store.MODEL_NAME)]
+    elif not os.environ.get("BENTOML_HOME"):
+        BentoMLContainer.model_store.set(ModelStore(str(store.fraud_home() / "bentoml" / "models")))
+    tag = store.resolve_model_tag(packed_tags=packed)
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound as err:
+        raise store.ModelNotFoundError(
+            f"model {tag} is not in the BentoML model store "
+            f"{BentoMLContainer.model_store.get()._fs.getsyspath('/')}: import it with the "
+            "release flow, or point BENTOML_HOME at the store that holds it"
+        ) from err
+    return bentoml.models.BentoModel(stored.tag)
+
+
+@contextlib.asynccontextmanager
+async def _freeze_heap(_: Any) -> AsyncIterator[None]:
+    """After start-up, move every object alive into the permanent GC generation.
+
+    The service imports a large object graph (BentoML, pydantic, onnxruntime); without this,
+    every full collection walks it and stalls requests for tens of milliseconds.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+SERVING = ServingApp(lifespan=_freeze_heap)
+
+
+@bentoml.asgi_app(SERVING.app, path="/")
+@bentoml.service(
+    name="fraud-detector",
+    workers=1,
+    traffic={"timeout": 30},
+    # per-request access lines and tracing spans are the largest costs of the stack; predictions
+    # are logged (inference log, JSON log lines for refusals) and counted (metrics) instead
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": PREDICTION_PATHS},
+)
+class FraudDetector:
+    """Scores card transactions with the champion ONNX model and its pinned feature spec."""
+
+    model_ref = _model_reference()
+
+    def __init__(self) -> None:
+        log = configure_json_logging()
+        config = ServingConfig.from_env()
+        stored = self.model_ref
+        tag = str(stored.tag)
+        try:
+            runtime = load_runtime(
+                Path(stored.path), stored.info.metadata, tag=tag, labels=stored.info.labels
+            )
+        except ModelLoadError as err:
+            log.error("start-up refused: %s", err, extra={"model_tag": tag})
+            raise
+        metrics = service_metrics(tuple(runtime.spec.feature_names))
+        metrics.model_info.labels(
+            model_version=runtime.model_version,
+            tag=tag,
+            sha256=runtime.sha256,
+            spec_hash=runtime.spec_hash,
+        ).set(1)
+        self.writer: InferenceLogWriter | None = None
+        if config.inference_log_enabled:
+            self.writer = InferenceLogWriter(
+                config.inference_log_dir,
+                runtime.spec,
+                runtime.model_version,
+                flush_interval_s=config.log_flush_interval_s,
+                on_written=metrics.log_written.inc,
+                on_lost=lambda n, _reason: metrics.log_lost.inc(n),
+            )
+            self.writer.start()
+        SERVING.bind(runtime, config, self.writer, metrics)
+        SERVING.set_openapi_source(lambda: FraudDetector.openapi_spec.asdict())
+        self.runtime = runtime
+        log.info(
+            "model loaded and verified",
+            extra={
+                "model_tag": tag,
+                "model_version": runtime.model_version,
+                "sha256": runtime.sha256,
+                "spec_hash": runtime.spec_hash,
+                "threshold": runtime.threshold,
+                "inference_log": str(config.inference_log_dir)
+                if config.inference_log_enabled
+                else "off",
+                "labels": dict(runtime.labels),
+            },
+        )
+
+    def __is_ready__(self) -> bool:
+        """Ready once the verified model is bound to the prediction endpoints."""
+        return SERVING.bound
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Stop taking predictions and flush the inference log."""
+        SERVING.unbind()
+        if self.writer is not None:
+            self.writer.close()
+            logger.info(
+                "inference log flushed",
+                extra={"written": self.writer.written, "lost": self.writer.lost},
+            )
