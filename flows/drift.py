@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
@@ -127,7 +128,7 @@ class Reference:
     model_name: str
     version: str
     run_id: str
-    frame: pd.DataFrame
+    frame: pa.Table
 
 
 def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -> Reference:
@@ -144,8 +145,8 @@ def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -
         dst_path=str(dest),
         tracking_uri=tracking_uri,
     )
-    frame = pd.read_parquet(local)
-    if SCORE_COLUMN not in frame.columns:
+    frame = pq.read_table(local)
+    if SCORE_COLUMN not in frame.column_names:
         raise ValueError(f"reference of {model_name} v{version.version} has no {SCORE_COLUMN!r}")
     return Reference(model_name, str(version.version), str(version.run_id), frame)
 
@@ -159,17 +160,16 @@ def _partition_date(path: Path) -> datetime | None:
         return None
 
 
-def _read_partition(folder: Path, columns: list[str] | None) -> pd.DataFrame | None:
-    files = sorted(p for p in folder.glob("*.parquet") if p.is_file())
+def _read_partition(folder: Path, columns: list[str] | None) -> pa.Table | None:
     tables = []
-    for path in files:
+    for path in sorted(p for p in folder.glob("*.parquet") if p.is_file()):
         table = pq.read_table(path)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         tables.append(table)
     if not tables:
         return None
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def read_inference_log(
@@ -179,12 +179,15 @@ def read_inference_log(
     now: datetime | None = None,
     model_version: str | None = None,
     columns: list[str] | None = None,
-) -> pd.DataFrame:
+    as_table: bool = False,
+) -> pd.DataFrame | pa.Table:
     """Rows of the inference log in ``window``, oldest first; an empty frame if there are none.
 
-    Only date partitions that can hold window rows are read. With ``model_version`` only rows
-    served by that version are kept (a ``v`` prefix is ignored on both sides), so the window is
-    comparable with that version's reference (the score depends on the model).
+    ``as_table`` returns the Arrow table, so that a caller that samples converts only the sample.
+
+    Only date partitions that can hold window rows are read, and rows are filtered in Arrow
+    before pandas sees them. With ``model_version`` only rows served by that version are kept
+    (a ``v`` prefix is ignored), so the window is comparable with that version's reference.
     """
     now = now or datetime.now(UTC)
     wanted = None if columns is None else [*columns, TIMESTAMP_COLUMN, MODEL_VERSION_COLUMN]
@@ -194,45 +197,62 @@ def read_inference_log(
         reverse=True,
     )
     cutoff = now - timedelta(hours=window.hours) if window.hours is not None else None
-    frames: list[pd.DataFrame] = []
+    versions = None
+    if model_version is not None:
+        bare = str(model_version).removeprefix("v")
+        versions = pa.array([bare, f"v{bare}"])
+    tables: list[pa.Table] = []
     have = 0
     for day, folder in parts:
         if cutoff is not None and day + timedelta(days=1) <= cutoff:
             break
-        frame = _read_partition(folder, wanted)
-        if frame is None or frame.empty:
+        table = _read_partition(folder, wanted)
+        if table is None or table.num_rows == 0:
             continue
-        ts = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
-        keep = ts <= now
+        ts = pc.cast(table[TIMESTAMP_COLUMN], pa.timestamp("us", tz="UTC"))
+        table = table.set_column(
+            table.schema.get_field_index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, ts
+        )
+        keep = pc.less_equal(ts, pa.scalar(now, pa.timestamp("us", tz="UTC")))
         if cutoff is not None:
-            keep &= ts > cutoff
-        if model_version is not None:
-            served = frame[MODEL_VERSION_COLUMN].astype(str).str.removeprefix("v")
-            keep &= served == str(model_version).removeprefix("v")
-        frame = frame.loc[keep.to_numpy()]
-        frames.append(frame)
-        have += len(frame)
+            keep = pc.and_(keep, pc.greater(ts, pa.scalar(cutoff, pa.timestamp("us", tz="UTC"))))
+        if versions is not None:
+            served = pc.cast(table[MODEL_VERSION_COLUMN], pa.string())
+            keep = pc.and_(keep, pc.is_in(served, value_set=versions))
+        table = table.filter(keep)
+        tables.append(table)
+        have += table.num_rows
         if window.rows is not None and have >= window.rows:
             break
-    if not frames:
-        return pd.DataFrame(columns=wanted or [])
-    out = pd.concat(frames, ignore_index=True)
-    out[TIMESTAMP_COLUMN] = pd.to_datetime(out[TIMESTAMP_COLUMN], utc=True)
-    out = out.sort_values(TIMESTAMP_COLUMN, kind="stable").reset_index(drop=True)
-    if window.rows is not None:
-        out = out.tail(window.rows).reset_index(drop=True)
-    return out
+    if not tables:
+        empty = pd.DataFrame(columns=wanted or [TIMESTAMP_COLUMN])
+        return pa.Table.from_pandas(empty, preserve_index=False) if as_table else empty
+    table = pa.concat_tables(tables, promote_options="default").sort_by(TIMESTAMP_COLUMN)
+    if window.rows is not None and table.num_rows > window.rows:
+        table = table.slice(table.num_rows - window.rows)
+    return table if as_table else table.to_pandas()
 
 
-def window_id(frame: pd.DataFrame, champion_version: str) -> str:
+def time_range(frame: pd.DataFrame | pa.Table) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """First and last timestamp of a window (pandas or Arrow); None when it is empty."""
+    if len(frame) == 0:
+        return None
+    if isinstance(frame, pa.Table):
+        bounds = pc.min_max(frame[TIMESTAMP_COLUMN]).as_py()
+        return pd.Timestamp(bounds["min"]), pd.Timestamp(bounds["max"])
+    ts = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
+    return ts.min(), ts.max()
+
+
+def window_id(frame: pd.DataFrame | pa.Table, champion_version: str) -> str:
     """A content identity of the window: champion, first/last timestamp and row count.
 
     Two checks over the same rows get the same id, which makes a retraining trigger idempotent.
     """
-    if frame.empty:
+    bounds = time_range(frame)
+    if bounds is None:
         return f"v{champion_version}-empty"
-    ts = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
-    first, last = ts.min(), ts.max()
+    first, last = bounds
     raw = f"{champion_version}|{first.isoformat()}|{last.isoformat()}|{len(frame)}"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:10]
     return f"v{champion_version}-{first:%Y%m%dT%H%M}-{last:%Y%m%dT%H%M}-{digest}"
@@ -272,17 +292,25 @@ class Sampling(BaseModel):
         )
 
 
+Frame = pd.DataFrame | pa.Table
+
+
 def sample_pair(
-    reference: pd.DataFrame, current: pd.DataFrame, sample_rows: int, seed: int
+    reference: Frame, current: Frame, sample_rows: int, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, Sampling]:
-    """Sample each side down to ``sample_rows`` (uniformly, seeded); smaller sides stay whole."""
+    """Sample each side down to ``sample_rows`` (uniformly, seeded); smaller sides stay whole.
+
+    Arrow tables are sampled before conversion, so pandas only ever holds the sample.
+    """
     rng = np.random.default_rng(seed)
 
-    def take(frame: pd.DataFrame) -> pd.DataFrame:
-        if len(frame) <= sample_rows:
-            return frame.reset_index(drop=True)
-        idx = np.sort(rng.choice(len(frame), size=sample_rows, replace=False))
-        return frame.iloc[idx].reset_index(drop=True)
+    def take(frame: Frame) -> pd.DataFrame:
+        idx = None
+        if len(frame) > sample_rows:
+            idx = np.sort(rng.choice(len(frame), size=sample_rows, replace=False))
+        if isinstance(frame, pa.Table):
+            return (frame if idx is None else frame.take(pa.array(idx))).to_pandas()
+        return (frame if idx is None else frame.iloc[idx]).reset_index(drop=True)
 
     ref, cur = take(reference), take(current)
     info = Sampling(
@@ -672,7 +700,7 @@ class DriftAnalysis:
 
 
 def analyse(
-    reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, policy: DriftPolicy
+    reference: Frame, current: Frame, spec: FeatureSpec, policy: DriftPolicy
 ) -> DriftAnalysis:
     """Compare the window with the reference; guard small windows; return the verdict."""
     import time
