@@ -22,6 +22,7 @@ esac
 STATE_DIR="${1:-${FRAUD_DOCKER_DIR:-/tmp/fraud-docker}}"
 BASE_IMAGE="${FRAUD_BASE_IMAGE:-python:3.11-slim}"
 SUITE="${FRAUD_BASE_SUITE:-bookworm}"
+BASE_RECIPE=2 # bump when the base image recipe below changes
 START_TIMEOUT="${FRAUD_DOCKER_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${FRAUD_DOCKER_STOP_TIMEOUT:-30}"
 PID_FILE="$STATE_DIR/dockerd.pid"
@@ -100,8 +101,14 @@ apt_mirror() {
 
 provide_base_image() {
     if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        log "base image $BASE_IMAGE present"
-        return 0
+        local recipe
+        recipe="$(docker image inspect -f '{{ index .Config.Labels "fraud.base-recipe" }}' "$BASE_IMAGE" 2>/dev/null || true)"
+        # A pulled image has no recipe label and is kept; one built by an older recipe is rebuilt.
+        if [[ -z "$recipe" || "$recipe" == "<no value>" || "$recipe" == "$BASE_RECIPE" ]]; then
+            log "base image $BASE_IMAGE present"
+            return 0
+        fi
+        log "base image $BASE_IMAGE was built by recipe $recipe; rebuilding with recipe $BASE_RECIPE"
     fi
     local rootfs="$STATE_DIR/rootfs" build_log="$STATE_DIR/base-image.log" mirror
     mirror="$(apt_mirror)"
@@ -115,12 +122,16 @@ provide_base_image() {
         cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     fi
     rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    # What a slim image leaves out: package caches, documentation, manual pages, translations.
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/*
     tar -C "$rootfs" -c . | docker import \
         --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
         --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'CMD ["python3"]' \
+        --change "LABEL fraud.base-recipe=$BASE_RECIPE" \
         - "$BASE_IMAGE" >>"$build_log" 2>&1 || die "docker import failed; see $build_log"
     rm -rf "$rootfs"
     docker run --rm --network host "$BASE_IMAGE" python3 -c 'import sys, venv, ssl; print(sys.version)' \
