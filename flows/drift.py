@@ -792,9 +792,9 @@ def write_inference_log(
     out[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True).astype(
         "datetime64[us, UTC]"
     )
-    out["request_id"] = [f"req-{i:012d}" for i in range(len(out))]
-    out["transaction_id_hash"] = None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    out["request_id"] = [f"{stamp}-{i}" for i in range(len(out))]
+    out["transaction_id_hash"] = None
     paths = []
     for n, (day, part) in enumerate(out.groupby(out[TIMESTAMP_COLUMN].dt.strftime("%Y-%m-%d"))):
         folder = root / f"{PARTITION_PREFIX}{day}"
