@@ -141,20 +141,28 @@ def run_drift_check(
         deployment=config.deployment,
         has_labelled_data=bool(retraining.labelled_batches(settings.labelled_root)),
     )
-    data_path = settings.work_dir / "retrain" / f"{config.model_name}-{wid}.parquet"
+    data_path: Path | None = None
+    if analysis.verdict.retrain_wanted and decision.action != retraining.RetrainAction.NOT_NEEDED:
+        # built even when not triggered, so the manual command in the email works as printed
+        try:
+            data_path = retraining.assemble_training_data(
+                settings.labelled_root,
+                settings.work_dir / "retrain" / f"{config.model_name}-{wid}.parquet",
+                config.labelled_max_rows,
+            )
+        except Exception as err:
+            problems.append(f"labelled data: {type(err).__name__}: {err}")
     if decision.should_trigger:
         try:
-            built = retraining.assemble_training_data(
-                settings.labelled_root, data_path, config.labelled_max_rows
-            )
-            if built is None:
-                raise FileNotFoundError(f"no labelled batch in {settings.labelled_root}")
-            decision = trigger(decision, built)
+            if data_path is None:
+                raise FileNotFoundError(f"no usable labelled batch in {settings.labelled_root}")
+            decision = trigger(decision, data_path)
         except Exception as err:
             decision = decision.model_copy(
                 update={
                     "action": retraining.RetrainAction.FAILED,
                     "reason": f"{type(err).__name__}: {err}",
+                    "data_path": str(data_path) if data_path else None,
                 }
             )
             problems.append(f"retraining trigger: {type(err).__name__}: {err}")
@@ -177,7 +185,7 @@ def run_drift_check(
         noise_floor_column=worst[0] if worst else None,
         retrain=decision,
         manual_command=retraining.manual_command(
-            config.deployment, decision.data_path or str(data_path)
+            config.deployment, str(data_path) if data_path else None
         ),
         report_dir=str(folder),
         report_html=str(folder / "drift_report.html") if analysis.snapshot is not None else None,

@@ -156,7 +156,10 @@ def assemble_training_data(folder: Path, dest: Path, max_rows: int) -> Path | No
 
 
 def manual_command(deployment: str, data_path: str | None) -> str:
-    """The command a person runs to start the same retraining by hand."""
+    """The command a person runs to start the same retraining by hand.
+
+    Without labelled data the command trains on the deployment's default data path.
+    """
     param = f" --param data_path={data_path}" if data_path else ""
     return f"uv run prefect deployment run '{deployment}'{param} --watch"
 
@@ -192,15 +195,19 @@ def recent_runs(deployment: str, limit: int = 20) -> list[RecentRun]:
 def trigger(decision: RetrainDecision, data_path: Path) -> RetrainDecision:
     """Start the deployment without waiting (``timeout=0``) with the window's idempotency key."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    run = run_deployment(
-        decision.deployment,
-        parameters={"data_path": str(data_path)},
-        timeout=0,
-        idempotency_key=decision.idempotency_key,
-        tags=["drift-triggered"],
-        as_subflow=False,
-    )
+    try:
+        run = run_deployment(
+            decision.deployment,
+            parameters={"data_path": str(data_path)},
+            timeout=0,
+            idempotency_key=decision.idempotency_key,
+            tags=["drift-triggered"],
+            as_subflow=False,
+        )
+    except ObjectNotFound as err:
+        raise LookupError(f"deployment {decision.deployment!r} is not deployed") from err
     return decision.model_copy(
         update={"flow_run_id": str(run.id), "flow_run_name": run.name, "data_path": str(data_path)}
     )
