@@ -475,7 +475,8 @@ def containerize(
     name, _, version = bento_tag.partition(":")
     log_path = release_log_dir(settings, name, version[1:]) / "containerize.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("")
+    with log_path.open("a") as log:
+        log.write(f"=== containerize {bento_tag} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
     require_docker()
     bento = _bento_store(settings.bentoml_home).get(bento_tag)
     ref = image_tag(repository or name, version[1:])
@@ -507,6 +508,25 @@ def containerize(
     if not facts.user or facts.user in {"root", "0"}:
         raise ContainerizeError(bento_tag, f"image {ref} runs as root (User={facts.user!r})")
     return facts
+
+
+def containerize_with_retries(
+    settings: Settings,
+    bento_tag: str,
+    *,
+    repository: str | None = None,
+    delays_s: Sequence[float] = (5.0, 15.0),
+) -> ImageFacts:
+    """:func:`containerize`, tried again after ``delays_s`` when the build fails: the build
+    downloads packages and can hit a network error. A root image is not retried."""
+    for delay in (*delays_s, None):
+        try:
+            return containerize(settings, bento_tag, repository=repository)
+        except ContainerizeError as err:
+            if delay is None or "runs as root" in err.reason:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- smoke test
@@ -879,3 +899,61 @@ def discard_failed(settings: Settings, tag: str) -> None:
     if champion:
         _set_store_latest(settings.bentoml_home / "models", champion)
         _set_store_latest(settings.bentoml_home / "bentos", champion)
+
+
+# --------------------------------------------------------------------------- whole sequence
+
+
+@dataclass(frozen=True)
+class PackagedVersion:
+    """A version ready to be promoted: its bento, and its image with the smoke test it passed."""
+
+    tag: str
+    image: ImageFacts | None
+    smoke: SmokeReport | None
+    skipped: str | None = None
+
+    def summary(self) -> dict[str, str]:
+        """Facts for the run's summary; says loudly when no image was built."""
+        facts = {"bento": self.tag}
+        if self.image is None or self.smoke is None:
+            facts["image"] = f"NOT BUILT: {self.skipped or 'image step skipped'}"
+            return facts
+        facts["image"] = f"{self.image.ref} ({self.image.size_mb:.0f} MB, user {self.image.user})"
+        facts["smoke test"] = (
+            f"{self.smoke.records} records, max |dp| {self.smoke.max_abs_diff:.1e}, "
+            f"ready in {self.smoke.start_to_ready_s:.1f} s"
+        )
+        return facts
+
+
+def package_version(
+    settings: Settings,
+    model_name: str,
+    version: str,
+    reference: pd.DataFrame,
+    spec: FeatureSpec,
+    *,
+    build_image: bool = True,
+    repository: str | None = None,
+) -> PackagedVersion:
+    """Import, build, containerize and smoke-test a registered version, before any promotion.
+
+    ``reference`` holds rows the smoke test may send (e.g. the holdout). On failure the
+    version's bento and store model are dropped and both stores point back at the champion,
+    then the :class:`PackagingError` propagates; the ``latest`` image is never touched here.
+    """
+    stored = import_registered_version(settings, model_name, version)
+    try:
+        bento = build_bento(settings, stored)
+        if not build_image:
+            return PackagedVersion(
+                bento, None, None, "the image step was switched off for this run (no Docker)"
+            )
+        facts = containerize_with_retries(settings, bento, repository=repository)
+        case = make_smoke_case(stored.model_bytes, spec, reference, stored.threshold)
+        report = smoke_test(settings, facts.ref, case, model_version=stored.model_version)
+    except PackagingError:
+        discard_failed(settings, stored.tag)
+        raise
+    return PackagedVersion(bento, facts, report)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,11 +84,14 @@ def released(docker_engine, tmp_path_factory, spec: FeatureSpec, small_data) -> 
     assert str(version.version) == "1"
 
     repository = f"{MODEL}-it-{uuid.uuid4().hex[:8]}"
-    stored = pk.import_registered_version(settings, MODEL, "1")
-    bento = pk.build_bento(settings, stored)
-    facts = pk.containerize(settings, bento, repository=repository)
-    case = pk.make_smoke_case(model_bytes, spec, splits.holdout, candidate.threshold, rows=64)
-    print(f"\nimage {facts.ref}: {facts.size_mb:.0f} MB, user {facts.user}")
+    started = time.perf_counter()
+    packaged = pk.package_version(settings, MODEL, "1", splits.holdout, spec, repository=repository)
+    elapsed = time.perf_counter() - started
+    assert packaged.image is not None and packaged.smoke is not None
+    facts = packaged.image
+    print(f"\nimport + build + containerize + smoke test: {elapsed:.1f} s; {packaged.summary()}")
+    stored = pk.import_registered_version(settings, MODEL, "1")  # a no-op the second time
+    case = pk.make_smoke_case(model_bytes, spec, splits.holdout, candidate.threshold)
     try:
         yield Released(settings, stored, facts, case, repository)
     finally:

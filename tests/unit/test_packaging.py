@@ -309,6 +309,44 @@ def test_engine_that_does_not_answer_is_reported(monkeypatch, tmp_path):
     assert detail == "`docker info` failed: Cannot connect to the Docker daemon"
 
 
+def test_containerize_is_retried_on_build_failures_only(monkeypatch, settings):
+    calls: list[str] = []
+    facts = pk.ImageFacts("fraud-detector:v3", "sha256:x", 1, "bentoml", {})
+
+    def flaky(_settings, bento_tag, *, repository=None):
+        calls.append(bento_tag)
+        if len(calls) < 3:
+            raise pk.ContainerizeError(bento_tag, "exit code 1")
+        return facts
+
+    monkeypatch.setattr(pk, "containerize", flaky)
+    got = pk.containerize_with_retries(settings, "fraud-detector:v3", delays_s=(0, 0))
+    assert got is facts and len(calls) == 3
+
+    calls.clear()
+    with pytest.raises(pk.ContainerizeError):
+        pk.containerize_with_retries(settings, "fraud-detector:v3", delays_s=(0,))
+    assert len(calls) == 2
+
+    def root_image(_settings, bento_tag, *, repository=None):
+        calls.append(bento_tag)
+        raise pk.ContainerizeError(bento_tag, "image fraud-detector:v3 runs as root (User='')")
+
+    calls.clear()
+    monkeypatch.setattr(pk, "containerize", root_image)
+    with pytest.raises(pk.ContainerizeError, match="runs as root"):
+        pk.containerize_with_retries(settings, "fraud-detector:v3", delays_s=(0, 0))
+    assert len(calls) == 1
+
+
+def test_summary_says_loudly_when_no_image_was_built():
+    skipped = pk.PackagedVersion("fraud-detector:v3", None, None, "no Docker on this machine")
+    assert skipped.summary() == {
+        "bento": "fraud-detector:v3",
+        "image": "NOT BUILT: no Docker on this machine",
+    }
+
+
 def test_free_port_is_bindable():
     import socket
 
