@@ -42,6 +42,25 @@ from flows.training import (
 )
 
 
+class ChampionMoved(RuntimeError):
+    """The champion changed while this run was gating: promoting now would skip the comparison."""
+
+
+def check_champion_unchanged(current: str | None, compared: str | None, candidate: str) -> None:
+    """Refuse to promote when the champion is no longer the one the candidate was gated against."""
+    if current != compared:
+        raise ChampionMoved(
+            f"candidate v{candidate} not promoted: it was compared against champion "
+            f"{'v' + compared if compared else '(none)'}, but the champion is now "
+            f"{'v' + current if current else '(none)'}; rerun to gate against the new champion"
+        )
+
+
+def promotion_lock_name(model_name: str) -> str:
+    """The Prefect global concurrency limit that serialises alias moves of one model."""
+    return f"promote-{model_name}"
+
+
 class ContractViolation(ValueError):
     """The data broke the contract badly enough to stop the run; the message is the report."""
 

@@ -57,10 +57,14 @@ def release_markdown(
     champion: ChampionScore | None,
     facts: dict[str, Any],
     stopped: str | None = None,
+    refused: str | None = None,
 ) -> str:
     """The Prefect artifact of a train-and-release run: outcome first, then the numbers."""
     if stopped:
         head = f"## {model_name}: STOPPED before training\n\n{stopped}\n"
+    elif refused:
+        head = f"## {model_name}: REFUSED at promotion (v{facts.get('version')} registered)\n\n"
+        head += f"{refused}\n"
     elif decision is not None and decision.promote:
         head = f"## {model_name}: PROMOTED to champion (v{facts.get('version')})\n"
     else:

@@ -6,6 +6,7 @@ load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ import pandas as pd
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Completed, State
 
 from data_contracts.schemas import LABEL_INT, ValidationResult
@@ -108,10 +113,53 @@ def register(
     return str(release.register(client, model_name, model_uri, run_id, tags).version)
 
 
-@task(name="promote", cache_policy=NO_CACHE, **IO_RETRIES)
-def promote(settings: Settings, model_name: str, version: str) -> None:
+@task(name="tag-version", cache_policy=NO_CACHE, **IO_RETRIES)
+def tag_version(settings: Settings, model_name: str, version: str, tags: dict[str, str]) -> None:
     client = registry.configure(settings)
-    registry.move_alias(client, model_name, settings.champion_alias, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+
+
+def _retry_unless_refused(task, task_run, state) -> bool:
+    """Retry I/O failures of the promotion, never a refusal (the champion moved)."""
+    try:
+        state.result()
+    except release.ChampionMoved:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="promote",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=_retry_unless_refused,
+    **IO_RETRIES,
+)
+def promote(settings: Settings, model_name: str, version: str, compared: str | None) -> None:
+    """Move the alias inside a strict global lock, after re-reading it (MLflow has no CAS)."""
+    lock = release.promotion_lock_name(model_name)
+    ensure_lock(lock)
+    with concurrency(lock, occupy=1, strict=True, timeout_seconds=300):
+        client = registry.configure(settings)
+        current = registry.current_champion(client, model_name, settings.champion_alias)
+        release.check_champion_unchanged(
+            str(current.version) if current else None, compared, version
+        )
+        registry.move_alias(client, model_name, settings.champion_alias, version)
+
+
+def ensure_lock(name: str) -> None:
+    """Create the one-slot global concurrency limit ``name`` if the server does not have it."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
 
 
 def _resolve_inputs(
@@ -212,8 +260,18 @@ def train_and_release(
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
     version = register(settings, name, model_uri, run_id, release.version_tags(record, run_id))
+    refused = None
     if decision.promote:
-        promote(settings, name, version)
+        compared = champion.version if champion else None
+        promoted = promote(settings, name, version, compared, return_state=True)
+        if promoted.is_failed():
+            try:
+                promoted.result()
+            except release.ChampionMoved as err:
+                refused = str(err)
+                tag_version(settings, name, version, {"release.outcome": "refused",
+                                                      "release.refusal": refused})  # fmt: skip
+    outcome_name = "refused" if refused else decision.outcome
     facts = release.summary_facts(record, version, run_id, settings)
     create_markdown_artifact(
         key="release-decision",
@@ -223,19 +281,24 @@ def train_and_release(
             metrics=candidate.metrics,
             champion=champion,
             facts=facts,
+            refused=refused,
         ),
-        description=f"{name} v{version}: {decision.outcome}",
+        description=f"{name} v{version}: {outcome_name}",
     )
     outcome: dict[str, Any] = {
         "model_name": name,
         "version": version,
         "run_id": run_id,
-        "outcome": decision.outcome,
-        "reasons": decision.reasons,
+        "outcome": outcome_name,
+        "reasons": [refused] if refused else decision.reasons,
         "holdout_f1": candidate.metrics.f1,
-        "champion_version": version if decision.promote else (champion and champion.version),
+        "champion_version": version
+        if outcome_name == "promote"
+        else (champion and champion.version),
     }
-    step(f"{name} v{version}: {decision.outcome}")
+    step(f"{name} v{version}: {outcome_name}")
+    if refused:
+        return Completed(name="Refused", message=refused, data=outcome)
     if decision.promote:
         return Completed(message=f"{name} v{version} promoted to champion", data=outcome)
     return Completed(

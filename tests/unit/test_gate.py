@@ -57,3 +57,16 @@ def test_every_failed_check_is_listed():
                           threshold=0.5)  # fmt: skip
     d = decide_promotion(metrics(0.1), parity, champion(0.9), POLICY)
     assert [r.split(":")[0] for r in d.reasons] == ["f1_floor", "champion", "onnx_parity"]
+
+
+def test_promotion_refused_when_the_champion_moved():
+    from flows.release import ChampionMoved, check_champion_unchanged
+
+    check_champion_unchanged("3", "3", "5")
+    check_champion_unchanged(None, None, "1")
+    with pytest.raises(
+        ChampionMoved, match="compared against champion v3, but the champion is now v4"
+    ):
+        check_champion_unchanged("4", "3", "5")
+    with pytest.raises(ChampionMoved, match=r"compared against champion \(none\)"):
+        check_champion_unchanged("1", None, "2")
