@@ -149,17 +149,21 @@ def describe_errors(err: ValidationError, *, batch: bool = False) -> list[FieldE
         # a failed member of "X | None" adds the member's type name to the location
         loc = [p for p in loc if not (isinstance(p, str) and p in _TYPE_TAGS)]
         kind = e["type"]
-        if kind in _PROBLEMS:
+        value = e.get("input", 0)
+        if kind in _KEY_PROBLEMS:
             problem = _PROBLEMS[kind]
-        elif e.get("input", 0) is None:
+        elif value is None:
             problem = "null not allowed"
-        else:
+        elif kind == "literal_error" and not isinstance(value, str):
             problem = "wrong type"
+        else:
+            problem = _PROBLEMS.get(kind, "wrong type")
         field = ".".join(str(p) for p in loc) or "body"
         out.append(FieldError(index=index, field=field, problem=problem, message=e["msg"]))
     return _dedupe(out)
 
 
+_KEY_PROBLEMS = {"missing", "extra_forbidden", "json_invalid", "json_type"}
 _TYPE_TAGS = {"float", "str", "bool", "int", "constrained-float", "function-after", "literal"}
 
 

@@ -6,18 +6,16 @@ hash and the MLflow version; its labels say where it came from. Which tag is ser
 by :func:`resolve_model_tag`: the model packed in a built bento, else ``FRAUD_MODEL_TAG``, else
 the champion pointer file the release flow writes when the alias moves.
 
-This module imports only BentoML and the standard library, so the release flow can use it to
-import models and write the pointer without pulling in the serving code.
+The release flow writes both the store entries and the pointer (``flows.packaging``); this module
+only reads them, with the standard library alone.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 MODEL_NAME = "fraud-detector"
 MODEL_FILE = "model.onnx"
@@ -33,11 +31,6 @@ class ModelNotFoundError(RuntimeError):
     """No model can be chosen, or the chosen tag is not in the store."""
 
 
-def store_tag(model_name: str, mlflow_version: str | int) -> str:
-    """The store tag of an MLflow version: ``<name>:v<version>``."""
-    return f"{model_name}:v{mlflow_version}"
-
-
 def fraud_home(environ: Mapping[str, str] | None = None) -> Path:
     """``FRAUD_HOME``, or ``<repo>/.fraud`` (the same default as the pipeline's settings)."""
     env = os.environ if environ is None else environ
@@ -47,16 +40,6 @@ def fraud_home(environ: Mapping[str, str] | None = None) -> Path:
 def pointer_path(home: Path) -> Path:
     """Where the release flow records the champion's store tag."""
     return home / "bentoml" / POINTER_FILE
-
-
-def write_champion_pointer(home: Path, tag: str) -> Path:
-    """Record ``tag`` as the model ``bentoml serve`` serves from the repository (atomic write)."""
-    path = pointer_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{POINTER_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(tag.strip() + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def read_champion_pointer(home: Path) -> str | None:
@@ -114,49 +97,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def import_model(
-    model_bytes: bytes,
-    spec: Mapping[str, Any],
-    *,
-    threshold: float,
-    mlflow_version: str | int,
-    spec_hash: str,
-    labels: Mapping[str, str] | None = None,
-    model_name: str = MODEL_NAME,
-) -> str:
-    """Save an ONNX model and its feature spec in the BentoML store; return the tag.
-
-    Idempotent: when the tag already exists with the same sha256 it is kept; with a different
-    sha256 it is an error (a version number must never name two models).
-    The store used is BentoML's configured one (``BENTOML_HOME``).
-    """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    tag = store_tag(model_name, mlflow_version)
-    digest = hashlib.sha256(model_bytes).hexdigest()
-    try:
-        existing = bentoml.models.get(tag)
-    except NotFound:
-        existing = None
-    if existing is not None:
-        if existing.info.metadata.get("sha256") == digest:
-            return str(existing.tag)
-        raise ValueError(
-            f"{tag} is already in the BentoML store with sha256 "
-            f"{existing.info.metadata.get('sha256')}, not {digest}"
-        )
-    metadata = {
-        "threshold": float(threshold),
-        "sha256": digest,
-        "spec_hash": spec_hash,
-        "model_version": str(mlflow_version),
-    }
-    all_labels = {"model_name": model_name, "model_version": str(mlflow_version)}
-    all_labels.update({k: str(v) for k, v in (labels or {}).items()})
-    with bentoml.models.create(tag, labels=all_labels, metadata=metadata) as model:
-        Path(model.path_of(MODEL_FILE)).write_bytes(model_bytes)
-        Path(model.path_of(SPEC_FILE)).write_text(json.dumps(dict(spec), indent=2))
-    return tag

@@ -1,0 +1,88 @@
+"""Test support for the serving layer: a tiny trained ONNX model in a throw-away BentoML store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_contracts.schemas import validate_frame
+from data_contracts.spec import FeatureKind, FeatureSpec
+from data_contracts.synthetic import GeneratorConfig, generate
+from flows.onnx_export import export_onnx, onnx_predict_proba, onnx_session
+from flows.packaging import import_model
+from flows.training import TrainParams, fit
+
+MODEL_NAME = "fraud-detector"
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A small model trained on generated rows, stored as ``fraud-detector:v<version>``."""
+
+    tag: str
+    bentoml_home: Path
+    model_bytes: bytes
+    spec: FeatureSpec
+    threshold: float
+    rows: pd.DataFrame  # validated rows with the features in spec order
+
+    def records(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` rows as request bodies (JSON-typed, keyed by feature name)."""
+        return [to_request(row, self.spec) for row in self.rows.head(n).to_dict("records")]
+
+    def offline_scores(self, n: int) -> np.ndarray:
+        """ONNX Runtime probabilities of the first ``n`` rows, computed without the service."""
+        session = onnx_session(self.model_bytes)
+        return onnx_predict_proba(session, self.rows.head(n), self.spec)
+
+
+def to_request(row: dict[str, Any], spec: FeatureSpec) -> dict[str, Any]:
+    """One row as a request body: JSON types as the spec declares them, null for missing."""
+    out: dict[str, Any] = {}
+    for f in spec.features:
+        v = row[f.name]
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out[f.name] = None
+        elif f.kind == FeatureKind.CATEGORICAL:
+            out[f.name] = str(v)
+        elif f.kind == FeatureKind.BOOLEAN:
+            out[f.name] = bool(v)
+        elif f.kind == FeatureKind.INTEGER:
+            out[f.name] = int(v)
+        else:
+            out[f.name] = float(v)
+    return out
+
+
+def train_tiny_model(
+    spec: FeatureSpec, bentoml_home: Path, version: int = 1, rows: int = 4000
+) -> TinyModel:
+    """Train a small pipeline (20 boosting rounds), export it to ONNX, import it into a store."""
+    frame = generate(GeneratorConfig(rows=rows, seed=5))
+    valid = validate_frame(frame, spec).valid
+    pipeline = fit(valid, spec, TrainParams(max_iter=20, max_leaf_nodes=8))
+    model_bytes = export_onnx(pipeline, spec)
+    stored = import_model(
+        bentoml_home,
+        MODEL_NAME,
+        version,
+        model_bytes,
+        json.loads(json.dumps(spec.model_dump(mode="json"))),
+        threshold=THRESHOLD,
+        spec_hash=spec.spec_hash(),
+        labels={"model_name": MODEL_NAME, "model_version": str(version), "run_id": "test"},
+    )
+    return TinyModel(
+        tag=stored.tag,
+        bentoml_home=bentoml_home,
+        model_bytes=model_bytes,
+        spec=spec,
+        threshold=THRESHOLD,
+        rows=valid[spec.feature_names].reset_index(drop=True),
+    )

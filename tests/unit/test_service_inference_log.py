@@ -1,0 +1,145 @@
+"""The inference-log writer: buffering, flushing, date partitions, hashing and failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from bento.inference_log import InferenceLogWriter, hash_transaction_id, log_schema
+
+
+@pytest.fixture
+def values(spec) -> dict:
+    from bento.runtime import example_record
+
+    return example_record(spec)
+
+
+def read_all(root: Path) -> pd.DataFrame:
+    files = sorted(root.glob("date=*/part-*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def test_nothing_is_written_before_a_flush(tmp_path, spec, values):
+    writer = InferenceLogWriter(tmp_path / "log", spec, "3")
+    writer.append_row(values, 0.2, 0, "r1", None)
+    assert writer.pending == 1
+    assert not (tmp_path / "log").exists()
+    assert writer.flush() == 1
+    assert writer.pending == 0
+    assert writer.flush() == 0
+
+
+def test_schema_and_values(tmp_path, spec, values):
+    written: list[int] = []
+    writer = InferenceLogWriter(tmp_path, spec, "3", on_written=written.append)
+    writer.append_row({**values, "device_type": None}, 0.91, 1, "r1", "tx-1")
+    columns = {f.name: [values[f.name]] * 2 for f in spec.features}
+    writer.append_batch(columns, [0.1, 0.2], [0, 0], "r2", ["tx-2", None])
+    writer.flush()
+    assert written == [3]
+    [path] = writer.files
+    assert pq.read_schema(path).equals(log_schema(spec), check_metadata=False)
+    frame = read_all(tmp_path)
+    assert list(frame["score"]) == [0.91, 0.1, 0.2]
+    assert list(frame["decision"]) == [1, 0, 0]
+    assert list(frame["request_id"]) == ["r1", "r2", "r2"]
+    assert set(frame["model_version"]) == {"3"}
+    assert frame["device_type"].iloc[0] is None
+    assert frame["transaction_id_hash"].iloc[0] == hash_transaction_id("tx-1")
+    assert frame["transaction_id_hash"].iloc[2] is None
+    assert "tx-1" not in frame.to_string()
+    assert frame["hour_of_day"].dtype == "int64"
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+
+
+def test_partitioned_by_utc_date(tmp_path, spec, values, monkeypatch):
+    writer = InferenceLogWriter(tmp_path, spec, "1")
+    day = 86_400.0
+    base = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    for offset in (-1.0, 1.0, day + 1):
+        monkeypatch.setattr(time, "time", lambda o=offset: base + o)
+        writer.append_row(values, 0.5, 1, f"r{offset}", None)
+    monkeypatch.undo()
+    writer.flush()
+    dates = sorted(p.parent.name for p in writer.files)
+    assert dates == ["date=2025-12-31", "date=2026-01-01", "date=2026-01-02"]
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in writer.files)
+
+
+def test_each_flush_is_a_new_file(tmp_path, spec, values):
+    writer = InferenceLogWriter(tmp_path, spec, "1")
+    for i in range(3):
+        writer.append_row(values, 0.5, 1, f"r{i}", None)
+        writer.flush()
+    assert len({p.name for p in writer.files}) == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert len(read_all(tmp_path)) == 3
+
+
+def test_background_thread_flushes_and_close_flushes_the_rest(tmp_path, spec, values):
+    writer = InferenceLogWriter(tmp_path, spec, "1", flush_interval_s=0.05)
+    writer.start()
+    writer.append_row(values, 0.5, 1, "early", None)
+    deadline = time.monotonic() + 5
+    while not writer.files and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.written == 1
+    writer.flush_interval_s = 3600  # no more periodic flushes: only close() can write "late"
+    time.sleep(0.1)
+    writer.append_row(values, 0.5, 1, "late", None)
+    writer.close()
+    assert set(read_all(tmp_path)["request_id"]) == {"early", "late"}
+
+
+def test_flush_when_enough_records_wait(tmp_path, spec, values):
+    writer = InferenceLogWriter(tmp_path, spec, "1", flush_interval_s=3600, flush_records=10)
+    writer.start()
+    columns = {f.name: [values[f.name]] * 10 for f in spec.features}
+    writer.append_batch(columns, [0.1] * 10, [0] * 10, "b", [None] * 10)
+    deadline = time.monotonic() + 5
+    while writer.written < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    writer.close()
+    assert writer.written == 10
+
+
+def test_write_failure_is_counted_and_logged_not_raised(tmp_path, spec, values, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log folder should be")
+    lost: list[tuple[int, str]] = []
+    writer = InferenceLogWriter(blocker, spec, "1", on_lost=lambda n, r: lost.append((n, r)))
+    writer.append_row(values, 0.5, 1, "r1", None)
+    writer.append_row(values, 0.5, 1, "r2", None)
+    with caplog.at_level("ERROR", logger="fraud.serving.inference_log"):
+        assert writer.flush() == 0
+    assert writer.lost == 2
+    assert lost and lost[0][0] == 2
+    assert "2 records lost" in caplog.text
+    # serving goes on: the next records are accepted and, once the path is fixed, written
+    blocker.unlink()
+    writer.append_row(values, 0.5, 1, "r3", None)
+    assert writer.flush() == 1
+
+
+def test_full_buffer_drops_and_counts(tmp_path, spec, values):
+    lost: list[int] = []
+    writer = InferenceLogWriter(
+        tmp_path, spec, "1", max_buffered_records=2, on_lost=lambda n, r: lost.append(n)
+    )
+    for i in range(3):
+        writer.append_row(values, 0.5, 1, f"r{i}", None)
+    assert writer.pending == 2
+    assert lost == [1]
+    assert writer.lost == 1
+
+
+def test_hash_is_sha256_hex():
+    assert hash_transaction_id(None) is None
+    assert hash_transaction_id("abc") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
