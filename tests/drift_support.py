@@ -1,0 +1,73 @@
+"""Builders shared by the drift-check tests: a check result and a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+
+from flows.drift import JENSEN_SHANNON, WASSERSTEIN, ColumnDrift, DriftPolicy, Sampling, decide
+from flows.drift_result import DriftCheckResult
+from flows.retraining import RetrainAction, RetrainDecision
+
+DEP = "train-and-release/fraud-detector"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def columns(drifted: bool) -> list[ColumnDrift]:
+    out = [
+        ColumnDrift(column="amount", kind="numeric", method=WASSERSTEIN, statistic=0.4731,
+                    threshold=0.1, drifted=drifted, p_value=0.0, p_value_test="KS",
+                    noise_floor=0.012, shift="median 56.87 → 103.1"),
+        ColumnDrift(column="merchant_category", kind="categorical", method=JENSEN_SHANNON,
+                    statistic=0.3953, threshold=0.1, drifted=drifted, p_value=2.5e-40,
+                    p_value_test="chi-squared", noise_floor=0.01, shift="gaming: 3.1% → 31.4%"),
+        ColumnDrift(column="channel", kind="categorical", method=JENSEN_SHANNON, statistic=0.0031,
+                    threshold=0.1, drifted=False, p_value=0.61, p_value_test="chi-squared"),
+        ColumnDrift(column="score", kind="score", method=WASSERSTEIN, statistic=0.2585,
+                    threshold=0.1, drifted=drifted, p_value=3.4e-186, p_value_test="KS"),
+    ]  # fmt: skip
+    return out
+
+
+def result(drifted: bool = True, triggered: bool = True) -> DriftCheckResult:
+    """A drift-check result like the flow produces (drift + triggered, or all clear)."""
+    policy = DriftPolicy(drift_share=0.5)
+    cols = columns(drifted)
+    retrain = RetrainDecision(
+        action=RetrainAction.TRIGGERED if triggered else RetrainAction.NOT_NEEDED,
+        reason="drift crossed the threshold" if triggered else "drift below the threshold",
+        deployment=DEP,
+        idempotency_key=f"drift-retrain:{DEP}:v3-w" if triggered else None,
+        data_path="/h/work/retrain/train.parquet" if triggered else None,
+        flow_run_id="0f6b1c2d-1111-2222-3333-444455556666" if triggered else None,
+        flow_run_name="brisk-heron" if triggered else None,
+    )
+    return DriftCheckResult(
+        model_name="fraud-detector",
+        champion_version="3",
+        champion_run_id="abc123",
+        checked_at=datetime(2026, 3, 10, 12, 0, tzinfo=UTC),
+        window="last 24 h",
+        window_id="v3-20260309T1200-20260310T1159-0123456789",
+        policy=policy,
+        verdict=decide(cols, policy),
+        sampling=Sampling(
+            reference_rows=200_000,
+            window_rows=1_000_000,
+            reference_sampled=50_000,
+            window_sampled=50_000,
+            seed=0,
+        ),
+        columns=cols,
+        noise_floor_max=0.012,
+        noise_floor_column="amount",
+        retrain=retrain,
+        manual_command=f"uv run prefect deployment run '{DEP}' --param data_path=/h/t.parquet",
+        report_html="/h/drift_reports/x/drift_report.html",
+        mlflow_run_id="run-42",
+    )
