@@ -41,9 +41,15 @@ our_pid() {
     [[ -f "$PID_FILE" ]] || return 1
     local pid
     pid="$(cat "$PID_FILE")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    alive "$pid" || return 1
     [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "dockerd" ]] || return 1
     echo "$pid"
+}
+
+alive() {
+    # Running and not a zombie (a killed dockerd may linger as one until it is reaped).
+    [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null || return 1
+    [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != "Z" ]]
 }
 
 install_packages() {
@@ -79,7 +85,7 @@ start_engine() {
     fi
     local waited=0
     until engine_up; do
-        kill -0 "$pid" 2>/dev/null || die "dockerd (pid $pid) exited; see $LOG_FILE"
+        alive "$pid" || die "dockerd (pid $pid) exited; see $LOG_FILE"
         ((waited >= START_TIMEOUT)) && die "docker info did not answer within ${START_TIMEOUT}s; see $LOG_FILE"
         sleep 1
         waited=$((waited + 1))
@@ -149,7 +155,7 @@ stop_engine() {
     log "stopping dockerd (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local waited=0
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         if ((waited >= STOP_TIMEOUT)); then
             log "dockerd did not stop within ${STOP_TIMEOUT}s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
