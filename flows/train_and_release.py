@@ -24,7 +24,7 @@ from prefect.states import Completed, State
 
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
-from flows import registry, release
+from flows import audit, registry, release
 from flows.data_io import file_digest, load_table, write_quarantine
 from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
 from flows.reporting import release_markdown
@@ -137,8 +137,13 @@ def _retry_unless_refused(task, task_run, state) -> bool:
     retry_condition_fn=_retry_unless_refused,
     **IO_RETRIES,
 )
-def promote(settings: Settings, model_name: str, version: str, compared: str | None) -> None:
-    """Move the alias inside a strict global lock, after re-reading it (MLflow has no CAS)."""
+def promote(
+    settings: Settings, model_name: str, version: str, compared: str | None, reason: str
+) -> None:
+    """Move the alias inside a strict global lock, after re-reading it (MLflow has no CAS).
+
+    The move is appended to the audit log (``flows.audit``) inside the same lock.
+    """
     lock = release.promotion_lock_name(model_name)
     ensure_lock(lock)
     with concurrency(lock, occupy=1, strict=True, timeout_seconds=300):
@@ -148,6 +153,19 @@ def promote(settings: Settings, model_name: str, version: str, compared: str | N
             str(current.version) if current else None, compared, version
         )
         registry.move_alias(client, model_name, settings.champion_alias, version)
+        audit.record_move(
+            client,
+            settings,
+            model_name=model_name,
+            alias=settings.champion_alias,
+            action="release",
+            from_version=compared,
+            to_version=version,
+            reason=reason,
+            actor=f"flow-run:{runtime.flow_run.id}"
+            if runtime.flow_run.id
+            else audit.default_actor(),
+        )
 
 
 def ensure_lock(name: str) -> None:
@@ -263,7 +281,8 @@ def train_and_release(
     refused = None
     if decision.promote:
         compared = champion.version if champion else None
-        promoted = promote(settings, name, version, compared, return_state=True)
+        why = "; ".join(c.detail for c in decision.checks)
+        promoted = promote(settings, name, version, compared, why, return_state=True)
         if promoted.is_failed():
             try:
                 promoted.result()

@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from data_contracts.spec import load_spec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows import registry
+from flows import audit, registry
 from flows.gate import GatePolicy
 from flows.onnx_export import onnx_predict_proba, onnx_session, sha256
 from flows.settings import Settings
@@ -60,6 +60,10 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     }
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["data_digest"]
 
+    moves = audit.history(client, "fraud-detector")
+    assert [(m.action, m.from_version, m.to_version) for m in moves] == [("release", None, "1")]
+    assert moves[0].actor.startswith("flow-run:") and "holdout F1" in moves[0].reason
+
     second = train_and_release(
         data_path=str(data_file), params=TrainParams(max_iter=30, cripple=True), return_state=True
     )
@@ -69,6 +73,7 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     assert blocked.tags["gate.outcome"] == "blocked"
     assert "champion v1" in blocked.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
+    assert len(audit.history(client, "fraud-detector")) == 1  # a blocked run moves nothing
 
 
 def test_bring_your_own_data_and_spec(fraud_home):
