@@ -127,19 +127,13 @@ def _check_graph(session: ort.InferenceSession, spec: FeatureSpec, spec_hash: st
         )
 
 
-def load_runtime(
-    model_dir: Path,
-    metadata: Mapping[str, Any],
-    *,
-    tag: str,
-    labels: Mapping[str, str] | None = None,
-    threads: int = 1,
-) -> ModelRuntime:
-    """Load and verify a stored model; raise :class:`ModelLoadError` saying what is wrong.
+def verify_files(
+    model_dir: Path, metadata: Mapping[str, Any], *, tag: str
+) -> tuple[FeatureSpec, str]:
+    """Check a stored model's files against its metadata; return its spec and sha256.
 
-    Checks: both files exist, the ONNX sha256 equals the recorded one, the spec parses and its
-    hash equals the recorded one, the graph's inputs follow the spec, the threshold is a
-    probability, and a warm-up prediction returns a probability.
+    Cheap (one hash of the model file), so the service also runs it when it is imported: a
+    corrupt or mismatched model stops ``bentoml serve`` and ``bentoml build`` at once.
     """
     model_path, spec_path = model_dir / MODEL_FILE, model_dir / SPEC_FILE
     for path in (model_path, spec_path):
@@ -166,6 +160,26 @@ def load_runtime(
             f"model {tag}: feature spec hash {spec_hash} does not match the recorded "
             f"{metadata['spec_hash']}"
         )
+    return spec, digest
+
+
+def load_runtime(
+    model_dir: Path,
+    metadata: Mapping[str, Any],
+    *,
+    tag: str,
+    labels: Mapping[str, str] | None = None,
+    threads: int = 1,
+) -> ModelRuntime:
+    """Load and verify a stored model; raise :class:`ModelLoadError` saying what is wrong.
+
+    Checks: both files exist, the ONNX sha256 equals the recorded one, the spec parses and its
+    hash equals the recorded one, the graph's inputs follow the spec, the threshold is a
+    probability, and a warm-up prediction returns a probability.
+    """
+    spec, digest = verify_files(model_dir, metadata, tag=tag)
+    spec_hash = spec.spec_hash()
+    model_path = model_dir / MODEL_FILE
     threshold = float(metadata["threshold"])
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ModelLoadError(f"model {tag}: threshold {threshold} is not a probability")

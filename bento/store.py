@@ -61,6 +61,18 @@ def bento_root(service_file: Path) -> Path | None:
     return root if (root / "bento.yaml").is_file() else None
 
 
+def packed_model_tags(root: Path, model_name: str = MODEL_NAME) -> list[str]:
+    """The tags of ``model_name`` that a built bento packs, read from its ``bento.yaml``."""
+    import yaml
+
+    info = yaml.safe_load((root / "bento.yaml").read_text(encoding="utf-8")) or {}
+    entries = list(info.get("models") or [])
+    for service in info.get("services") or []:
+        entries += service.get("models") or []
+    tags = {str(e["tag"]) for e in entries if isinstance(e, dict) and "tag" in e}
+    return sorted(t for t in tags if t.partition(":")[0] == model_name)
+
+
 def resolve_model_tag(
     environ: Mapping[str, str] | None = None, packed_tags: list[str] | None = None
 ) -> str:
