@@ -1,0 +1,232 @@
+"""The drift email against a real SMTP server (aiosmtpd on 127.0.0.1), and a whole drift check.
+
+The whole check runs against a real MLflow store (SQLite in a temporary home), a real inference
+log and a real SMTP server; only the Prefect API calls (recent runs, run_deployment) are passed
+in as functions, because the Prefect server + worker loop is tested in the deployment scenario.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from data_contracts.spec import default_spec
+from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
+from flows.drift import REFERENCE_ARTIFACT, DriftPolicy, Outcome, Window, write_inference_log
+from flows.drift_check import DriftCheckConfig, run_drift_check
+from flows.drift_result import drift_email
+from flows.notify import SmtpSettings, compose_message, deliver, flush_outbox
+from flows.retraining import RecentRun, RetrainAction, RetrainDecision
+from flows.settings import Settings
+from tests.drift_support import free_port, result
+
+pytestmark = pytest.mark.integration
+SECRET = "pa55-w0rd-never-logged"
+
+
+class Inbox:
+    """aiosmtpd handler that keeps every envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            BytesParser(policy=policy.default).parsebytes(e.original_content)
+            for e in self.envelopes
+        ]
+
+
+def _authenticate(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.password.decode() == SECRET
+    return AuthResult(success=ok)
+
+
+def start_server(port: int, inbox: Inbox, auth: bool = False) -> Controller:
+    extra = {"authenticator": _authenticate, "auth_require_tls": False} if auth else {}
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, **extra)
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[int, Inbox]]:
+    port, inbox = free_port(), Inbox()
+    controller = start_server(port, inbox)
+    yield port, inbox
+    controller.stop()
+
+
+def test_drift_email_arrives_with_report_attached(tmp_path, smtp_server):
+    port, inbox = smtp_server
+    report = tmp_path / "drift_report.html"
+    report.write_text("<html><body>Evidently data drift report</body></html>")
+    smtp = SmtpSettings(host="127.0.0.1", port=port, sender="monitor@example.test",
+                        recipients=["ops@example.test", "risk@example.test"])  # fmt: skip
+    msg = compose_message(drift_email(result()), smtp, [report])
+    assert deliver(msg, smtp, tmp_path / "outbox", None).status == "sent"
+    (envelope,) = inbox.envelopes
+    assert envelope.mail_from == "monitor@example.test"
+    assert envelope.rcpt_tos == ["ops@example.test", "risk@example.test"]
+    (received,) = inbox.messages()
+    assert received["Subject"].startswith("[fraud-detector v3] DRIFT: 2/3 features drifted")
+    body = received.get_body(("html",)).get_content()
+    assert "merchant_category" in body and "0.3953" in body and "brisk-heron" in body
+    (attachment,) = list(received.iter_attachments())
+    assert attachment.get_filename() == "drift_report.html"
+    assert "Evidently data drift report" in attachment.get_content()
+    assert not (tmp_path / "outbox").exists()
+
+
+def test_login_uses_the_password_and_never_logs_it(tmp_path, caplog):
+    port, inbox = free_port(), Inbox()
+    controller = start_server(port, inbox, auth=True)
+    try:
+        smtp = SmtpSettings(host="127.0.0.1", port=port, user="monitor", password=SECRET,
+                            recipients=["ops@example.test"])  # fmt: skip
+        with caplog.at_level(logging.DEBUG):
+            delivery = deliver(compose_message(drift_email(result()), smtp), smtp,
+                               tmp_path / "outbox", SECRET)  # fmt: skip
+            once = smtp.model_copy(update={"retries": 1, "timeout": 3.0})
+            wrong = deliver(compose_message(drift_email(result()), once), once,
+                            tmp_path / "outbox", "wrong")  # fmt: skip
+    finally:
+        controller.stop()
+    assert delivery.status == "sent" and len(inbox.envelopes) == 1
+    assert wrong.status == "queued"  # authentication refused: kept, not lost
+    assert SECRET not in caplog.text and SECRET not in delivery.model_dump_json()
+
+
+def test_outbox_is_delivered_by_the_next_run_after_the_server_was_down(tmp_path):
+    port, inbox = free_port(), Inbox()
+    outbox = tmp_path / "outbox"
+    smtp = SmtpSettings(host="127.0.0.1", port=port, recipients=["ops@example.test"],
+                        retries=2, backoff_seconds=0.01, timeout=2)  # fmt: skip
+    first = deliver(compose_message(drift_email(result()), smtp), smtp, outbox, None)
+    assert first.status == "queued" and inbox.envelopes == []
+    controller = start_server(port, inbox)  # the server is back
+    try:
+        sent = flush_outbox(smtp, outbox, None)
+    finally:
+        controller.stop()
+    assert [d.status for d in sent] == ["sent"]
+    (received,) = inbox.messages()
+    assert received["Subject"] == first.subject
+    assert inbox.envelopes[0].rcpt_tos == ["ops@example.test"]
+    assert list(outbox.glob("*.eml")) == [] and len(list((outbox / "sent").glob("*.eml"))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole drift check: real MLflow store, inference log, SMTP server
+
+
+def _score(frame: pd.DataFrame) -> np.ndarray:
+    z = 0.9 * (np.log1p(frame["amount"].to_numpy(float)) - 5) - 2
+    return 1 / (1 + np.exp(-z))
+
+
+def _register_champion(settings: Settings, reference: pd.DataFrame) -> str:
+    """A registered version whose run holds the reference snapshot, with the champion alias."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    exp = client.create_experiment(
+        "train-and-release", artifact_location=settings.artifact_root.resolve().as_uri()
+    )
+    run = client.create_run(exp)
+    path = settings.work_dir / "reference.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference.to_parquet(path, index=False)
+    client.log_artifact(run.info.run_id, str(path), Path(REFERENCE_ARTIFACT).parent.as_posix())
+    client.create_registered_model("fraud-detector")
+    mv = client.create_model_version(
+        "fraud-detector", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
+    assert mlflow.get_tracking_uri()  # the module works without global state of ours
+    return str(mv.version)
+
+
+def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
+    port, inbox = smtp_server
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings()
+    reference = generate(GeneratorConfig(rows=6000, seed=31))
+    reference["score"] = _score(reference)
+    version = _register_champion(settings, reference)
+
+    now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    knobs = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
+    window = generate(GeneratorConfig(rows=4000, seed=32, drift=knobs))
+    window["score"] = _score(window)
+    window["timestamp"] = [now - timedelta(seconds=10 * (i + 1)) for i in range(len(window))]
+    write_inference_log(window, settings.inference_log_root, default_spec(), f"v{version}")
+    settings.labelled_root.mkdir(parents=True)
+    generate(GeneratorConfig(rows=3000, seed=33)).to_parquet(settings.labelled_root / "b1.parquet")
+
+    smtp = SmtpSettings(host="127.0.0.1", port=port, recipients=["ops@example.test"])
+    config = DriftCheckConfig(window=Window(hours=24), policy=DriftPolicy(min_window_rows=1000))
+    triggered: list[tuple[RetrainDecision, Path]] = []
+
+    def fake_trigger(decision: RetrainDecision, data_path: Path) -> RetrainDecision:
+        triggered.append((decision, data_path))
+        return decision.model_copy(update={"flow_run_id": "run-1", "flow_run_name": "quick-lynx",
+                                           "data_path": str(data_path)})  # fmt: skip
+
+    published = []
+    res, delivery = run_drift_check(settings, config, smtp, now=now, publish=published.append,
+                                    recent_runs=lambda _: [], trigger=fake_trigger)  # fmt: skip
+    assert res.verdict.outcome == Outcome.DRIFT and res.champion_version == version
+    assert {"amount", "merchant_category", "score"} <= {c.column for c in res.drifted}
+    assert res.retrain.action == RetrainAction.TRIGGERED and res.retrain.flow_run_id == "run-1"
+    (decision, data_path) = triggered[0]
+    assert decision.idempotency_key == f"drift-retrain:{config.deployment}:{res.window_id}"
+    assert len(pd.read_parquet(data_path)) == 3000
+    assert Path(res.report_html).is_file() and published == [res]
+    assert res.problems == []
+    assert delivery is not None and delivery.status == "sent"
+    (received,) = inbox.messages()
+    assert "DRIFT" in received["Subject"] and f"v{version}" in received["Subject"]
+    assert [a.get_filename() for a in received.iter_attachments()] == ["drift_report.html"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    run = client.get_run(res.mlflow_run_id)
+    assert run.data.tags["champion_version"] == version and run.data.tags["outcome"] == "drift"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == settings.monitoring_experiment
+
+    # a second check while the triggered run is in flight: no second trigger
+    busy = [RecentRun(id="run-1", name="quick-lynx", state="RUNNING")]
+    again, _ = run_drift_check(settings, config, smtp, now=now, recent_runs=lambda _: busy,
+                               trigger=fake_trigger)  # fmt: skip
+    assert again.retrain.action == RetrainAction.ALREADY_RETRAINING and len(triggered) == 1
+    assert again.window_id == res.window_id
+
+    # a window below the minimum: not enough data, no verdict, no trigger, mail says so
+    short, short_mail = run_drift_check(
+        settings, config.model_copy(update={"window": Window(rows=50)}), smtp, now=now,
+        recent_runs=lambda _: [], trigger=fake_trigger,
+    )  # fmt: skip
+    assert short.verdict.outcome == Outcome.NOT_ENOUGH_DATA and short.report_html is None
+    assert short.retrain.action == RetrainAction.NOT_ENOUGH_DATA and len(triggered) == 1
+    assert short_mail is not None and "not enough data" in inbox.messages()[-1]["Subject"]
