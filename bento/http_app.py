@@ -114,6 +114,15 @@ def _new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _caller_request_id(body: bytes) -> str | None:
+    """The ``request_id`` of a body that failed validation, when it has a usable one."""
+    try:
+        value = json.loads(body).get(REQUEST_ID)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH else None
+
+
 class ServingApp:
     """The mounted ASGI app; :meth:`bind` gives it a loaded model (it answers 503 until then)."""
 
@@ -235,9 +244,8 @@ class ServingApp:
             errors = describe_errors(err)
             if state.metrics is not None:
                 state.metrics.count_predictions("predict", 0, 0, 1)
-            await self._refuse(
-                send, 422, header_id or _new_request_id(), "invalid transaction", errors
-            )
+            request_id = _caller_request_id(body) or header_id or _new_request_id()
+            await self._refuse(send, 422, request_id, "invalid transaction", errors)
             return
         values = record.__dict__
         request_id = values[REQUEST_ID] or header_id or _new_request_id()
@@ -280,7 +288,7 @@ class ServingApp:
             total = len(records)
         except ValidationError as err:
             errors = describe_errors(err, batch=True)
-            request_id = header_id or _new_request_id()
+            request_id = _caller_request_id(body) or header_id or _new_request_id()
             parsed = self._valid_records(state, body, errors)
             if parsed is None:
                 if state.metrics is not None:

@@ -1,0 +1,216 @@
+"""``bentoml serve`` as a real process on 127.0.0.1, answering over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from serving_support import TinyModel, train_tiny_model
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BENTOML = [sys.executable, "-m", "bentoml"]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with _DIRECT.open(req, timeout=10) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    base: str
+    log: Path
+    inference_log: Path
+
+    def stop(self) -> int:
+        """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait(10)
+        return self.proc.returncode
+
+
+def serve_env(home: Path, model: TinyModel) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
+    env.update(
+        BENTOML_HOME=str(model.bentoml_home),
+        BENTOML_DO_NOT_TRACK="true",
+        FRAUD_HOME=str(home),
+        FRAUD_MODEL_TAG=model.tag,
+        FRAUD_INFERENCE_LOG_DIR=str(home / "inference_log"),
+        FRAUD_INFERENCE_LOG_FLUSH_S="3600",  # records can only reach disk by the shutdown flush
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny(spec, tmp_path_factory) -> TinyModel:
+    return train_tiny_model(spec, tmp_path_factory.mktemp("serve") / "bentoml")
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    log = home / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=serve_env(home, tiny),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    srv = Server(proc, f"http://127.0.0.1:{port}", log, home / "inference_log")
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if call(f"{srv.base}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"not ready in 90 s:\n{log.read_text()[-3000:]}")
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_predict_matches_offline_onnx(server, tiny):
+    expected = tiny.offline_scores(10)
+    for record, p in zip(tiny.records(10), expected, strict=True):
+        status, body = call(f"{server.base}/predict", record)
+        assert status == 200, body
+        assert body["fraud_probability"] == pytest.approx(float(p), abs=1e-6)
+        assert body["is_fraud"] == (body["fraud_probability"] >= tiny.threshold)
+        assert body["model_version"] == "1"
+
+
+def test_refusals_over_http(server, tiny):
+    record = tiny.records(1)[0]
+    status, body = call(f"{server.base}/predict", {**record, "channel": "teleport", "x": 1})
+    assert status == 422
+    assert {(e["field"], e["problem"]) for e in body["errors"]} == {
+        ("channel", "unknown category"),
+        ("x", "unknown field"),
+    }
+    assert call(f"{server.base}/predict", b"amount=3", "text/plain")[0] == 415
+    big = json.dumps({**record, "transaction_id": "x" * 100_000}).encode()
+    assert call(f"{server.base}/predict", big)[0] == 413
+
+
+def test_batch_over_http(server, tiny):
+    records = tiny.records(200)
+    records[7]["amount"] = float("inf")  # json.dumps writes Infinity
+    status, body = call(f"{server.base}/predict_batch", {"records": records})
+    assert status == 200, body
+    assert (body["scored"], body["rejected"]) == (199, 1)
+    assert body["predictions"][7] is None
+    assert body["errors"][0]["index"] == 7
+
+
+def test_metrics_health_and_openapi(server):
+    assert call(f"{server.base}/healthz")[0] == 200
+    status, text = call(f"{server.base}/metrics")
+    assert status == 200
+    assert "bentoml_service_request_total" in text  # BentoML's own
+    assert 'fraud_predictions_total{endpoint="predict",outcome=' in text
+    assert "fraud_score_bucket" in text
+    assert 'fraud_validation_errors_total{field="channel",problem="unknown category"}' in text
+    status, doc = call(f"{server.base}/docs.json")
+    assert status == 200 and "/predict" in doc["paths"]
+    assert call(f"{server.base}/")[0] == 200  # the OpenAPI page
+
+
+def test_logs_are_json_with_request_ids(server, tiny):
+    record = tiny.records(1)[0]
+    call(f"{server.base}/predict", {**record, "amount": -1.0, "request_id": "find-me-42"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [ln for ln in server.log.read_text().splitlines() if ln.startswith("{")]
+        found = [json.loads(ln) for ln in lines if "find-me-42" in ln]
+        if found:
+            break
+        time.sleep(0.1)
+    assert found, "no JSON log line for the refused request"
+    assert found[0]["level"] == "INFO"
+    assert found[0]["status"] == 422
+
+
+def test_inference_log_flushed_on_shutdown(server, tiny):
+    record = tiny.records(1)[0]
+    status, _ = call(f"{server.base}/predict", {**record, "request_id": "last-one"})
+    assert status == 200
+    assert server.stop() == 0
+    frame = pd.concat(
+        pd.read_parquet(p) for p in sorted(server.inference_log.glob("date=*/part-*.parquet"))
+    )
+    assert "last-one" in set(frame["request_id"])
+    assert len(frame) >= 10 + 199 + 1
+
+
+def test_corrupt_model_stops_start_up(tiny, tmp_path):
+    home = tmp_path / "bentoml"
+    shutil.copytree(tiny.bentoml_home / "models", home / "models")
+    name, _, version = tiny.tag.partition(":")
+    with (home / "models" / name / version / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    env = serve_env(tmp_path, tiny)
+    env["BENTOML_HOME"] = str(home)
+    proc = subprocess.run(
+        [*BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "model.onnx is corrupt" in proc.stderr + proc.stdout
