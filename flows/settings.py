@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     @property
     def champion_pointer(self) -> Path:
-        """File holding the served champion's tag (``<model>:v<version>``) in both BentoML stores."""
+        """File holding the served champion's tag, ``<model>:v<version>`` (store and bento)."""
         return self.bentoml_home / "champion_tag"
 
     @property
