@@ -225,7 +225,7 @@ def drift_check(
     column_threshold: float | None = None,
     score_threshold: float | None = None,
     min_window_rows: int = 1000,
-    sample_rows: int = 50_000,
+    sample_rows: int = 30_000,
     trigger_retraining: bool = True,
     deployment_name: str = DEFAULT_DEPLOYMENT,
     cooldown_hours: float = 6.0,
