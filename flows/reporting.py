@@ -63,7 +63,7 @@ def release_markdown(
     if stopped:
         head = f"## {model_name}: STOPPED before training\n\n{stopped}\n"
     elif refused:
-        head = f"## {model_name}: REFUSED at promotion (v{facts.get('version')} registered)\n\n"
+        head = f"## {model_name}: NOT PROMOTED (v{facts.get('version')} registered)\n\n"
         head += f"{refused}\n"
     elif decision is not None and decision.promote:
         head = f"## {model_name}: PROMOTED to champion (v{facts.get('version')})\n"
@@ -72,6 +72,8 @@ def release_markdown(
         if decision is not None:
             head += "\n" + "\n".join(f"- {r}" for r in decision.reasons) + "\n"
     lines = [head]
+    if str(facts.get("image", "")).startswith("NOT BUILT"):
+        lines.append(f"**IMAGE {facts['image']}**\n")
     if decision is not None:
         lines += ["| check | passed | detail |", "| --- | --- | --- |"]
         lines += [

@@ -24,7 +24,7 @@ from prefect.states import Completed, State
 
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
-from flows import audit, registry, release
+from flows import audit, packaging, registry, release
 from flows.data_io import file_digest, load_table, write_quarantine
 from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
 from flows.reporting import release_markdown
@@ -131,6 +131,21 @@ def _retry_unless_refused(task, task_run, state) -> bool:
     return False
 
 
+@task(name="package-bento-and-image", cache_policy=NO_CACHE)
+def package(
+    settings: Settings,
+    model_name: str,
+    version: str,
+    reference: pd.DataFrame,
+    spec: FeatureSpec,
+    build_image: bool,
+) -> packaging.PackagedVersion:
+    """Import into the bento store, build, containerize and smoke-test (retries inside)."""
+    return packaging.package_version(
+        settings, model_name, version, reference, spec, build_image=build_image
+    )
+
+
 @task(
     name="promote",
     cache_policy=NO_CACHE,
@@ -138,11 +153,17 @@ def _retry_unless_refused(task, task_run, state) -> bool:
     **IO_RETRIES,
 )
 def promote(
-    settings: Settings, model_name: str, version: str, compared: str | None, reason: str
+    settings: Settings,
+    model_name: str,
+    version: str,
+    compared: str | None,
+    reason: str,
+    packaged: packaging.PackagedVersion,
 ) -> None:
-    """Move the alias inside a strict global lock, after re-reading it (MLflow has no CAS).
+    """Inside a strict global lock: re-read the alias (MLflow has no compare-and-set), point the
+    served bento/image at the new version, move the alias and append to the audit log.
 
-    The move is appended to the audit log (``flows.audit``) inside the same lock.
+    If the alias cannot be moved, the served pointers go back to the previous champion.
     """
     lock = release.promotion_lock_name(model_name)
     ensure_lock(lock)
@@ -152,7 +173,15 @@ def promote(
         release.check_champion_unchanged(
             str(current.version) if current else None, compared, version
         )
-        registry.move_alias(client, model_name, settings.champion_alias, version)
+        previous = packaging.read_champion_pointer(settings)
+        image = packaged.image is not None
+        packaging.publish_champion(settings, packaged.tag, image=image)
+        try:
+            registry.move_alias(client, model_name, settings.champion_alias, version)
+        except Exception:
+            if previous:
+                packaging.publish_champion(settings, previous, image=image)
+            raise
         audit.record_move(
             client,
             settings,
@@ -201,6 +230,7 @@ def train_and_release(
     holdout_fraction: float = 0.2,
     validation_fraction: float = 0.2,
     reference_rows: int = 200_000,
+    build_image: bool = True,
 ) -> State:
     """Train a candidate on contract-validated data and promote it only if every gate passes.
 
@@ -213,6 +243,8 @@ def train_and_release(
         holdout_fraction: share of each class in the frozen holdout.
         validation_fraction: share of the rest used to tune the threshold.
         reference_rows: size of the drift reference snapshot logged with the model.
+        build_image: containerize and smoke-test the bento before promotion; switch off only
+            on machines without Docker (the run summary then says IMAGE NOT BUILT).
     """
     logger = get_run_logger()
     settings = Settings()
@@ -279,10 +311,35 @@ def train_and_release(
     model_uri = track(settings, run_id, record, raw)
     version = register(settings, name, model_uri, run_id, release.version_tags(record, run_id))
     refused = None
+    facts = release.summary_facts(record, version, run_id, settings)
     if decision.promote:
+        step(f"packaging {name} v{version}: bento store, bentoml build"
+             + (", containerize, smoke test" if build_image else " (IMAGE SKIPPED)"))  # fmt: skip
+        try:
+            packaged = package(settings, name, version, splits.holdout, spec, build_image)
+        except packaging.PackagingError as err:
+            tag_version(settings, name, version, {"release.outcome": "packaging_failed",
+                                                  "release.error": str(err)[:4900]})  # fmt: skip
+            create_markdown_artifact(
+                key="release-decision",
+                markdown=release_markdown(
+                    model_name=name,
+                    decision=decision,
+                    metrics=candidate.metrics,
+                    champion=champion,
+                    facts=facts,
+                    refused=f"packaging failed; the champion and its image are untouched:\n\n"
+                    f"```\n{err}\n```",
+                ),
+                description=f"{name} v{version}: packaging failed",
+            )
+            raise
+        facts.update(packaged.summary())
+        if packaged.image is None:
+            logger.warning("IMAGE NOT BUILT for %s: %s", packaged.tag, packaged.skipped)
         compared = champion.version if champion else None
         why = "; ".join(c.detail for c in decision.checks)
-        promoted = promote(settings, name, version, compared, why, return_state=True)
+        promoted = promote(settings, name, version, compared, why, packaged, return_state=True)
         if promoted.is_failed():
             try:
                 promoted.result()
@@ -290,8 +347,9 @@ def train_and_release(
                 refused = str(err)
                 tag_version(settings, name, version, {"release.outcome": "refused",
                                                       "release.refusal": refused})  # fmt: skip
+        else:
+            tag_version(settings, name, version, {"release.outcome": "released"})
     outcome_name = "refused" if refused else decision.outcome
-    facts = release.summary_facts(record, version, run_id, settings)
     create_markdown_artifact(
         key="release-decision",
         markdown=release_markdown(

@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from data_contracts.spec import load_spec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows import audit, registry
+from flows import audit, packaging, registry
 from flows.gate import GatePolicy
 from flows.onnx_export import onnx_predict_proba, onnx_session, sha256
 from flows.settings import Settings
@@ -21,6 +21,7 @@ from flows.training import TrainParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "data_contracts" / "examples"
 FAST = TrainParams(max_iter=60)
+NO_IMAGE = {"build_image": False}  # the image path is tested in tests/integration/test_image.py
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +42,7 @@ def client_for(home: Path) -> MlflowClient:
 
 
 def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
-    first = train_and_release(data_path=str(data_file), params=FAST, return_state=True)
+    first = train_and_release(data_path=str(data_file), params=FAST, return_state=True, **NO_IMAGE)
     assert first.is_completed(), first.message
     out = first.result()
     assert out["outcome"] == "promote" and out["version"] == "1"
@@ -60,6 +61,8 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     }
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["data_digest"]
 
+    assert packaging.read_champion_pointer(Settings(home=fraud_home)) == "fraud-detector:v1"
+    assert champion.tags["release.outcome"] == "released"
     moves = audit.history(client, "fraud-detector")
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [("release", None, "1")]
     assert moves[0].actor.startswith("flow-run:") and "holdout F1" in moves[0].reason
@@ -74,6 +77,7 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     assert "champion v1" in blocked.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
     assert len(audit.history(client, "fraud-detector")) == 1  # a blocked run moves nothing
+    assert packaging.read_champion_pointer(Settings(home=fraud_home)) == "fraud-detector:v1"
 
 
 def test_bring_your_own_data_and_spec(fraud_home):
@@ -81,6 +85,7 @@ def test_bring_your_own_data_and_spec(fraud_home):
         data_path=str(EXAMPLES / "credit_risk.csv"),
         spec_path=str(EXAMPLES / "credit_risk.yaml"),
         return_state=True,
+        **NO_IMAGE,
     )
     assert state.is_completed(), state.message
     assert state.result()["model_name"] == "credit-risk"
