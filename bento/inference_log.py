@@ -175,6 +175,10 @@ class InferenceLogWriter:
             )
             self._thread.start()
 
+    def warm_up(self) -> None:
+        """Convert an empty buffer once, so pyarrow's one-time set-up happens before serving."""
+        self._table(self._empty())
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the thread and write whatever is buffered."""
         self._stop.set()
