@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +111,7 @@ async def _send_json(send: Send, status: int, payload: bytes, request_id: str) -
 
 
 def _new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _caller_request_id(body: bytes) -> str | None:
@@ -129,7 +129,7 @@ class ServingApp:
     def __init__(self, lifespan: Callable[[Any], Any] | None = None) -> None:
         self._state: _State | None = None
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
-        self.app = Starlette(
+        self.app = _LeanStarlette(
             lifespan=lifespan,
             routes=[
                 Route("/predict", _Endpoint(self._predict), methods=["POST"]),
@@ -369,6 +369,17 @@ class ServingApp:
             spec = add_prediction_paths(spec, self._state)
         payload = json.dumps(spec).encode()
         await _send_json(send, 200, payload, _new_request_id())
+
+
+class _LeanStarlette(Starlette):
+    """Starlette routing without a second error-middleware stack.
+
+    BentoML's app around it already has one, and every endpoint answers its own errors.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        scope["app"] = self
+        await self.router(scope, receive, send)
 
 
 class _Endpoint:
