@@ -77,8 +77,8 @@ class InferenceLogWriter:
         model_version: str,
         *,
         flush_interval_s: float = 5.0,
-        flush_records: int = 50_000,
-        max_buffered_records: int = 500_000,
+        flush_records: int = 10_000,
+        max_buffered_records: int = 200_000,
         on_written: Callable[[int], None] | None = None,
         on_lost: Callable[[int, str], None] | None = None,
     ) -> None:
@@ -210,12 +210,14 @@ class InferenceLogWriter:
         if n == 0:
             return 0
         try:
-            table = self._table(cols)
-            for path in self._write(table):
-                self.files.append(path)
+            self.files.extend(self._write(self._table(cols)))
         except Exception as err:  # any I/O or conversion failure: count, log, keep serving
             self._report_loss(n, f"{type(err).__name__}: {err}")
             return 0
+        finally:
+            del cols
+            # the log uses memory in bursts: give pyarrow's freed pages back to the system
+            pa.default_memory_pool().release_unused()
         self.written += n
         self._on_written(n)
         return n

@@ -472,7 +472,7 @@ def main() -> int:
             "python": sys.version.split()[0],
         }
     )
-    for baseline in ("baseline (access log)", "baseline (no-access-log)"):
+    for baseline in (ARTICLE, STRICT):
         bench_baseline(report, baseline, model_dir, threshold, args, single, work)
     bench_bento(report, bentoml_home, tag, args, single, batch, work)
     report.machine["loadavg_after"] = os.getloadavg()
