@@ -128,6 +128,7 @@ class ServingApp:
 
     def __init__(self, lifespan: Callable[[Any], Any] | None = None) -> None:
         self._state: _State | None = None
+        self._score_limiter: anyio.CapacityLimiter | None = None
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
         self.app = _LeanStarlette(
             lifespan=lifespan,
@@ -305,7 +306,12 @@ class ServingApp:
         columns = {name: [d[name] for d in dicts] for name in runtime.spec.feature_names}
         feed = runtime.encoder.encode_columns(columns)
         if len(dicts) >= THREAD_BATCH_ROWS:
-            scores = await anyio.to_thread.run_sync(runtime.score_feed, feed)
+            # one scoring thread: the event loop validates the next batch while this one scores
+            if self._score_limiter is None:
+                self._score_limiter = anyio.CapacityLimiter(1)
+            scores = await anyio.to_thread.run_sync(
+                runtime.score_feed, feed, limiter=self._score_limiter
+            )
         else:
             scores = runtime.score_feed(feed)
         decisions = scores >= runtime.threshold
