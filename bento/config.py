@@ -47,13 +47,15 @@ class ServingConfig:
     inference_log_dir: Path = Path(".fraud/inference_log")
     inference_log_enabled: bool = True
     log_flush_interval_s: float = 5.0
+    log_flush_records: int = 10_000
     log_requests: bool = False  # one JSON log line per scored request (DEBUG level)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
         """Read ``FRAUD_MAX_BATCH_RECORDS``, ``FRAUD_MAX_BODY_BYTES``, ``FRAUD_MAX_RECORD_BYTES``,
         ``FRAUD_INFERENCE_LOG_DIR`` (default ``$FRAUD_HOME/inference_log``),
-        ``FRAUD_INFERENCE_LOG`` (``off`` disables it), ``FRAUD_INFERENCE_LOG_FLUSH_S`` and
+        ``FRAUD_INFERENCE_LOG`` (``off`` disables it), ``FRAUD_INFERENCE_LOG_FLUSH_S``,
+        ``FRAUD_INFERENCE_LOG_FLUSH_RECORDS`` and
         ``FRAUD_LOG_REQUESTS``."""
         env = os.environ if environ is None else environ
         log_dir = env.get(LOG_DIR_ENV) or str(fraud_home(env) / "inference_log")
@@ -67,5 +69,6 @@ class ServingConfig:
             log_flush_interval_s=_float(
                 env, "FRAUD_INFERENCE_LOG_FLUSH_S", cls.log_flush_interval_s
             ),
+            log_flush_records=_int(env, "FRAUD_INFERENCE_LOG_FLUSH_RECORDS", cls.log_flush_records),
             log_requests=env.get("FRAUD_LOG_REQUESTS", "").lower() in {"1", "true", "yes", "on"},
         )

@@ -8,7 +8,7 @@ Columns: every spec feature (raw values as served), ``score`` (float64), ``decis
 ``model_version`` (str), ``timestamp`` (timestamp[us, UTC]), ``request_id`` (str),
 ``transaction_id_hash`` (sha256 hex of the caller's transaction id, or null).
 
-Requests only append to in-memory column lists (under a lock, a few microseconds). A
+Requests only append to in-memory column buffers (under a lock, a few microseconds). A
 background thread writes the buffer every ``flush_interval_s`` seconds, sooner when
 ``flush_records`` are waiting, and once more on :meth:`InferenceLogWriter.close`. Each write
 is a new file (written to a temporary name, then renamed), so readers never see half a file.
@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,7 +65,7 @@ def hash_transaction_id(value: str | None) -> str | None:
     return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-_EXTRA = ("score", "decision", "request_id", "transaction_id", "timestamp")
+_NAN = float("nan")
 
 
 class InferenceLogWriter:
@@ -91,9 +92,10 @@ class InferenceLogWriter:
         self._on_written = on_written or (lambda n: None)
         self._on_lost = on_lost or (lambda n, reason: None)
         self._schema = log_schema(spec)
-        self._names = tuple(spec.feature_names)
+        self._numbers = tuple(f.name for f in spec.features if f.is_numeric)
+        self._strings = tuple(f.name for f in spec.features if not f.is_numeric)
         self._lock = threading.Lock()
-        self._cols = self._empty()
+        self._bufs = self._empty()
         self._pending = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -104,8 +106,14 @@ class InferenceLogWriter:
         self.files: list[Path] = []
 
     # -- request path ---------------------------------------------------------------------
-    def _empty(self) -> dict[str, list[Any]]:
-        return {name: [] for name in (*self._names, *_EXTRA)}
+    def _empty(self) -> dict[str, Any]:
+        """Fresh buffers: C doubles for numbers (NaN = null), lists for strings."""
+        bufs: dict[str, Any] = {name: array("d") for name in self._numbers}
+        bufs.update({name: [] for name in self._strings})
+        bufs.update(
+            score=array("d"), decision=array("b"), timestamp=array("d"), request_id=[], tx=[]
+        )
+        return bufs
 
     def append_row(
         self,
@@ -115,19 +123,22 @@ class InferenceLogWriter:
         request_id: str,
         transaction_id: str | None,
     ) -> None:
-        """Buffer one scored record: a handful of list appends, column by column."""
+        """Buffer one scored record: a handful of appends to typed column buffers."""
         if not self._admit(1):
             return
         now = time.time()
         with self._lock:
-            cols = self._cols
-            for name in self._names:
-                cols[name].append(values[name])
-            cols["score"].append(score)
-            cols["decision"].append(decision)
-            cols["request_id"].append(request_id)
-            cols["transaction_id"].append(transaction_id)
-            cols["timestamp"].append(now)
+            bufs = self._bufs
+            for name in self._numbers:
+                v = values[name]
+                bufs[name].append(_NAN if v is None else v)
+            for name in self._strings:
+                bufs[name].append(values[name])
+            bufs["score"].append(score)
+            bufs["decision"].append(decision)
+            bufs["timestamp"].append(now)
+            bufs["request_id"].append(request_id)
+            bufs["tx"].append(transaction_id)
             self._pending += 1
             full = self._pending >= self.flush_records
         if full:
@@ -146,15 +157,20 @@ class InferenceLogWriter:
         if n == 0 or not self._admit(n):
             return
         now = time.time()
+        numbers = {  # None becomes NaN, booleans 1.0/0.0
+            name: np.asarray(columns[name], dtype=np.float64).tobytes() for name in self._numbers
+        }
         with self._lock:
-            cols = self._cols
-            for name in self._names:
-                cols[name].extend(columns[name])
-            cols["score"].extend(scores)
-            cols["decision"].extend(decisions)
-            cols["request_id"].extend([request_id] * n)
-            cols["transaction_id"].extend(transaction_ids)
-            cols["timestamp"].extend([now] * n)
+            bufs = self._bufs
+            for name, raw in numbers.items():
+                bufs[name].frombytes(raw)
+            for name in self._strings:
+                bufs[name].extend(columns[name])
+            bufs["score"].extend(scores)
+            bufs["decision"].extend(decisions)
+            bufs["timestamp"].extend([now] * n)
+            bufs["request_id"].extend([request_id] * n)
+            bufs["tx"].extend(transaction_ids)
             self._pending += n
             full = self._pending >= self.flush_records
         if full:
@@ -176,8 +192,19 @@ class InferenceLogWriter:
             self._thread.start()
 
     def warm_up(self) -> None:
-        """Convert an empty buffer once, so pyarrow's one-time set-up happens before serving."""
-        self._table(self._empty())
+        """Convert and encode one dummy row in memory, so pyarrow's one-time set-up (tens of
+        milliseconds holding the GIL) happens before the service is ready, not under load."""
+        bufs = self._empty()
+        for f in self.spec.features:
+            bufs[f.name].append(
+                (_NAN if f.nullable else 0.0) if f.is_numeric else (None if f.nullable else "")
+            )
+        bufs["request_id"].append("warm-up")
+        bufs["tx"].append(None)
+        bufs["score"].append(0.0)
+        bufs["decision"].append(0)
+        bufs["timestamp"].append(time.time())
+        pq.write_table(self._table(bufs), pa.BufferOutputStream())
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the thread and write whatever is buffered."""
@@ -205,7 +232,7 @@ class InferenceLogWriter:
     def flush(self) -> int:
         """Write the buffered records now; return how many were written."""
         with self._lock:
-            cols, self._cols = self._cols, self._empty()
+            cols, self._bufs = self._bufs, self._empty()
             n, self._pending = self._pending, 0
         if n == 0:
             return 0
@@ -235,23 +262,37 @@ class InferenceLogWriter:
         except Exception:  # a metrics failure must not hide the loss
             logger.exception("inference log: reporting the loss failed")
 
-    def _table(self, cols: dict[str, list[Any]]) -> pa.Table:
-        """Column lists to an Arrow table (conversions in C; integers arrive as whole floats)."""
+    def _table(self, bufs: dict[str, Any]) -> pa.Table:
+        """Buffers to an Arrow table; numbers are converted from C arrays, not Python objects."""
         arrays = []
         for f in self.spec.features:
+            if not f.is_numeric:
+                arrays.append(pa.array(bufs[f.name], type=pa.string()))
+                continue
+            values = np.frombuffer(bufs[f.name], dtype=np.float64)
+            mask = np.isnan(values) if f.nullable else None
             if f.kind == FeatureKind.INTEGER:
-                arrays.append(pa.array(cols[f.name], type=pa.float64()).cast(pa.int64()))
+                whole = np.where(mask, 0.0, values) if mask is not None else values
+                arrays.append(pa.array(whole.astype(np.int64), mask=mask, type=pa.int64()))
+            elif f.kind == FeatureKind.BOOLEAN:
+                arrays.append(pa.array(values == 1.0, mask=mask, type=pa.bool_()))
             else:
-                arrays.append(pa.array(cols[f.name], type=_ARROW_TYPES[f.kind]))
-        n = len(cols["score"])
-        micros = (np.asarray(cols["timestamp"], dtype=np.float64) * 1e6).astype(np.int64)
+                arrays.append(pa.array(values, mask=mask, type=pa.float64()))
+        n = len(bufs["score"])
+        micros = (np.frombuffer(bufs["timestamp"], dtype=np.float64) * 1e6).astype(np.int64)
+        tx = bufs["tx"]
+        hashes = (
+            pa.array([hash_transaction_id(t) for t in tx], type=pa.string())
+            if any(t is not None for t in tx)
+            else pa.nulls(n, type=pa.string())
+        )
         arrays += [
-            pa.array(cols["score"], type=pa.float64()),
-            pa.array(cols["decision"], type=pa.int8()),
+            pa.array(np.frombuffer(bufs["score"], dtype=np.float64), type=pa.float64()),
+            pa.array(np.frombuffer(bufs["decision"], dtype=np.int8), type=pa.int8()),
             pa.array([self.model_version] * n, type=pa.string()),
             pa.array(micros, type=pa.timestamp("us", tz="UTC")),
-            pa.array(cols["request_id"], type=pa.string()),
-            pa.array([hash_transaction_id(t) for t in cols["transaction_id"]], type=pa.string()),
+            pa.array(bufs["request_id"], type=pa.string()),
+            hashes,
         ]
         return pa.Table.from_arrays(arrays, schema=self._schema)
 

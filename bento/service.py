@@ -40,6 +40,7 @@ from bento.runtime import ModelLoadError, load_runtime, verify_files
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
+SWITCH_INTERVAL_S = float(os.environ.get("FRAUD_GIL_SWITCH_INTERVAL_S", "0.0005"))
 
 
 def _model_reference() -> bentoml.models.BentoModel:
@@ -102,6 +103,7 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
     """
     gc.collect()
     gc.freeze()
+    logger.info("start-up heap frozen", extra={"frozen_objects": gc.get_freeze_count()})
     yield
     gc.unfreeze()
 
@@ -133,6 +135,9 @@ class FraudDetector:
     def __init__(self) -> None:
         log = configure_json_logging()
         _keep_pandas_out()
+        # the inference-log thread competes with the event loop for the GIL; a short switch
+        # interval bounds how long a request waits for it (CPython's default is 5 ms)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         config = ServingConfig.from_env()
         stored = self.model_ref
         tag = str(stored.tag)
@@ -157,6 +162,7 @@ class FraudDetector:
                 runtime.spec,
                 runtime.model_version,
                 flush_interval_s=config.log_flush_interval_s,
+                flush_records=config.log_flush_records,
                 on_written=metrics.log_written.inc,
                 on_lost=lambda n, _reason: metrics.log_lost.inc(n),
             )
