@@ -12,7 +12,7 @@ PY := $(ROOT)/.venv/bin/python
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data up deploy run release down status test test-fast lint format bench mlflow-ui clean
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-drift drift mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,13 +24,17 @@ install: ## install uv if missing, then the locked environment (.venv)
 data: install ## generate the synthetic data set if absent (ROWS=200000)
 	@[ -f "$(DATA)" ] || $(PY) -m flows.generate_data "$(DATA)" --rows $(ROWS) --invalid-rows 40
 
+docker: ## provide a Docker engine and the base image if none answers (root; reused when running)
+	@docker info >/dev/null 2>&1 || scripts/docker-engine.sh start "$(FRAUD_HOME)/docker" \
+	  || echo "[make] WARNING: no Docker engine; releases will skip the image (build_image=false)"
+
 up: install ## start the local Prefect server and a process worker (reused when running)
 	@scripts/stack.sh up
 
 deploy: up ## deploy prefect.yaml
 	@scripts/stack.sh deploy
 
-run: data deploy ## the main job: train-and-release as a Prefect deployment run, then where things are
+run: data docker deploy ## the main job: train-and-release as a Prefect deployment run, then where things are
 	@scripts/stack.sh release
 	@scripts/stack.sh summary
 
@@ -40,6 +44,7 @@ release: ## run train-and-release again on the running stack
 
 down: ## stop what `make run` started (by PID)
 	@scripts/stack.sh down
+	@scripts/docker-engine.sh stop "$(FRAUD_HOME)/docker"
 
 status: ## what is running
 	@scripts/stack.sh status
@@ -64,6 +69,12 @@ format: install
 
 bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime scoring
 	$(PY) benchmarks/release/bench.py
+
+bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
+	$(PY) -m benchmarks.drift.bench
+
+drift: ## run the drift-check deployment now on the running stack
+	@scripts/stack.sh drift
 
 clean: down ## stop the stack and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

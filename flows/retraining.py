@@ -28,6 +28,9 @@ ACTIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELL
 BATCH_SUFFIXES = (".parquet", ".pq", ".csv")
 
 
+TRIGGER_TAG = "drift-triggered"  # on every train-and-release run started by a drift check
+
+
 class RetrainAction(StrEnum):
     """What the drift check did about retraining."""
 
@@ -50,6 +53,11 @@ class RecentRun(BaseModel):
     name: str
     state: str  # Prefect state type: SCHEDULED, RUNNING, COMPLETED, ...
     end_time: datetime | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def triggered_by_drift(self) -> bool:
+        return TRIGGER_TAG in self.tags
 
 
 class RetrainDecision(BaseModel):
@@ -108,7 +116,13 @@ def decide_retraining(
             RetrainAction.ALREADY_RETRAINING,
             f"{deployment} run {run.name} ({run.id}) is {run.state.lower()}",
         )
-    finished = [r for r in recent if r.end_time is not None and now - r.end_time < cooldown]
+    # any release in progress blocks a new one; the cooldown follows drift-triggered retrainings
+    # only, so a hand-started release does not silence the monitoring
+    finished = [
+        r
+        for r in recent
+        if r.triggered_by_drift and r.end_time is not None and now - r.end_time < cooldown
+    ]
     if finished:
         run = max(finished, key=lambda r: r.end_time or now)
         until = (run.end_time or now) + cooldown
@@ -187,6 +201,7 @@ def recent_runs(deployment: str, limit: int = 20) -> list[RecentRun]:
             name=r.name,
             state=r.state.type.value if r.state else "UNKNOWN",
             end_time=r.end_time,
+            tags=tuple(r.tags or ()),
         )
         for r in runs
     ]
@@ -203,7 +218,7 @@ def trigger(decision: RetrainDecision, data_path: Path) -> RetrainDecision:
             parameters={"data_path": str(data_path)},
             timeout=0,
             idempotency_key=decision.idempotency_key,
-            tags=["drift-triggered"],
+            tags=[TRIGGER_TAG],
             as_subflow=False,
         )
     except ObjectNotFound as err:

@@ -3,6 +3,7 @@
 #   scripts/stack.sh up        start what is not running (reuses a healthy server and worker)
 #   scripts/stack.sh deploy    create the work pool if needed and deploy prefect.yaml
 #   scripts/stack.sh release   run train-and-release/fraud-detector and wait for it
+#   scripts/stack.sh drift     run drift-check/fraud-detector now and wait for it
 #   scripts/stack.sh down      stop what `up` started, by PID
 #   scripts/stack.sh status    show what is running
 #   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
@@ -102,8 +103,19 @@ deploy() {
 }
 
 release() {
-  log "running $DEPLOYMENT $*"
-  "$BIN/prefect" deployment run "$DEPLOYMENT" --watch "$@"
+  local extra=()
+  if ! docker info >/dev/null 2>&1; then
+    log "WARNING: no Docker engine answers: this release builds the bento but NOT the image"
+    log "         (run 'make docker' as root, or start Docker, to containerize and smoke-test)"
+    extra=(--param build_image=false)
+  fi
+  log "running $DEPLOYMENT ${extra[*]} $*"
+  "$BIN/prefect" deployment run "$DEPLOYMENT" --watch "${extra[@]}" "$@"
+}
+
+drift() {
+  log "running drift-check/fraud-detector $*"
+  "$BIN/prefect" deployment run "drift-check/fraud-detector" --watch "$@"
 }
 
 down() {
@@ -137,8 +149,9 @@ case "${1:-}" in
   summary) shift; summary "$@" ;;
   deploy) deploy ;;
   release) shift; release "$@" ;;
+  drift) shift; drift "$@" ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 
 from flows.drift import JENSEN_SHANNON, WASSERSTEIN, ColumnDrift, DriftPolicy, Sampling, decide
 from flows.drift_result import DriftCheckResult
@@ -71,3 +74,20 @@ def result(drifted: bool = True, triggered: bool = True) -> DriftCheckResult:
         report_html="/h/drift_reports/x/drift_report.html",
         mlflow_run_id="run-42",
     )
+
+
+class Inbox:
+    """aiosmtpd handler that keeps every envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            BytesParser(policy=policy.default).parsebytes(e.original_content)
+            for e in self.envelopes
+        ]

@@ -51,8 +51,17 @@ class Stack:
         )
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def stack_extra_env() -> dict[str, str]:
+    """Extra environment for the stack's server and worker (a module may override it)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, stack_extra_env: dict[str, str]
+) -> Iterator[Stack]:
+    """A Prefect server + worker with prefect.yaml deployed, one per test module."""
     home = tmp_path_factory.mktemp("stack") / "home"
     port = free_port()
     env = {
@@ -65,6 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "FRAUD_PREFECT_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "BENTOML_DO_NOT_TRACK": "true",
+        **stack_extra_env,
     }
     s = Stack(home=home, env=env)
     up = s.run("up", timeout=180)

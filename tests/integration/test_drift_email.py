@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +26,10 @@ from flows.drift_result import drift_email
 from flows.notify import SmtpSettings, compose_message, deliver, flush_outbox
 from flows.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.settings import Settings
-from tests.drift_support import free_port, result
+from tests.drift_support import Inbox, free_port, result
 
 pytestmark = pytest.mark.integration
 SECRET = "pa55-w0rd-never-logged"
-
-
-class Inbox:
-    """aiosmtpd handler that keeps every envelope."""
-
-    def __init__(self) -> None:
-        self.envelopes: list = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            BytesParser(policy=policy.default).parsebytes(e.original_content)
-            for e in self.envelopes
-        ]
 
 
 def _authenticate(server, session, envelope, mechanism, auth_data):

@@ -10,6 +10,7 @@ import pytest
 
 from flows.drift import Outcome
 from flows.retraining import (
+    TRIGGER_TAG,
     RecentRun,
     RetrainAction,
     assemble_training_data,
@@ -52,17 +53,23 @@ def test_a_run_in_flight_means_already_retraining(state):
     assert "brave-fox" in d.reason and state.lower() in d.reason and d.idempotency_key is None
 
 
-def test_a_recent_run_means_cooldown_and_an_old_one_does_not():
+def test_a_recent_triggered_run_means_cooldown_and_an_old_one_does_not():
     recent = RecentRun(
-        id="r1", name="calm-owl", state="COMPLETED", end_time=NOW - timedelta(hours=2)
+        id="r1",
+        name="calm-owl",
+        state="COMPLETED",
+        end_time=NOW - timedelta(hours=2),
+        tags=("release", TRIGGER_TAG),
     )
     d = decide(recent=[recent])
     assert d.action == RetrainAction.COOLDOWN
     assert "cooldown until 2026-03-10 16:00 UTC" in d.reason
-    failed = RecentRun(id="r2", name="odd-elk", state="FAILED", end_time=NOW - timedelta(hours=5))
+    failed = recent.model_copy(update={"state": "FAILED", "end_time": NOW - timedelta(hours=5)})
     assert decide(recent=[failed]).action == RetrainAction.COOLDOWN
     old = recent.model_copy(update={"end_time": NOW - timedelta(hours=7)})
     assert decide(recent=[old]).action == RetrainAction.TRIGGERED
+    by_hand = recent.model_copy(update={"tags": ("release",)})
+    assert decide(recent=[by_hand]).action == RetrainAction.TRIGGERED  # no cooldown after it
 
 
 def test_no_trigger_without_verdict_need_permission_or_labels():
