@@ -12,7 +12,7 @@ PY := $(ROOT)/.venv/bin/python
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-drift drift mlflow-ui clean
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-drift drift serve demo-drift mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,12 @@ bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime 
 
 bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
 	$(PY) -m benchmarks.drift.bench
+
+serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; make down stops it)
+	@scripts/stack.sh serve
+
+demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, drift, email, retraining
+	@scripts/demo_drift.sh
 
 drift: ## run the drift-check deployment now on the running stack
 	@scripts/stack.sh drift

@@ -4,6 +4,7 @@
 #   scripts/stack.sh deploy    create the work pool if needed and deploy prefect.yaml
 #   scripts/stack.sh release   run train-and-release/fraud-detector and wait for it
 #   scripts/stack.sh drift     run drift-check/fraud-detector now and wait for it
+#   scripts/stack.sh serve     bentoml serve the champion on 127.0.0.1:3000 in the background
 #   scripts/stack.sh down      stop what `up` started, by PID
 #   scripts/stack.sh status    show what is running
 #   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
@@ -29,6 +30,16 @@ else
   EXTERNAL_PREFECT=0
   export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
 fi
+# Drift reports are mailed. Without an SMTP server of your own (FRAUD_SMTP_HOST), the local
+# stack runs a mail catcher on 127.0.0.1 that stores every message in $FRAUD_HOME/mail (Maildir).
+if [[ -z "${FRAUD_SMTP_HOST:-}" ]]; then
+  LOCAL_MAIL=1
+  export FRAUD_SMTP_HOST=127.0.0.1 FRAUD_SMTP_PORT="${FRAUD_MAIL_PORT:-8025}"
+  export FRAUD_SMTP_RECIPIENTS="${FRAUD_SMTP_RECIPIENTS:-fraud-team@localhost}"
+else
+  LOCAL_MAIL=0
+fi
+SERVE_PORT="${FRAUD_SERVE_PORT:-3000}"
 POOL="${FRAUD_WORK_POOL:-fraud-pool}"
 DEPLOYMENT="${FRAUD_DEPLOYMENT:-train-and-release/fraud-detector}"
 RUN_DIR="$FRAUD_HOME/run"
@@ -86,6 +97,12 @@ up() {
     done
     healthy || { log "the Prefect server did not become healthy in 60 s"; exit 1; }
   fi
+  if [[ "$LOCAL_MAIL" == 1 ]] && ! alive mail-catcher; then
+    mkdir -p "$FRAUD_HOME/mail"
+    log "starting the local mail catcher on 127.0.0.1:$FRAUD_SMTP_PORT (mail: $FRAUD_HOME/mail)"
+    start_bg mail-catcher "$BIN/python" -m aiosmtpd -n -l "127.0.0.1:$FRAUD_SMTP_PORT" \
+      -c aiosmtpd.handlers.Mailbox "$FRAUD_HOME/mail"
+  fi
   "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
     || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
   if alive prefect-worker; then
@@ -118,13 +135,30 @@ drift() {
   "$BIN/prefect" deployment run "drift-check/fraud-detector" --watch "$@"
 }
 
+serve() {
+  if alive bento; then
+    log "bento already serving on http://127.0.0.1:$SERVE_PORT (pid $(cat "$RUN_DIR/bento.pid"))"
+    return 0
+  fi
+  log "starting bentoml serve (the champion) on http://127.0.0.1:$SERVE_PORT (log: $LOG_DIR/bento.log)"
+  (cd "$ROOT" && start_bg bento "$BIN/bentoml" serve --host 127.0.0.1 --port "$SERVE_PORT")
+  for _ in $(seq 1 120); do
+    curl -fsS --max-time 2 "http://127.0.0.1:$SERVE_PORT/readyz" >/dev/null 2>&1 && return 0
+    alive bento || { log "bentoml serve exited; see $LOG_DIR/bento.log"; tail -20 "$LOG_DIR/bento.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  log "the bento did not become ready in 60 s; see $LOG_DIR/bento.log"; exit 1
+}
+
 down() {
+  stop_pid bento
   stop_pid prefect-worker
   stop_pid prefect-server
+  stop_pid mail-catcher
 }
 
 status() {
-  for name in prefect-server prefect-worker; do
+  for name in prefect-server prefect-worker mail-catcher bento; do
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
@@ -138,6 +172,8 @@ export PREFECT_API_URL=$PREFECT_API_URL
 export BENTOML_HOME=$BENTOML_HOME
 export PREFECT_SERVER_ANALYTICS_ENABLED=false BENTOML_DO_NOT_TRACK=true
 ENV
+  [[ "$LOCAL_MAIL" == 1 ]] && echo "export FRAUD_SMTP_HOST=$FRAUD_SMTP_HOST FRAUD_SMTP_PORT=$FRAUD_SMTP_PORT FRAUD_SMTP_RECIPIENTS=$FRAUD_SMTP_RECIPIENTS"
+  return 0
 }
 
 summary() {
@@ -150,8 +186,9 @@ case "${1:-}" in
   deploy) deploy ;;
   release) shift; release "$@" ;;
   drift) shift; drift "$@" ;;
+  serve) serve ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;
-  *) sed -n '2,11p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

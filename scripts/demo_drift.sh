@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The monitoring story, for a person watching the Prefect UI (run `make run` first):
+# the bento serves normal traffic -> drift-check: no drift -> drifted traffic and a labelled
+# batch from the drifted period -> drift-check: drift, an email with the report, one
+# train-and-release run started -> the new candidate passes every gate or is blocked.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="$ROOT/scripts/stack.sh"
+eval "$("$STACK" env)"
+PY="$ROOT/.venv/bin/python"
+URL="http://127.0.0.1:${FRAUD_SERVE_PORT:-3000}"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "1/6 serve the champion with bentoml serve ($URL, OpenAPI page at $URL/)"
+"$STACK" serve
+say "2/6 normal traffic: 5,000 transactions like the training data"
+"$PY" -m flows.traffic --url "$URL" --rows 5000 --seed 201
+sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"  # the inference log flushes every 5 s
+say "3/6 drift-check on the last 5,000 served rows: expect no drift, no retraining"
+"$STACK" drift --param window_rows=5000
+say "4/6 the world changes: amounts x1.8, half the merchant mix moves to gaming/transfers"
+"$PY" -m flows.generate_data "$FRAUD_HOME/labelled/batch-$(date +%Y%m%d%H%M%S).parquet" \
+  --rows 100000 --seed 202 --amount-scale 1.8 --merchant-shift 0.5 --start-day 60 --quiet
+echo "a labelled batch from the drifted period landed in $FRAUD_HOME/labelled/"
+"$PY" -m flows.traffic --url "$URL" --rows 5000 --seed 203 --amount-scale 1.8 --merchant-shift 0.5
+sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"
+say "5/6 drift-check again: expect drift, an email, one train-and-release run started"
+"$STACK" drift --param window_rows=5000
+say "6/6 where to look"
+echo "Prefect UI:  ${PREFECT_API_URL%/api}/runs   (drift-check artifact, the triggered train-and-release)"
+echo "mail:        ${FRAUD_HOME}/mail/new/   (or your FRAUD_SMTP_HOST)"
+echo "reports:     ${FRAUD_HOME}/drift_reports/"
+echo "The triggered release still has to pass every gate; watch it in the UI, then: make status"
