@@ -111,15 +111,9 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
 SERVING = ServingApp(lifespan=_freeze_heap)
 
 
-# python:3.11-slim and nothing else: every requirement is a wheel, so the compilers and git
-# that BentoML adds for known distros (about 400 MB) are left out by naming none.
-IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="wheels-only")
-
-
 @bentoml.asgi_app(SERVING.app, path="/")
 @bentoml.service(
     name="fraud-detector",
-    image=IMAGE,
     workers=1,
     traffic={"timeout": 30},
     # per-request access lines and tracing spans are the largest costs of the stack; predictions
