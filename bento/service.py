@@ -40,7 +40,6 @@ from bento.runtime import ModelLoadError, load_runtime, verify_files
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
-SWITCH_INTERVAL_S = float(os.environ.get("FRAUD_GIL_SWITCH_INTERVAL_S", "0.0005"))
 
 
 def _model_reference() -> bentoml.models.BentoModel:
@@ -127,12 +126,9 @@ class FraudDetector:
     model_ref = _model_reference()
 
     def __init__(self) -> None:
-        log = configure_json_logging()
-        _keep_pandas_out()
-        # the inference-log thread competes with the event loop for the GIL; a short switch
-        # interval bounds how long a request waits for it (CPython's default is 5 ms)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         config = ServingConfig.from_env()
+        log = configure_json_logging(logging.DEBUG if config.log_requests else logging.INFO)
+        _keep_pandas_out()
         stored = self.model_ref
         tag = str(stored.tag)
         try:
