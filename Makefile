@@ -12,7 +12,7 @@ PY := $(ROOT)/.venv/bin/python
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-drift drift serve demo-drift mlflow-ui clean
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-drift drift serve demo-drift mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,8 +59,9 @@ test: install ## the whole test suite (unit, then integration against real serve
 test-fast: install ## unit tests only: no servers, seconds
 	$(ROOT)/.venv/bin/pytest -m "not integration"
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check; serving requirements in step with uv.lock
 	$(ROOT)/.venv/bin/ruff check .
+	$(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/ruff format --check .
 
 format: install
@@ -69,6 +70,10 @@ format: install
 
 bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime scoring
 	$(PY) benchmarks/release/bench.py
+
+bench-serve: install ## bento vs the FastAPI baseline: req/s, p99, batch records/s, RSS (needs wrk)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
+	$(PY) -m benchmarks.serve.bench
 
 bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
 	$(PY) -m benchmarks.drift.bench
