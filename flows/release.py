@@ -20,6 +20,7 @@ from data_contracts.schemas import LABEL_INT, ValidationResult, validate_frame
 from data_contracts.spec import FeatureSpec, parse_spec
 from flows import registry
 from flows.gate import ChampionScore, Decision, GatePolicy
+from flows.locks import promotion_lock_name  # noqa: F401 - re-exported for the flow
 from flows.onnx_export import (
     ParityReport,
     export_onnx,
@@ -54,11 +55,6 @@ def check_champion_unchanged(current: str | None, compared: str | None, candidat
             f"{'v' + compared if compared else '(none)'}, but the champion is now "
             f"{'v' + current if current else '(none)'}; rerun to gate against the new champion"
         )
-
-
-def promotion_lock_name(model_name: str) -> str:
-    """The Prefect global concurrency limit that serialises alias moves of one model."""
-    return f"promote-{model_name}"
 
 
 class ContractViolation(ValueError):
