@@ -61,8 +61,12 @@ def bento_root(service_file: Path) -> Path | None:
     return root if (root / "bento.yaml").is_file() else None
 
 
-def packed_model_tags(root: Path, model_name: str = MODEL_NAME) -> list[str]:
-    """The tags of ``model_name`` that a built bento packs, read from its ``bento.yaml``."""
+def packed_model_tags(root: Path, model_name: str | None = None) -> list[str]:
+    """The model tags a built bento packs (only ``model_name``'s if given), from ``bento.yaml``.
+
+    Any model name is accepted: a bento built for another spec (bring your own data) packs a
+    model named after that spec.
+    """
     import yaml
 
     info = yaml.safe_load((root / "bento.yaml").read_text(encoding="utf-8")) or {}
@@ -70,7 +74,7 @@ def packed_model_tags(root: Path, model_name: str = MODEL_NAME) -> list[str]:
     for service in info.get("services") or []:
         entries += service.get("models") or []
     tags = {str(e["tag"]) for e in entries if isinstance(e, dict) and "tag" in e}
-    return sorted(t for t in tags if t.partition(":")[0] == model_name)
+    return sorted(t for t in tags if model_name is None or t.partition(":")[0] == model_name)
 
 
 def resolve_model_tag(
@@ -86,7 +90,7 @@ def resolve_model_tag(
     if packed_tags is not None:
         if len(packed_tags) != 1:
             raise ModelNotFoundError(
-                f"the bento must pack exactly one {MODEL_NAME} model, found {packed_tags}"
+                f"the bento must pack exactly one model, found {packed_tags}"
             )
         return packed_tags[0]
     if env.get(TAG_ENV):

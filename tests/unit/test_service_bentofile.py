@@ -70,4 +70,14 @@ def test_packed_model_tags_from_bento_yaml(tmp_path):
             }
         )
     )
-    assert packed_model_tags(tmp_path) == ["fraud-detector:v4"]
+    assert packed_model_tags(tmp_path, "fraud-detector") == ["fraud-detector:v4"]
+    assert packed_model_tags(tmp_path) == ["fraud-detector:v4", "other-model:v1"]
+
+
+def test_a_bento_of_another_spec_serves_its_model(tmp_path):
+    from bento.store import resolve_model_tag
+
+    (tmp_path / "bento.yaml").write_text(
+        yaml.safe_dump({"services": [{"name": "x", "models": [{"tag": "credit-risk:v1"}]}]})
+    )
+    assert resolve_model_tag({}, packed_tags=packed_model_tags(tmp_path)) == "credit-risk:v1"
