@@ -274,9 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(move.line())
         return 0
     try:
-        result = rollback(
-            settings, model, args.version, args.reason, args.actor, image=args.image
-        )
+        result = rollback(settings, model, args.version, args.reason, args.actor, image=args.image)
     except (RollbackRefused, ValueError) as err:
         print(f"rollback refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

@@ -6,7 +6,6 @@ load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Completed, State
 
 from data_contracts.schemas import LABEL_INT, ValidationResult
@@ -27,6 +23,7 @@ from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows import audit, packaging, registry, release
 from flows.data_io import file_digest, load_table, write_quarantine
 from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
+from flows.locks import ensure_lock
 from flows.reporting import release_markdown
 from flows.settings import Settings
 from flows.training import Splits, TrainParams, split
@@ -195,18 +192,6 @@ def promote(
             if runtime.flow_run.id
             else audit.default_actor(),
         )
-
-
-def ensure_lock(name: str) -> None:
-    """Create the one-slot global concurrency limit ``name`` if the server does not have it."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
 
 
 def _resolve_inputs(

@@ -1,0 +1,243 @@
+"""Rollback and alias history against real registered versions (tmp MLflow SQLite store, real
+BentoML store, in-process Prefect). The Docker image path is covered by mocks of the Docker calls
+here and for real in tests/integration/test_rollback_image.py."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import audit, locks, ops, packaging, registry
+from flows.settings import Settings
+from flows.train_and_release import train_and_release
+from flows.training import TrainParams
+
+MODEL = "fraud-detector"
+FAST = TrainParams(max_iter=60)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory, small_data) -> Path:
+    """A home with v1 and v2 released (bento only, no image) and v3 blocked by its gates."""
+    home = tmp_path_factory.mktemp("ops") / "home"
+    data = home.parent / "transactions.parquet"
+    small_data.to_parquet(data, index=False)
+    with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=60):
+        mp.setenv("FRAUD_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
+        for params in (FAST, FAST, TrainParams(max_iter=30, cripple=True)):
+            state = train_and_release(
+                data_path=str(data), params=params, build_image=False, return_state=True
+            )
+            assert state.is_completed(), state.message
+        yield home
+
+
+@pytest.fixture
+def settings(released, monkeypatch) -> Settings:
+    monkeypatch.setenv("FRAUD_HOME", str(released))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
+    return Settings(home=released)
+
+
+def client_of(settings: Settings) -> MlflowClient:
+    return registry.configure(settings)
+
+
+def champion(settings: Settings) -> str:
+    return str(client_of(settings).get_model_version_by_alias(MODEL, "champion").version)
+
+
+def state_of(settings: Settings) -> tuple[str, str | None, int]:
+    """Alias, pointer file and number of audit entries: what a refusal must leave alone."""
+    moves = audit.history(client_of(settings), MODEL)
+    return champion(settings), packaging.read_champion_pointer(settings), len(moves)
+
+
+def test_setup_has_two_released_versions_and_one_blocked(settings):
+    client = client_of(settings)
+    outcomes = {
+        v: client.get_model_version(MODEL, v).tags.get("gate.outcome") for v in ("1", "2", "3")
+    }
+    assert outcomes == {"1": "promote", "2": "promote", "3": "blocked"}
+    assert champion(settings) == "2"
+    assert packaging.read_champion_pointer(settings) == "fraud-detector:v2"
+    moves = audit.history(client_of(settings), MODEL)[:2]
+    assert [(m.action, m.from_version, m.to_version) for m in moves] == [
+        ("release", None, "1"),
+        ("release", "1", "2"),
+    ]
+
+
+def test_rollback_and_forward_again_rebuilding_a_missing_bento(settings):
+    bentos, models = (
+        packaging._bento_store(settings.bentoml_home),
+        packaging._model_store(settings.bentoml_home),
+    )
+    bentos.delete("fraud-detector:v1")  # the store lost v1: the rollback must rebuild it
+    models.delete("fraud-detector:v1")
+    assert not bentos.list("fraud-detector:v1")
+
+    result = ops.rollback(settings, MODEL, 1, "v2 flags too many refunds", "user:oncall", False)
+
+    assert (result.from_version, result.to_version, result.tag) == ("2", "1", "fraud-detector:v1")
+    assert not result.image_repointed
+    assert any("IMAGE NOT RE-POINTED" in n and "--no-image" in n for n in result.notes)
+    assert champion(settings) == "1"
+    assert packaging.read_champion_pointer(settings) == "fraud-detector:v1"
+    for store in ("models", "bentos"):
+        assert (settings.bentoml_home / store / MODEL / "latest").read_text() == "v1"
+    assert bentos.list("fraud-detector:v1") and models.list("fraud-detector:v1")
+    rebuilt = models.get("fraud-detector:v1")
+    version = client_of(settings).get_model_version(MODEL, "1")
+    assert rebuilt.info.metadata["sha256"] == version.tags["onnx_sha256"]
+
+    last = audit.history(client_of(settings), MODEL)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", "2", "1")
+    assert (last.actor, last.reason) == ("user:oncall", "v2 flags too many refunds")
+    run = client_of(settings).get_run(result.audit_run_id)
+    assert run.data.tags["audit.action"] == "rollback"
+
+    forward = ops.rollback(settings, MODEL, "2", "v2 fixed", image=False)
+    assert (forward.from_version, forward.to_version) == ("1", "2")
+    assert state_of(settings) == ("2", "fraud-detector:v2", 4)
+    lines = [m.line() for m in ops.alias_history(settings, MODEL)]
+    assert [line.split()[2] for line in lines] == ["release", "release", "rollback", "rollback"]
+    assert "v2 -> v1" in lines[2] and "user:oncall" in lines[2] and "v1 -> v2" in lines[3]
+    assert lines[3].split("by ")[1].startswith("user:")
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("3", "v3 did not pass its gates (gate.outcome=blocked)"),
+        ("99", "has no version 99 (registered versions: v1, v2, v3)"),
+        ("2", "v2 is already the champion"),
+    ],
+)
+def test_refusals_move_nothing(settings, version, message):
+    before = state_of(settings)
+    with pytest.raises(ops.RollbackRefused, match=re.escape(message)):
+        ops.rollback(settings, MODEL, version, "try", image=False)
+    assert state_of(settings) == before
+
+
+def test_packaging_failed_version_is_refused(settings):
+    client = client_of(settings)
+    client.set_model_version_tag(MODEL, "1", "release.outcome", "packaging_failed")
+    client.set_model_version_tag(MODEL, "1", "release.error", "bentoml build failed\nlog: x")
+    try:
+        before = state_of(settings)
+        with pytest.raises(
+            ops.RollbackRefused, match=re.escape("release.outcome=packaging_failed")
+        ):
+            ops.rollback(settings, MODEL, "1", "try", image=False)
+        assert state_of(settings) == before
+    finally:
+        client.set_model_version_tag(MODEL, "1", "release.outcome", "released")
+
+
+def test_not_a_version_number_is_refused(settings):
+    with pytest.raises(ValueError, match="positive integers"):
+        ops.rollback(settings, MODEL, "latest", "try", image=False)
+
+
+def test_rollback_waits_for_the_release_lock(settings):
+    """A release holding the lock keeps the rollback from moving the alias (the module's Prefect
+    test server is still up: the ``released`` fixture holds it)."""
+    held, release_it = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with locks.promotion_lock(MODEL):
+            held.set()
+            release_it.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        before = state_of(settings)
+        with pytest.raises(TimeoutError):
+            ops.rollback(settings, MODEL, "1", "try", image=False, lock_timeout_s=3)
+        assert state_of(settings) == before
+    finally:
+        release_it.set()
+        holder.join(30)
+    assert not holder.is_alive()
+
+
+def test_cli_history_and_refusal_exit_codes(settings, capsys):
+    assert ops.main(["history"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(audit.history(client_of(settings), MODEL)) >= 2
+    assert "release" in out[0] and "fraud-detector@champion: (none) -> v1" in out[0]
+
+    assert ops.main(["rollback", "--version", "3", "--no-image"]) == ops.EXIT_REFUSED
+    assert "rollback refused: fraud-detector v3 did not pass its gates" in capsys.readouterr().err
+    assert ops.main(["history", "--model", "no-such-model"]) == 0
+    assert "no alias moves recorded for no-such-model" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        ops.main(["rollback"])
+    assert exit_info.value.code == 2
+    assert "--version" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- image plan (mocked)
+
+
+def _fake_docker(existing: set[str], calls: list[tuple[str, ...]]):
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        code = 0 if args[:2] != ("image", "inspect") or args[2] in existing else 1
+        return subprocess.CompletedProcess(["docker", *args], code, "", "")
+
+    return run
+
+
+def test_image_plan_reuses_the_versions_image(monkeypatch, tmp_path):
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(packaging, "docker_status", lambda: (True, "Docker engine 1"))
+    monkeypatch.setattr(packaging, "_docker", _fake_docker({"fraud-detector:v4"}, calls))
+    monkeypatch.setattr(
+        packaging, "containerize_with_retries", lambda *a, **k: pytest.fail("must not build")
+    )
+    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
+    assert plan.repoint and not plan.built
+    assert plan.note == "image: reused fraud-detector:v4, tagged fraud-detector:latest"
+    assert calls == [("image", "inspect", "fraud-detector:v4")]
+
+
+def test_image_plan_builds_a_missing_image(monkeypatch, tmp_path):
+    built: list[str] = []
+
+    def containerize(settings, tag, *, repository=None):
+        built.append(tag)
+        return packaging.ImageFacts(
+            f"{repository or 'fraud-detector'}:v4", "sha256:x", 5e8, "u", {}
+        )
+
+    monkeypatch.setattr(packaging, "docker_status", lambda: (True, "Docker engine 1"))
+    monkeypatch.setattr(packaging, "_docker", _fake_docker(set(), []))
+    monkeypatch.setattr(packaging, "containerize_with_retries", containerize)
+    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
+    assert plan.repoint and plan.built and built == ["fraud-detector:v4"]
+    assert "fraud-detector:v4 was missing and has been rebuilt" in plan.note
+    assert "500 MB" in plan.note
+
+
+def test_image_plan_without_docker_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(packaging, "docker_status", lambda: (False, "the docker client is gone"))
+    monkeypatch.setattr(packaging, "_docker", lambda *a, **k: pytest.fail("no docker calls"))
+    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
+    assert not plan.repoint
+    assert plan.note.startswith("IMAGE NOT RE-POINTED: Docker is unavailable")
+    assert "the docker client is gone" in plan.note and "fraud-detector:latest" in plan.note
