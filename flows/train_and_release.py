@@ -177,7 +177,7 @@ def promote(
             registry.move_alias(client, model_name, settings.champion_alias, version)
         except Exception:
             if previous:
-                packaging.publish_champion(settings, previous, image=image)
+                _restore_served(settings, previous, image)
             raise
         audit.record_move(
             client,
@@ -192,6 +192,18 @@ def promote(
             if runtime.flow_run.id
             else audit.default_actor(),
         )
+
+
+def _restore_served(settings: Settings, previous: str, image: bool) -> None:
+    """Point the served bento (and ``latest`` image, when the previous one has an image) back."""
+    has_image = False
+    if image:
+        try:
+            packaging.image_facts(previous)
+            has_image = True
+        except packaging.PackagingError:
+            has_image = False  # the previous champion was released without an image
+    packaging.publish_champion(settings, previous, image=has_image)
 
 
 def _resolve_inputs(
