@@ -12,7 +12,7 @@ PY := $(ROOT)/.venv/bin/python
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-drift drift serve demo-drift mlflow-ui clean
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-drift drift serve demo-drift mlflow-ui rollback history clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,9 +49,17 @@ down: ## stop what `make run` started (by PID)
 status: ## what is running
 	@scripts/stack.sh status
 
+rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_IMAGE=1]
+	@[ -n "$(VERSION)" ] || { echo "usage: make rollback VERSION=N [REASON=\"why\"] [NO_IMAGE=1]"; exit 2; }
+	@PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${FRAUD_PREFECT_PORT:-4200}/api} \
+	  $(PY) -m flows.ops rollback --version "$(VERSION)" --reason "$(or $(REASON),manual rollback)" $(if $(NO_IMAGE),--no-image,)
+
+history: install ## every move of the champion alias (releases and rollbacks), oldest first
+	@$(PY) -m flows.ops history
+
 mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \
-	  --backend-store-uri "sqlite:///$(FRAUD_HOME)/mlflow/mlflow.db"
+	  --workers 1 --backend-store-uri "sqlite:///$(FRAUD_HOME)/mlflow/mlflow.db"
 
 test: install ## the whole test suite (unit, then integration against real servers)
 	$(ROOT)/.venv/bin/pytest
