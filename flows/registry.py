@@ -6,8 +6,11 @@ decision is made elsewhere and only read here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,11 @@ def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' tracking URI and make sure the experiment exists."""
     if settings.uses_local_mlflow:
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        # mlflow exports the URI to the environment; Settings reads MLFLOW_TRACKING_URI as the
+        # user's choice, so a process that serves several homes must not see its own echo
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     if client.get_experiment_by_name(settings.experiment_name) is None:
         location = settings.artifact_root.resolve().as_uri() if settings.uses_local_mlflow else None
@@ -44,6 +50,20 @@ def configure(settings: Settings) -> MlflowClient:
                 raise  # not a concurrent create of the same experiment
     mlflow.set_experiment(settings.experiment_name)
     return client
+
+
+@contextlib.contextmanager
+def _environment_kept(*names: str) -> Iterator[None]:
+    """Restore the given environment variables to their values before the block."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,10 @@ def test_single_class_label_stops_before_training(fraud_home, tmp_path, small_da
 def test_missing_data_file_is_named(fraud_home, tmp_path):
     state = train_and_release(data_path=str(tmp_path / "nope.parquet"), return_state=True)
     assert state.is_failed() and "nope.parquet does not exist" in state.message
+
+
+def test_configure_does_not_leak_the_uri_into_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.configure(Settings(home=tmp_path / "a"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert Settings(home=tmp_path / "b").tracking_uri.endswith(f"{tmp_path}/b/mlflow/mlflow.db")
