@@ -309,6 +309,21 @@ def train_and_release(
     version = register(settings, name, model_uri, run_id, release.version_tags(record, run_id))
     refused = None
     facts = release.summary_facts(record, version, run_id, settings)
+
+    def decision_artifact(outcome: str, refused: str | None) -> None:
+        create_markdown_artifact(
+            key="release-decision",
+            markdown=release_markdown(
+                model_name=name,
+                decision=decision,
+                metrics=candidate.metrics,
+                champion=champion,
+                facts=facts,
+                refused=refused,
+            ),
+            description=f"{name} v{version}: {outcome}",
+        )
+
     if decision.promote:
         step(f"packaging {name} v{version}: bento store, bentoml build"
              + (", containerize, smoke test" if build_image else " (IMAGE SKIPPED)"))  # fmt: skip
@@ -317,18 +332,9 @@ def train_and_release(
         except packaging.PackagingError as err:
             tag_version(settings, name, version, {"release.outcome": "packaging_failed",
                                                   "release.error": str(err)[:4900]})  # fmt: skip
-            create_markdown_artifact(
-                key="release-decision",
-                markdown=release_markdown(
-                    model_name=name,
-                    decision=decision,
-                    metrics=candidate.metrics,
-                    champion=champion,
-                    facts=facts,
-                    refused=f"packaging failed; the champion and its image are untouched:\n\n"
-                    f"```\n{err}\n```",
-                ),
-                description=f"{name} v{version}: packaging failed",
+            decision_artifact(
+                "packaging failed",
+                f"packaging failed; the champion and its image are untouched:\n\n```\n{err}\n```",
             )
             raise
         facts.update(packaged.summary())
@@ -347,18 +353,7 @@ def train_and_release(
         else:
             tag_version(settings, name, version, {"release.outcome": "released"})
     outcome_name = "refused" if refused else decision.outcome
-    create_markdown_artifact(
-        key="release-decision",
-        markdown=release_markdown(
-            model_name=name,
-            decision=decision,
-            metrics=candidate.metrics,
-            champion=champion,
-            facts=facts,
-            refused=refused,
-        ),
-        description=f"{name} v{version}: {outcome_name}",
-    )
+    decision_artifact(outcome_name, refused)
     outcome: dict[str, Any] = {
         "model_name": name,
         "version": version,
