@@ -171,6 +171,7 @@ def rollback(
     before_version = str(before.version) if before else None
     check_eligible(target, before_version)
 
+    repository = repository or settings.image_repository(model_name)
     tag = ensure_bento(settings, model_name, version)
     plan = plan_image(settings, tag, want=image, repository=repository)
 

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         description="MLflow tracking server; default: SQLite under the home folder.",
     )
     experiment_name: str = "train-and-release"
+    image_prefix: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9._/-]*)?$",
+        description="Prefix of image repositories (e.g. 'team/'); image = prefix + model.",
+    )
     champion_alias: str = "champion"
     monitoring_experiment: str = "drift-monitoring"
     inference_log_dir: Path | None = Field(
@@ -42,6 +47,10 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+    def image_repository(self, model_name: str) -> str:
+        """The Docker repository of ``model_name``'s images."""
+        return f"{self.image_prefix}{model_name}"
 
     @property
     def uses_local_mlflow(self) -> bool:

@@ -139,7 +139,13 @@ def package(
 ) -> packaging.PackagedVersion:
     """Import into the bento store, build, containerize and smoke-test (retries inside)."""
     return packaging.package_version(
-        settings, model_name, version, reference, spec, build_image=build_image
+        settings,
+        model_name,
+        version,
+        reference,
+        spec,
+        build_image=build_image,
+        repository=settings.image_repository(model_name),
     )
 
 
@@ -172,12 +178,13 @@ def promote(
         )
         previous = packaging.read_champion_pointer(settings)
         image = packaged.image is not None
-        packaging.publish_champion(settings, packaged.tag, image=image)
+        repository = settings.image_repository(model_name)
+        packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
         try:
             registry.move_alias(client, model_name, settings.champion_alias, version)
         except Exception:
             if previous:
-                _restore_served(settings, previous, image)
+                _restore_served(settings, previous, image, repository)
             raise
         audit.record_move(
             client,
@@ -194,16 +201,16 @@ def promote(
         )
 
 
-def _restore_served(settings: Settings, previous: str, image: bool) -> None:
+def _restore_served(settings: Settings, previous: str, image: bool, repository: str) -> None:
     """Point the served bento (and ``latest`` image, when the previous one has an image) back."""
     has_image = False
     if image:
         try:
-            packaging.image_facts(previous)
+            packaging.image_facts(f"{repository}:{previous.partition(':')[2]}")
             has_image = True
         except packaging.PackagingError:
             has_image = False  # the previous champion was released without an image
-    packaging.publish_champion(settings, previous, image=has_image)
+    packaging.publish_champion(settings, previous, image=has_image, repository=repository)
 
 
 def _resolve_inputs(

@@ -74,6 +74,8 @@ def stack(
         "FRAUD_PREFECT_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "BENTOML_DO_NOT_TRACK": "true",
+        # images of test releases never touch a developer's fraud-detector:latest
+        "FRAUD_IMAGE_PREFIX": f"fraud-it-{port}/",
         **stack_extra_env,
     }
     s = Stack(home=home, env=env)
@@ -90,3 +92,15 @@ def stack(
         yield s
     finally:
         s.run("down", timeout=120)
+        remove_images(f"fraud-it-{port}/")
+
+
+def remove_images(prefix: str) -> None:
+    """Delete the images a test stack built (their repository starts with ``prefix``)."""
+    listed = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    refs = [r for r in listed.stdout.split() if r.startswith(prefix)]
+    if refs:
+        subprocess.run(["docker", "rmi", "--force", *refs], capture_output=True, check=False)
