@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     experiment_name: str = "train-and-release"
     image_prefix: str = Field(
         "",
-        pattern=r"^([a-z0-9][a-z0-9._/-]*)?$",
-        description="Prefix of image repositories (e.g. 'team/'); image = prefix + model.",
+        pattern=r"^([a-z0-9][a-z0-9._-]*)?$",
+        description="Prefix of image names (e.g. 'team-'); image = prefix + model.",
     )
     champion_alias: str = "champion"
     monitoring_experiment: str = "drift-monitoring"

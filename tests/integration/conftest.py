@@ -75,7 +75,7 @@ def stack(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "BENTOML_DO_NOT_TRACK": "true",
         # images of test releases never touch a developer's fraud-detector:latest
-        "FRAUD_IMAGE_PREFIX": f"fraud-it-{port}/",
+        "FRAUD_IMAGE_PREFIX": f"fraud-it-{port}-",
         **stack_extra_env,
     }
     s = Stack(home=home, env=env)
@@ -92,7 +92,7 @@ def stack(
         yield s
     finally:
         s.run("down", timeout=120)
-        remove_images(f"fraud-it-{port}/")
+        remove_images(f"fraud-it-{port}-")
 
 
 def remove_images(prefix: str) -> None:

@@ -353,3 +353,13 @@ def test_free_port_is_bindable():
     port = pk.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_image_prefix_gives_a_valid_image_name(tmp_path):
+    from pydantic import ValidationError
+
+    settings = Settings(home=tmp_path, image_prefix="fraud-it-4200-")
+    repo = settings.image_repository("fraud-detector")
+    assert pk.check_name(repo) == "fraud-it-4200-fraud-detector"
+    with pytest.raises(ValidationError, match="image_prefix"):
+        Settings(home=tmp_path, image_prefix="Team/")
