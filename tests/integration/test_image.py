@@ -8,7 +8,6 @@ tests; elsewhere they are skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -31,17 +30,6 @@ from flows.training import TrainParams, split
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1800)]
 
 MODEL = "fraud-detector"
-
-
-@pytest.fixture(scope="module")
-def docker_engine() -> str:
-    ok, detail = pk.docker_status()
-    if not ok:
-        message = f"a Docker engine is needed: {detail} (as root: scripts/docker-engine.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return detail
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ whose image does not exist, must build it; the ``latest`` container then answers
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -33,13 +32,7 @@ def image_id(ref: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory, small_data) -> Iterator[tuple[Settings, str]]:
-    ok, detail = pk.docker_status()
-    if not ok:
-        message = f"a Docker engine is needed: {detail} (as root: scripts/docker-engine.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+def released(tmp_path_factory, small_data, docker_engine) -> Iterator[tuple[Settings, str]]:
     home = tmp_path_factory.mktemp("rollback-image") / "home"
     data = home.parent / "transactions.parquet"
     small_data.to_parquet(data, index=False)
