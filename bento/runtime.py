@@ -2,10 +2,14 @@
 
 :func:`load_runtime` refuses a model whose bytes, spec or graph do not match what the store
 recorded, and runs a warm-up prediction; a model that fails any check is never served.
+The served model is one self-contained ONNX file: a graph whose tensors live in *external data*
+files (outside the hashed ``model.onnx``) is refused, and the session is built from the verified
+bytes, so nothing but those bytes is ever read as model content.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from bento.store import MODEL_FILE, SPEC_FILE, sha256_file
+from bento.store import MODEL_FILE, SPEC_FILE
 from data_contracts.spec import MISSING_CATEGORY, FeatureKind, FeatureSpec, parse_spec
 
 PROBABILITIES = "probabilities"
@@ -24,6 +28,113 @@ PROBABILITIES = "probabilities"
 
 class ModelLoadError(RuntimeError):
     """The stored model is missing, corrupt or inconsistent with its metadata."""
+
+
+# ONNX protobuf messages that can hold tensors, and the fields leading to them (onnx.proto).
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _FUNCTION, _TRAINING, _SPARSE, _TENSOR = range(8)
+_NESTED: dict[int, dict[int, int]] = {
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_LOCATION_EXTERNAL = 1
+_MAX_DEPTH = 64
+
+
+def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError(f"truncated or overlong varint at byte {pos}")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _scan(data: memoryview, start: int, end: int, kind: int, depth: int, found: list[str]) -> None:
+    """Walk one protobuf message; append the names of tensors that use external data."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("graphs nested too deeply")
+    name, external = "", False
+    pos = start
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos, end)
+            if kind == _TENSOR and field == _TENSOR_DATA_LOCATION:
+                external = external or value == _LOCATION_EXTERNAL
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise ValueError(f"field {field} runs past the end of its message")
+            child = _NESTED.get(kind, {}).get(field)
+            if child is not None:
+                _scan(data, pos, pos + length, child, depth + 1, found)
+            elif kind == _TENSOR and field == _TENSOR_NAME:
+                name = bytes(data[pos : pos + length]).decode("utf-8", "replace")
+            elif kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
+                external = True
+            pos += length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire} (field {field})")
+        if pos > end:
+            raise ValueError(f"field {field} runs past the end of its message")
+    if external:
+        found.append(name or "<unnamed>")
+
+
+def external_data_tensors(model_bytes: bytes) -> list[str]:
+    """Names of the tensors of a serialised ONNX model that point at external data files.
+
+    A plain protobuf walk (the serving closure has no ``onnx`` package) over the graph's
+    initializers, sparse initializers, node attribute tensors, subgraphs, functions and
+    training graphs. Raises ``ValueError`` when the bytes are not a well-formed protobuf.
+    """
+    found: list[str] = []
+    view = memoryview(model_bytes)
+    _scan(view, 0, len(view), _MODEL, 0, found)
+    return found
+
+
+def check_self_contained(model_bytes: bytes, *, tag: str) -> None:
+    """Refuse an ONNX model that is not one self-contained file (external data, bad protobuf).
+
+    Tensors stored outside ``model.onnx`` would escape the sha256 check and let the model
+    read arbitrary files; the packaging step calls this too, before a model enters the store.
+    """
+    try:
+        external = external_data_tensors(model_bytes)
+    except ValueError as err:
+        try:
+            ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        except Exception as ort_err:  # onnxruntime raises its own exception types
+            raise ModelLoadError(
+                f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {ort_err}"
+            ) from ort_err
+        raise ModelLoadError(
+            f"model {tag}: {MODEL_FILE} cannot be checked for external data: {err}"
+        ) from err
+    if external:
+        shown = ", ".join(repr(n) for n in external[:5])
+        more = f" and {len(external) - 5} more" if len(external) > 5 else ""
+        raise ModelLoadError(
+            f"model {tag}: {MODEL_FILE} stores tensors as ONNX external data ({shown}{more}); "
+            "only self-contained ONNX files are served: re-export the model with every "
+            "initializer inside the file (onnx.save_model(..., save_as_external_data=False))"
+        )
 
 
 class FeatureEncoder:
@@ -132,9 +243,18 @@ def verify_files(
 ) -> tuple[FeatureSpec, str]:
     """Check a stored model's files against its metadata; return its spec and sha256.
 
-    Cheap (one hash of the model file), so the service also runs it when it is imported: a
-    corrupt or mismatched model stops ``bentoml serve`` and ``bentoml build`` at once.
+    Cheap (one read and hash of the model file), so the service also runs it when it is
+    imported: a corrupt, mismatched or not self-contained model stops ``bentoml serve`` and
+    ``bentoml build`` at once.
     """
+    spec, digest, _ = _verified_files(model_dir, metadata, tag=tag)
+    return spec, digest
+
+
+def _verified_files(
+    model_dir: Path, metadata: Mapping[str, Any], *, tag: str
+) -> tuple[FeatureSpec, str, bytes]:
+    """:func:`verify_files`, also returning the verified bytes of the ONNX file."""
     model_path, spec_path = model_dir / MODEL_FILE, model_dir / SPEC_FILE
     for path in (model_path, spec_path):
         if not path.is_file():
@@ -142,12 +262,14 @@ def verify_files(
     for key in ("sha256", "spec_hash", "threshold"):
         if key not in metadata:
             raise ModelLoadError(f"model {tag}: store metadata has no {key!r}")
-    digest = sha256_file(model_path)
+    model_bytes = model_path.read_bytes()
+    digest = hashlib.sha256(model_bytes).hexdigest()
     if digest != metadata["sha256"]:
         raise ModelLoadError(
             f"model {tag}: {MODEL_FILE} is corrupt: sha256 {digest} does not match the "
             f"recorded {metadata['sha256']}"
         )
+    check_self_contained(model_bytes, tag=tag)
     try:
         spec = parse_spec(json.loads(spec_path.read_text(encoding="utf-8")))
     except ValueError as err:
@@ -160,7 +282,7 @@ def verify_files(
             f"model {tag}: feature spec hash {spec_hash} does not match the recorded "
             f"{metadata['spec_hash']}"
         )
-    return spec, digest
+    return spec, digest, model_bytes
 
 
 def load_runtime(
@@ -173,19 +295,19 @@ def load_runtime(
 ) -> ModelRuntime:
     """Load and verify a stored model; raise :class:`ModelLoadError` saying what is wrong.
 
-    Checks: both files exist, the ONNX sha256 equals the recorded one, the spec parses and its
-    hash equals the recorded one, the graph's inputs follow the spec, the threshold is a
-    probability, and a warm-up prediction returns a probability.
+    Checks: both files exist, the ONNX sha256 equals the recorded one, the ONNX file is
+    self-contained (no external data), the spec parses and its hash equals the recorded one,
+    the graph's inputs follow the spec, the threshold is a probability, and a warm-up
+    prediction returns a probability. The session is built from the verified bytes.
     """
-    spec, digest = verify_files(model_dir, metadata, tag=tag)
+    spec, digest, model_bytes = _verified_files(model_dir, metadata, tag=tag)
     spec_hash = spec.spec_hash()
-    model_path = model_dir / MODEL_FILE
     threshold = float(metadata["threshold"])
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ModelLoadError(f"model {tag}: threshold {threshold} is not a probability")
     try:
         session = ort.InferenceSession(
-            str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
+            model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # onnxruntime raises its own exception types
         raise ModelLoadError(f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {err}") from err
