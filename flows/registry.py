@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
+import subprocess  # nosec B404 # fixed git argv, never a shell
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +69,10 @@ def _environment_kept(*names: str) -> Iterator[None]:
 def git_commit(root: Path = PROJECT_ROOT) -> str:
     """The project's current git commit (with '-dirty' when the tree has changes), or 'unknown'."""
     try:
-        sha = subprocess.run(
+        sha = subprocess.run(  # nosec B603 B607 # fixed git argv, git from PATH
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
+        dirty = subprocess.run(  # nosec B603 B607 # fixed git argv, git from PATH
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root,
             capture_output=True,

@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 # argv lists only (wrk, bentoml, py-spy), never a shell
 import sys
 import tempfile
 import time
@@ -148,7 +148,7 @@ def run_wrk(
 ) -> LoadResult:
     script = bodies.with_suffix(".lua")
     script.write_text(WRK_SCRIPT % {"bodies": bodies})
-    out = subprocess.run(
+    out = subprocess.run(  # nosec B603 B607 # fixed wrk argv, wrk from PATH
         [
             "wrk",
             "-t1",
@@ -236,7 +236,7 @@ def write_bodies(work: Path) -> tuple[Path, Path]:
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen(
+        return subprocess.Popen(  # nosec B603 # benchmark's own server commands
             cmd,
             cwd=ROOT,
             env=env,
@@ -329,7 +329,7 @@ def profile_bento(pid: int, port: int, single: Path, work: Path) -> dict[str, An
         if "worker" in " ".join(p.cmdline())
     )
     raw = work / "profile.txt"
-    load = subprocess.Popen(
+    load = subprocess.Popen(  # nosec B603 B607 # fixed wrk argv, wrk from PATH
         [
             "wrk",
             "-t1",
@@ -342,7 +342,7 @@ def profile_bento(pid: int, port: int, single: Path, work: Path) -> dict[str, An
         stdout=subprocess.DEVNULL,
     )
     time.sleep(2)
-    subprocess.run(
+    subprocess.run(  # nosec B603 # py-spy found by shutil.which, fixed argv
         [
             spy,
             "record",
