@@ -2,12 +2,27 @@
 
 A message that cannot be sent after the retries is written to the outbox folder as an ``.eml``
 file and sent first by the next run, so no report is lost while the mail server is down.
+
+What the server answers decides what happens to a message (nothing is dropped silently):
+
+- a refused or dropped connection, a timeout or a 4xx answer is temporary: retried with backoff,
+  then queued in the outbox for the next run;
+- a 5xx answer to the message itself (all recipients refused at RCPT, or the content refused at
+  DATA) is permanent: not retried, moved to ``outbox/failed/`` with the server's answer in an
+  ``X-Fraud-Refused`` header, logged as an error and reported as ``failed``; move the file back
+  into the outbox to send it again;
+- a 5xx answer to the configuration (login, sender, greeting) is not retried either, but the
+  message stays queued: the next run after the settings are fixed sends it;
+- some recipients refused: the accepted ones get the message, a copy for the others is queued
+  (4xx) or failed (5xx), addressed to them alone (``X-Fraud-Envelope-To``);
+- once the server has accepted the message, a failing QUIT does not send it again.
 The password comes from ``FRAUD_SMTP_PASSWORD`` or from a Prefect Secret block named by
 ``FRAUD_SMTP_PASSWORD_SECRET``; it is never logged, never written to the outbox, never rendered.
 """
 
 from __future__ import annotations
 
+import copy
 import html
 import logging
 import smtplib
@@ -113,11 +128,74 @@ def compose_message(
     return msg
 
 
-def send_once(message: EmailMessage, smtp: SmtpSettings, password: str | None) -> None:
-    """One delivery attempt (SSL, STARTTLS or plain; login when a user is set)."""
+ENVELOPE_HEADER = "X-Fraud-Envelope-To"
+REFUSED_HEADER = "X-Fraud-Refused"
+FAILED_DIR = "failed"
+SENT_DIR = "sent"
+
+Refused = dict[str, tuple[int, bytes]]
+
+
+def is_permanent(err: Exception) -> bool:
+    """True for a 5xx answer (the server will refuse the same thing again); 4xx, a refused or
+    dropped connection and timeouts are temporary."""
+    if isinstance(err, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in err.recipients.values()]
+        return bool(codes) and all(code >= 500 for code in codes)
+    if isinstance(err, smtplib.SMTPResponseException):
+        return err.smtp_code >= 500
+    return False
+
+
+def refuses_message(err: Exception) -> bool:
+    """A permanent refusal of this message (its recipients or content), not of the settings."""
+    return is_permanent(err) and isinstance(
+        err, smtplib.SMTPRecipientsRefused | smtplib.SMTPDataError
+    )
+
+
+def _answer(code: int, text: bytes | str) -> str:
+    raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return f"{code} {' '.join(raw.split())}"
+
+
+def describe_error(err: Exception) -> str:
+    """The server's answer (code and text, per recipient when refused at RCPT), or the error."""
+    if isinstance(err, smtplib.SMTPRecipientsRefused):
+        return "; ".join(f"{rcpt}: {_answer(*answer)}" for rcpt, answer in err.recipients.items())
+    if isinstance(err, smtplib.SMTPResponseException):
+        return _answer(err.smtp_code, err.smtp_error)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """End the session; an error here cannot undo (or redo) a delivery already accepted."""
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException) as err:
+        log.info("SMTP QUIT failed after the exchange (%s); connection closed", describe_error(err))
+        client.close()
+
+
+def header_recipients(message: EmailMessage) -> list[str]:
+    """The envelope recipients of ``message``: ``X-Fraud-Envelope-To`` if set, else ``To``."""
+    raw = message[ENVELOPE_HEADER] or message["To"] or ""
+    return [a.strip() for a in str(raw).split(",") if a.strip()]
+
+
+def send_once(
+    message: EmailMessage,
+    smtp: SmtpSettings,
+    password: str | None,
+    recipients: list[str] | None = None,
+) -> Refused:
+    """One delivery attempt (SSL, STARTTLS or plain; login when a user is set).
+
+    Returns the recipients the server refused while accepting the message for the others.
+    """
     if not smtp.host:
         raise ValueError("SMTP host is not set")
-    recipients = [a.strip() for a in str(message["To"]).split(",") if a.strip()]
+    to_addrs = recipients if recipients is not None else header_recipients(message)
     context = ssl.create_default_context()
     if smtp.security == "ssl":
         client: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -125,57 +203,127 @@ def send_once(message: EmailMessage, smtp: SmtpSettings, password: str | None) -
         )
     else:
         client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
-    with client:
+    try:
         if smtp.security == "starttls":
             client.starttls(context=context)
         if smtp.user:
             client.login(smtp.user, password or "")
-        client.send_message(message, to_addrs=recipients)
+        refused = client.send_message(message, to_addrs=to_addrs)
+    except BaseException:
+        client.close()
+        raise
+    _quit(client)
+    return dict(refused)
 
 
 def send_with_retries(
-    message: EmailMessage, smtp: SmtpSettings, password: str | None, sleep: Sleep = time.sleep
-) -> None:
-    """Send with ``smtp.retries`` attempts and exponential backoff; re-raise the last error."""
-    delay = smtp.backoff_seconds
-    for attempt in range(1, smtp.retries + 1):
+    message: EmailMessage,
+    smtp: SmtpSettings,
+    password: str | None,
+    sleep: Sleep = time.sleep,
+    recipients: list[str] | None = None,
+) -> Refused:
+    """Send with ``smtp.retries`` attempts and exponential backoff; re-raise the last error.
+
+    A permanent (5xx) answer is raised at once: asking again gets the same answer.
+    """
+    delay, attempt = smtp.backoff_seconds, 1
+    while True:
         try:
-            send_once(message, smtp, password)
-            return
+            return send_once(message, smtp, password, recipients)
         except (OSError, smtplib.SMTPException) as err:
+            permanent = is_permanent(err)
             log.warning(
-                "mail to %s failed (attempt %d/%d): %s",
+                "mail to %s failed (attempt %d/%d, %s): %s",
                 smtp.describe(),
                 attempt,
                 smtp.retries,
-                type(err).__name__,
+                "permanent" if permanent else "temporary",
+                describe_error(err),
             )
-            if attempt == smtp.retries:
+            if permanent or attempt >= smtp.retries:
                 raise
-            sleep(delay)
-            delay *= 2
+        sleep(delay)
+        delay, attempt = delay * 2, attempt + 1
 
 
 class Delivery(BaseModel):
-    """What happened to one message."""
+    """What happened to one message.
+
+    ``sent``: accepted for every recipient; ``partial``: accepted for some, the others' copy is
+    queued or failed (see ``detail``); ``queued``: in the outbox for the next run; ``failed``:
+    refused for good, kept in ``outbox/failed``; ``skipped``: mail is not configured.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    status: Literal["sent", "queued", "skipped"]
+    status: Literal["sent", "partial", "queued", "failed", "skipped"]
     subject: str
     detail: str = ""
     outbox_path: str | None = None
 
 
-def write_outbox(message: EmailMessage, outbox: Path) -> Path:
-    """Store the message as an ``.eml`` file (atomically) for a later run to send."""
+def write_outbox(
+    message: EmailMessage,
+    outbox: Path,
+    recipients: list[str] | None = None,
+    refused: str | None = None,
+) -> Path:
+    """Store the message as an ``.eml`` file (atomically) for a later run to send.
+
+    ``recipients`` narrows the envelope to some of the addressees; ``refused`` records the
+    server's answer (both as headers of the stored copy only, removed before sending).
+    """
     outbox.mkdir(parents=True, exist_ok=True)
+    stored = copy.deepcopy(message)
+    for name, value in ((ENVELOPE_HEADER, recipients), (REFUSED_HEADER, refused)):
+        del stored[name]
+        if value:
+            stored[name] = ", ".join(value) if isinstance(value, list) else value
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     path = outbox / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
     tmp = path.with_suffix(".eml.tmp")
-    tmp.write_bytes(message.as_bytes(policy=policy.SMTP))
+    tmp.write_bytes(stored.as_bytes(policy=policy.SMTP))
     tmp.replace(path)
     return path
+
+
+def _fail(message: EmailMessage, outbox: Path, answer: str, recipients: list[str]) -> Path:
+    path = write_outbox(message, outbox / FAILED_DIR, recipients, answer)
+    log.error(
+        "mail %r refused for good by the server (%s); kept in %s",
+        str(message["Subject"]),
+        answer,
+        path,
+    )
+    return path
+
+
+def _split_refused(
+    message: EmailMessage, refused: Refused, outbox: Path, recipients: list[str]
+) -> Delivery:
+    """Accepted for some recipients: queue (4xx) or fail (5xx) a copy for the others."""
+    subject = str(message["Subject"])
+    later = [r for r, (code, _) in refused.items() if code < 500]
+    never = {r: answer for r, answer in refused.items() if answer[0] >= 500}
+    accepted = [r for r in recipients if r not in refused]
+    parts = [f"accepted for {', '.join(accepted)}"]
+    queued_path = None
+    if later:
+        queued_path = write_outbox(message, outbox, later)
+        answers = "; ".join(f"{r}: {_answer(*refused[r])}" for r in later)
+        parts.append(f"queued for {', '.join(later)} ({answers})")
+        log.warning("mail %r queued for %s (%s): %s", subject, later, answers, queued_path)
+    if never:
+        answers = "; ".join(f"{r}: {_answer(*a)}" for r, a in never.items())
+        failed = _fail(message, outbox, answers, list(never))
+        parts.append(f"refused for good for {', '.join(never)} ({answers}); kept in {failed}")
+    return Delivery(
+        status="partial",
+        subject=subject,
+        detail="; ".join(parts),
+        outbox_path=str(queued_path) if queued_path else None,
+    )
 
 
 def deliver(
@@ -185,21 +333,34 @@ def deliver(
     password: str | None,
     sleep: Sleep = time.sleep,
 ) -> Delivery:
-    """Send the message, or put it in the outbox when the server stays unreachable."""
+    """Send the message, or keep it: queued in the outbox while the server answers temporary
+    errors, in ``outbox/failed`` when it refuses the message for good (see the module doc)."""
     subject = str(message["Subject"])
     if not smtp.enabled:
         return Delivery(status="skipped", subject=subject, detail="SMTP host or recipients unset")
+    recipients = header_recipients(message)
     try:
-        send_with_retries(message, smtp, password, sleep)
+        refused = send_with_retries(message, smtp, password, sleep, recipients)
     except (OSError, smtplib.SMTPException) as err:
+        answer = describe_error(err)
+        if refuses_message(err):
+            path = _fail(message, outbox, answer, recipients)
+            return Delivery(status="failed", subject=subject, detail=answer, outbox_path=str(path))
         path = write_outbox(message, outbox)
-        log.warning("mail queued in the outbox (%s): %s", type(err).__name__, path)
-        return Delivery(
-            status="queued",
-            subject=subject,
-            detail=f"{type(err).__name__} after {smtp.retries} attempts",
-            outbox_path=str(path),
-        )
+        if is_permanent(err):
+            log.error(
+                "mail queued in the outbox: the server refuses the settings (%s); fix them and "
+                "the next run sends it: %s",
+                answer,
+                path,
+            )
+            detail = f"{answer} (refused for good: check the SMTP settings)"
+        else:
+            log.warning("mail queued in the outbox (%s): %s", answer, path)
+            detail = f"{answer} after {smtp.retries} attempts"
+        return Delivery(status="queued", subject=subject, detail=detail, outbox_path=str(path))
+    if refused:
+        return _split_refused(message, refused, outbox, recipients)
     return Delivery(status="sent", subject=subject, detail=smtp.describe())
 
 
@@ -208,25 +369,40 @@ def flush_outbox(
 ) -> list[Delivery]:
     """Send queued messages, oldest first; sent ones move to ``outbox/sent``.
 
-    Stops at the first failure (the server is still down) and leaves the rest queued.
+    Stops at the first temporary failure (the server is still down) and leaves the rest queued.
+    A message the server refuses for good moves to ``outbox/failed`` (logged as an error) and
+    does not hold up the ones behind it. Returns the messages that went out (``sent`` or
+    ``partial``).
     """
     if not smtp.enabled or not outbox.is_dir():
         return []
     done: list[Delivery] = []
     for path in sorted(outbox.glob("*.eml")):
         message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
-        subject = str(message["Subject"])
+        recipients = header_recipients(message)  # type: ignore[arg-type]
+        del message[ENVELOPE_HEADER], message[REFUSED_HEADER]
+        subject = str(message["Subject"]).strip()  # a folded header parses with a leading space
         try:
-            send_with_retries(message, smtp, password, sleep)  # type: ignore[arg-type]
+            refused = send_with_retries(message, smtp, password, sleep, recipients)  # type: ignore[arg-type]
         except (OSError, smtplib.SMTPException) as err:
+            if refuses_message(err):
+                _fail(message, outbox, describe_error(err), recipients)  # type: ignore[arg-type]
+                path.unlink()
+                continue
             log.warning(
-                "outbox still not deliverable (%s); %s stays queued", type(err).__name__, path
+                "outbox still not deliverable (%s); %s stays queued", describe_error(err), path
             )
             break
-        sent = outbox / "sent"
+        sent = outbox / SENT_DIR
         sent.mkdir(exist_ok=True)
         path.replace(sent / path.name)
-        done.append(Delivery(status="sent", subject=subject, detail=f"from outbox {path.name}"))
+        if refused:
+            partial = _split_refused(message, refused, outbox, recipients)  # type: ignore[arg-type]
+            done.append(
+                partial.model_copy(update={"detail": f"from outbox {path.name}: {partial.detail}"})
+            )
+        else:
+            done.append(Delivery(status="sent", subject=subject, detail=f"from outbox {path.name}"))
     return done
 
 
