@@ -110,3 +110,51 @@ def test_mail_is_skipped_without_host(tmp_path):
     msg = compose_message(drift_email(result()), smtp)
     assert deliver(msg, smtp, tmp_path / "outbox", None).status == "skipped"
     assert not (tmp_path / "outbox").exists()
+
+
+def test_temporary_and_permanent_answers_are_told_apart():
+    from smtplib import (
+        SMTPAuthenticationError,
+        SMTPConnectError,
+        SMTPDataError,
+        SMTPRecipientsRefused,
+        SMTPSenderRefused,
+        SMTPServerDisconnected,
+    )
+
+    from flows.notify import describe_error, is_permanent, refuses_message
+
+    busy = SMTPRecipientsRefused({"a@example.test": (451, b"try later")})
+    gone = SMTPRecipientsRefused({"a@example.test": (550, b"no such user")})
+    mixed = SMTPRecipientsRefused({"a@x.test": (550, b"no"), "b@x.test": (421, b"closing")})
+    cases = [
+        (ConnectionRefusedError(111, "Connection refused"), False, False),
+        (SMTPServerDisconnected("Connection unexpectedly closed"), False, False),
+        (SMTPConnectError(421, b"Service not available"), False, False),
+        (busy, False, False),
+        (SMTPDataError(452, b"Insufficient storage"), False, False),
+        (mixed, False, False),  # one recipient may still pass: try again later
+        (gone, True, True),
+        (SMTPDataError(554, b"Content rejected"), True, True),
+        (SMTPSenderRefused(550, b"Relay denied", "m@x.test"), True, False),
+        (SMTPAuthenticationError(535, b"Credentials invalid"), True, False),
+    ]
+    for err, permanent, of_message in cases:
+        assert (is_permanent(err), refuses_message(err)) == (permanent, of_message), err
+    assert describe_error(gone) == "a@example.test: 550 no such user"
+    assert describe_error(SMTPDataError(554, b"Content\r\n  rejected")) == "554 Content rejected"
+    assert describe_error(SMTPServerDisconnected()) == "SMTPServerDisconnected"
+
+
+def test_outbox_copy_carries_envelope_and_answer_but_the_original_does_not(tmp_path):
+    from flows.notify import ENVELOPE_HEADER, REFUSED_HEADER, header_recipients, write_outbox
+
+    smtp = SmtpSettings(host="127.0.0.1", recipients=["a@example.test", "b@example.test"])
+    msg = compose_message(EmailContent(subject="s", html="<b>h</b>", text="t"), smtp)
+    path = write_outbox(msg, tmp_path, ["b@example.test"], "b@example.test: 550 no such user")
+    stored = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert header_recipients(stored) == ["b@example.test"]
+    assert stored[REFUSED_HEADER] == "b@example.test: 550 no such user"
+    assert stored["To"] == msg["To"] and stored["Message-ID"] == msg["Message-ID"]
+    assert msg[ENVELOPE_HEADER] is None and header_recipients(msg) == smtp.recipients
+    assert not list(tmp_path.glob("*.tmp"))
