@@ -13,13 +13,18 @@ background thread writes the buffer every ``flush_interval_s`` seconds, sooner w
 ``flush_records`` are waiting, and once more on :meth:`InferenceLogWriter.close`. Each write
 is a new file (written to a temporary name, then renamed), so readers never see half a file.
 A failed write never reaches the caller: the records are dropped and reported through
-``on_lost`` and the log.
+``on_lost`` and the log (the first loss at once with its cause, then at most one line per
+``loss_log_interval_s`` with the running total). :meth:`InferenceLogWriter.start` tries the
+folder first and logs at once when it cannot be written. Every flush tries again, so the log
+resumes by itself when the folder becomes writable, and says how many records were lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -80,6 +85,7 @@ class InferenceLogWriter:
         flush_interval_s: float = 5.0,
         flush_records: int = 10_000,
         max_buffered_records: int = 200_000,
+        loss_log_interval_s: float = 60.0,
         on_written: Callable[[int], None] | None = None,
         on_lost: Callable[[int, str], None] | None = None,
     ) -> None:
@@ -89,6 +95,7 @@ class InferenceLogWriter:
         self.flush_interval_s = flush_interval_s
         self.flush_records = flush_records
         self.max_buffered_records = max_buffered_records
+        self.loss_log_interval_s = loss_log_interval_s
         self._on_written = on_written or (lambda n: None)
         self._on_lost = on_lost or (lambda n, reason: None)
         self._schema = log_schema(spec)
@@ -104,6 +111,11 @@ class InferenceLogWriter:
         self.written = 0
         self.lost = 0
         self.files: list[Path] = []
+        self.last_error: str | None = None
+        self._loss_lock = threading.Lock()
+        self._lost_in_outage = 0  # since the last successful write
+        self._lost_unlogged = 0  # since the last log line about losses
+        self._last_loss_log = -math.inf
 
     # -- request path ---------------------------------------------------------------------
     def _empty(self) -> dict[str, Any]:
@@ -183,8 +195,29 @@ class InferenceLogWriter:
         return True
 
     # -- lifecycle ------------------------------------------------------------------------
+    def check_writable(self) -> str | None:
+        """Create the log folder and a file in it: the problem, or None when it can be written."""
+        probe = self.root / f".probe-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            return f"{type(err).__name__}: {err}"
+        return None
+
     def start(self) -> None:
-        """Start the background flush thread."""
+        """Check the folder (logging at once when it cannot be written), start the flush thread."""
+        problem = self.check_writable()
+        if problem is not None:
+            self.last_error = problem
+            logger.error(
+                "inference log: folder %s cannot be written (%s); serving goes on, scored "
+                "records are counted as lost until it can",
+                self.root,
+                problem,
+                extra={"reason": problem, "log_root": str(self.root)},
+            )
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="inference-log-writer", daemon=True
@@ -237,30 +270,97 @@ class InferenceLogWriter:
         if n == 0:
             return 0
         try:
-            self.files.extend(self._write(self._table(cols)))
-        except Exception as err:  # any I/O or conversion failure: count, log, keep serving
-            self._report_loss(n, f"{type(err).__name__}: {err}")
-            return 0
+            written = self._write_buffers(cols, n)
         finally:
             del cols
             # the log uses memory in bursts: give pyarrow's freed pages back to the system
             pa.default_memory_pool().release_unused()
-        self.written += n
-        self._on_written(n)
-        return n
+        if written:
+            self.written += written
+            self._on_written(written)
+            self._resumed()
+        return written
+
+    def _write_buffers(self, cols: dict[str, Any], n: int) -> int:
+        """Write one file per UTC date; a failed file loses its own records, not the others'."""
+        try:
+            table = self._table(cols)
+            days = table.column("timestamp").cast(pa.int64()).to_numpy() // 86_400_000_000
+        except Exception as err:  # a conversion failure: count, log, keep serving
+            self._report_loss(n, f"{type(err).__name__}: {err}")
+            return 0
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        written = 0
+        for day in np.unique(days):
+            part = table.filter(pa.array(days == day))
+            try:
+                self.files.append(self._write_part(part, int(day), stamp))
+            except Exception as err:  # any I/O failure: count, log, keep serving
+                self._report_loss(part.num_rows, f"{type(err).__name__}: {err}")
+            else:
+                written += part.num_rows
+        return written
+
+    def _write_part(self, part: pa.Table, day: int, stamp: str) -> Path:
+        """One file under ``date=YYYY-MM-DD``: written to a hidden name, then renamed."""
+        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+        folder = self.root / f"date={date}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"part-{stamp}-{os.getpid()}-{self._seq}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
+            pq.write_table(part, tmp)
+            tmp.replace(folder / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        return folder / name
 
     def _report_loss(self, n: int, reason: str) -> None:
-        self.lost += n
-        logger.error(
-            "inference log: %d records lost (%s)",
-            n,
-            reason,
-            extra={"records_lost": n, "reason": reason, "log_root": str(self.root)},
-        )
+        """Count lost records; log the first loss at once, then at most once per interval."""
+        now = time.monotonic()
+        with self._loss_lock:
+            self.lost += n
+            self._lost_in_outage += n
+            self._lost_unlogged += n
+            self.last_error = reason
+            due = now - self._last_loss_log >= self.loss_log_interval_s
+            if due:
+                unlogged, self._lost_unlogged, self._last_loss_log = self._lost_unlogged, 0, now
+            total = self.lost
+        if due:
+            logger.error(
+                "inference log: %d records lost (%s); %d lost in all, serving goes on",
+                unlogged,
+                reason,
+                total,
+                extra={
+                    "records_lost": unlogged,
+                    "records_lost_total": total,
+                    "reason": reason,
+                    "log_root": str(self.root),
+                },
+            )
         try:
             self._on_lost(n, reason)
         except Exception:  # a metrics failure must not hide the loss
             logger.exception("inference log: reporting the loss failed")
+
+    def _resumed(self) -> None:
+        """After a successful write: say so once if records were lost before it."""
+        with self._loss_lock:
+            lost, self._lost_in_outage = self._lost_in_outage, 0
+            self._lost_unlogged, self._last_loss_log = 0, -math.inf
+        if lost:
+            logger.warning(
+                "inference log: writing to %s again; %d records were lost before (%s)",
+                self.root,
+                lost,
+                self.last_error,
+                extra={"records_lost": lost, "reason": self.last_error, "log_root": str(self.root)},
+            )
 
     def _table(self, bufs: dict[str, Any]) -> pa.Table:
         """Buffers to an Arrow table; numbers are converted from C arrays, not Python objects."""
@@ -295,23 +395,3 @@ class InferenceLogWriter:
             hashes,
         ]
         return pa.Table.from_arrays(arrays, schema=self._schema)
-
-    def _write(self, table: pa.Table) -> list[Path]:
-        """One file per UTC date present in ``table``."""
-        days = (table.column("timestamp").cast(pa.int64()).to_numpy() // 86_400_000_000).astype(
-            np.int64
-        )
-        paths = []
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        for day in np.unique(days):
-            part = table.filter(pa.array(days == day))
-            date = datetime.fromtimestamp(int(day) * 86_400, UTC).strftime("%Y-%m-%d")
-            folder = self.root / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
-            self._seq += 1
-            name = f"part-{stamp}-{os.getpid()}-{self._seq}.parquet"
-            tmp = folder / f".{name}.tmp"
-            pq.write_table(part, tmp)
-            tmp.replace(folder / name)
-            paths.append(folder / name)
-        return paths

@@ -143,3 +143,53 @@ def test_hash_is_sha256_hex():
     assert hash_transaction_id("abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def test_a_failed_date_partition_loses_only_its_own_records(tmp_path, spec, values, monkeypatch):
+    (tmp_path / "date=2025-12-31").write_text("a file where a partition should be")
+    lost: list[int] = []
+    writer = InferenceLogWriter(tmp_path, spec, "1", on_lost=lambda n, r: lost.append(n))
+    base = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    for offset in (-2.0, -1.0, 1.0):
+        monkeypatch.setattr(time, "time", lambda o=offset: base + o)
+        writer.append_row(values, 0.5, 1, f"r{offset}", None)
+    monkeypatch.undo()
+    assert writer.flush() == 1
+    assert (writer.written, writer.lost, lost) == (1, 2, [2])
+    assert [p.parent.name for p in writer.files] == ["date=2026-01-01"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_losses_are_logged_once_per_interval_and_the_resumption_once(
+    tmp_path, spec, values, caplog
+):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log folder should be")
+    writer = InferenceLogWriter(blocker / "log", spec, "1", loss_log_interval_s=3600)
+    with caplog.at_level("WARNING", logger="fraud.serving.inference_log"):
+        for i in range(3):
+            writer.append_row(values, 0.5, 1, f"r{i}", None)
+            assert writer.flush() == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "1 records lost (NotADirectoryError" in errors[0]
+        assert writer.lost == 3 and writer.last_error.startswith("NotADirectoryError")
+        blocker.unlink()  # the folder can be written again
+        writer.append_row(values, 0.5, 1, "r3", None)
+        assert writer.flush() == 1
+        (resumed,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "writing to" in resumed and "again; 3 records were lost before" in resumed
+        writer.append_row(values, 0.5, 1, "r4", None)
+        assert writer.flush() == 1  # no second resumption line
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_start_says_at_once_when_the_folder_cannot_be_written(tmp_path, spec, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log folder should be")
+    writer = InferenceLogWriter(blocker / "log", spec, "1", flush_interval_s=3600)
+    with caplog.at_level("ERROR", logger="fraud.serving.inference_log"):
+        writer.start()
+    writer.close()
+    assert f"folder {blocker / 'log'} cannot be written (NotADirectoryError" in caplog.text
+    ok = InferenceLogWriter(tmp_path / "log", spec, "1")
+    assert ok.check_writable() is None and list((tmp_path / "log").iterdir()) == []
