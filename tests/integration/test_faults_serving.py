@@ -1,0 +1,224 @@
+"""Faults survived by a real ``bentoml serve`` on 127.0.0.1: an altered model, an unwritable log.
+
+A released model is imported into a throw-away BentoML store and built into a bento, as the
+release flow leaves them. Altering the model file afterwards must stop the service before it is
+ready, naming the expected and actual sha256; an inference log folder that cannot be written
+must not stop serving, and its losses are counted in ``/metrics`` and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from serving_support import TinyModel, train_tiny_model
+
+from tests.drift_support import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BENTOML = [sys.executable, "-m", "bentoml"]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with _DIRECT.open(req, timeout=10) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+@dataclass
+class Serve:
+    """A ``bentoml serve`` process in its own session, logging to a file."""
+
+    proc: subprocess.Popen
+    base: str
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM its process group (by its own PID), wait, escalate if needed."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait(10)
+        return self.proc.returncode
+
+
+def serve_env(home: Path, bentoml_home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true",
+               FRAUD_HOME=str(home), NO_PROXY="127.0.0.1,localhost", **extra)  # fmt: skip
+    return env
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+    """Start ``bentoml serve ARGS``; every process started is stopped at teardown."""
+    started: list[Serve] = []
+
+    def start(*args: str, env: dict[str, str], cwd: Path = ROOT) -> Serve:
+        port = free_port()
+        log = tmp_path / f"serve-{len(started)}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [*BENTOML, "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        started.append(Serve(proc, f"http://127.0.0.1:{port}", log))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+def readiness(server: Serve, timeout: float = 120) -> list[int]:
+    """Poll ``/readyz`` until it answers 200 or the process exits; the statuses seen."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # not listening (yet, or any more)
+            seen.append(call(f"{server.base}/readyz")[0])
+        if 200 in seen or server.proc.poll() is not None:
+            return seen
+        time.sleep(0.3)
+    pytest.fail(f"neither ready nor exited in {timeout:.0f} s:\n{server.text()[-3000:]}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def released(spec, tmp_path_factory) -> TinyModel:
+    """A model imported into a BentoML store and built into the bento ``fraud-detector:v1``."""
+    tiny = train_tiny_model(spec, tmp_path_factory.mktemp("release") / "bentoml")
+    log = tiny.bentoml_home.parent / "build.log"
+    env = serve_env(tiny.bentoml_home.parent, tiny.bentoml_home, FRAUD_MODEL_TAG=tiny.tag)
+    name, _, version = tiny.tag.partition(":")
+    with log.open("w") as out:
+        built = subprocess.run(
+            [*BENTOML, "build", "-f", "bentofile.yaml", "--name", name, "--version", version, "."],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300, check=False,
+        )  # fmt: skip
+    assert built.returncode == 0, log.read_text()[-3000:]
+    assert (tiny.bentoml_home / "bentos" / name / version / "bento.yaml").is_file()
+    return tiny
+
+
+@pytest.mark.parametrize("served", ["source checkout", "built bento"])
+def test_model_altered_in_the_store_after_release_never_becomes_ready(
+    served, released, serve, tmp_path
+):
+    store = tmp_path / "bentoml"
+    shutil.copytree(released.bentoml_home, store, symlinks=True)
+    name, _, version = released.tag.partition(":")
+    model = store / "models" / name / version / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, same size: only the digest can tell
+    model.write_bytes(bytes(data))
+    expected, actual = sha256(released.model_bytes), sha256(bytes(data))
+    assert expected != actual
+
+    if served == "source checkout":
+        env = serve_env(tmp_path, store, FRAUD_MODEL_TAG=released.tag)
+        server = serve(env=env)
+    else:  # the bento serves the model it packs, from the store it was built in
+        server = serve(released.tag, env=serve_env(tmp_path, store), cwd=tmp_path)
+    seen = readiness(server)
+    log = server.text()
+    assert 200 not in seen, log[-3000:]
+    assert server.proc.returncode not in (None, 0), log[-3000:]
+    assert (
+        f"model {released.tag}: model.onnx is corrupt: sha256 {actual} does not match the "
+        f"recorded {expected}"
+    ) in log, log[-3000:]
+
+
+def metric(server: Serve, name: str) -> float:
+    """Sum of a counter over its label sets in ``/metrics``."""
+    status, text = call(f"{server.base}/metrics")
+    assert status == 200
+    values = re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return sum(float(v) for v in values)
+
+
+def wait_for(what: Callable[[], bool], server: Serve, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met in {timeout:.0f} s:\n{server.text()[-3000:]}")
+        time.sleep(0.2)
+
+
+LOST = "fraud_inference_log_records_lost_total"
+WRITTEN = "fraud_inference_log_records_written_total"
+
+
+def test_unwritable_inference_log_keeps_serving_and_counts_the_loss(released, serve, tmp_path):
+    blocker = tmp_path / "volume"
+    blocker.write_text("a regular file where the log folder's parent should be")
+    log_dir = blocker / "inference_log"
+    env = serve_env(tmp_path, released.bentoml_home, FRAUD_MODEL_TAG=released.tag,
+                    FRAUD_INFERENCE_LOG_DIR=str(log_dir),
+                    FRAUD_INFERENCE_LOG_FLUSH_S="0.2")  # fmt: skip
+    server = serve(env=env)
+    assert 200 in readiness(server), server.text()[-3000:]
+    assert f"folder {log_dir} cannot be written (NotADirectoryError" in server.text()
+
+    records = released.records(30)
+    for i, record in enumerate(records[:10]):
+        status, body = call(f"{server.base}/predict", {**record, "request_id": f"lost-{i}"})
+        assert status == 200, body
+    status, body = call(f"{server.base}/predict_batch", {"records": records[10:]})
+    assert status == 200 and body["scored"] == 20, body
+    wait_for(lambda: metric(server, LOST) >= 30, server)
+    assert metric(server, LOST) == 30 and metric(server, WRITTEN) == 0
+    assert "records lost (NotADirectoryError" in server.text()
+    assert call(f"{server.base}/readyz")[0] == 200  # still serving
+
+    blocker.unlink()  # the volume is back: the next flush writes again
+    for i, record in enumerate(records[:5]):
+        status, _ = call(f"{server.base}/predict", {**record, "request_id": f"kept-{i}"})
+        assert status == 200
+    wait_for(lambda: metric(server, WRITTEN) >= 5, server)
+    assert metric(server, LOST) == 30 and metric(server, WRITTEN) == 5
+    assert "again; 30 records were lost before" in server.text()
+    assert server.stop() == 0
+    frame = pd.concat(pd.read_parquet(p) for p in sorted(log_dir.glob("date=*/part-*.parquet")))
+    assert sorted(frame["request_id"]) == [f"kept-{i}" for i in range(5)]
+    assert set(frame["model_version"]) == {released.tag.rpartition(":v")[2]}
