@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,17 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def _header_value(request_id: str) -> bytes:
+    """The request id as an ``X-Request-ID`` value: visible ASCII as is, anything else
+    %-escaped, so a caller's id can neither break the response nor add headers to it."""
+    if request_id.isascii() and request_id.isprintable() and " " not in request_id:
+        return request_id.encode()
+    return urllib.parse.quote(request_id, safe=_HEADER_SAFE).encode()
+
+
 async def _send_json(send: Send, status: int, payload: bytes, request_id: str) -> None:
     await send(
         {
@@ -103,7 +115,7 @@ async def _send_json(send: Send, status: int, payload: bytes, request_id: str) -
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", request_id.encode()),
+                (b"x-request-id", _header_value(request_id)),
             ],
         }
     )
@@ -432,9 +444,17 @@ def add_prediction_paths(spec: dict[str, Any], state: _State) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": content(request)},
                 "responses": {
                     "200": {"description": "Scored", "content": content(response)},
+                    "400": {
+                        "description": "Invalid Content-Length header",
+                        "content": content("ErrorResponse"),
+                    },
                     "413": {"description": "Body too large", "content": content("ErrorResponse")},
                     "415": {"description": "Not JSON", "content": content("ErrorResponse")},
                     "422": {"description": "Invalid input", "content": content("ErrorResponse")},
+                    "503": {
+                        "description": "The model is not loaded yet (starting or stopping)",
+                        "content": content("ErrorResponse"),
+                    },
                 },
             }
         }

@@ -329,3 +329,31 @@ def test_batch_length_cap(client, record):
     )
     assert ok.status_code == 200, ok.text
     assert ok.json()["scored"] == MAX_BATCH
+
+
+@pytest.mark.parametrize(
+    "request_id", ["\x1f", "a\r\nSet-Cookie: session=1", " padded ", "café-7", "tab\there", "50%"]
+)
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
+def test_caller_request_id_cannot_break_or_add_headers(client, record, path, request_id):
+    body = (
+        {**record, "request_id": request_id}
+        if path == "/predict"
+        else {"records": [record], "request_id": request_id}
+    )
+    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["request_id"] == request_id
+    header = r.headers["x-request-id"]
+    assert header.isascii() and header.isprintable() and " " not in header
+    assert "set-cookie" not in r.headers
+
+
+def test_every_refusal_status_is_documented(client):
+    doc = client.get("/docs.json").json()
+    for path in ("/predict", "/predict_batch"):
+        responses = doc["paths"][path]["post"]["responses"]
+        assert {"200", "400", "413", "415", "422", "503"} <= set(responses), path
+        for status in ("400", "413", "415", "422", "503"):
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema["$ref"].endswith("/ErrorResponse"), (path, status)
