@@ -35,6 +35,9 @@ def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' tracking URI and make sure the experiment exists."""
     if settings.uses_local_mlflow:
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    # bound MLflow's own HTTP retries (a user's explicit MLFLOW_HTTP_REQUEST_* settings win)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         # mlflow exports the URI to the environment; Settings reads MLFLOW_TRACKING_URI as the
         # user's choice, so a process that serves several homes must not see its own echo
@@ -163,20 +166,50 @@ def log_onnx_model(
     return info.model_uri
 
 
-def find_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
-    """The version already registered from ``run_id``, if any (registration is idempotent)."""
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    except MlflowException:
+KEY_TAG = "release.key"
+
+
+def find_version(
+    client: MlflowClient, model_name: str, run_id: str, key: str | None = None
+) -> ModelVersion | None:
+    """The version already registered for this release, if any (registration is idempotent).
+
+    First the version registered from ``run_id`` (a retried task), then the one whose
+    ``release.key`` tag equals ``key`` (a rerun of a release that failed after registering:
+    same data digest, spec and model bytes).
+    """
+    if not _model_exists(client, model_name):
         return None
-    return versions[0] if versions else None
+    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if versions:
+        return versions[0]
+    if key:
+        query = f"name = '{model_name}' and tags.`{KEY_TAG}` = '{key}'"
+        keyed = client.search_model_versions(query)
+        if keyed:
+            return min(keyed, key=lambda v: int(v.version))
+    return None
+
+
+def _model_exists(client: MlflowClient, model_name: str) -> bool:
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def register_version(
     client: MlflowClient, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
 ) -> ModelVersion:
-    """Register the logged model (once per run) and set its tags."""
-    existing = find_version(client, model_name, run_id)
+    """Register the logged model once per release and set its tags.
+
+    A retry of the same run, or a rerun with the same ``release.key`` tag, gets the version that
+    already exists instead of a duplicate; the tags then describe the latest attempt.
+    """
+    existing = find_version(client, model_name, run_id, tags.get(KEY_TAG))
     version = existing or mlflow.register_model(model_uri, model_name, tags=tags)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)

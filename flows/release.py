@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -300,9 +301,19 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
         )
 
 
+def release_key(record: ReleaseRecord) -> str:
+    """Identity of a candidate: the data digest, the spec hash and the exported model's bytes.
+
+    A rerun on the same data that trains the same model maps to the same registered version.
+    """
+    parts = f"{record.data_digest}:{record.spec.spec_hash()}:{record.exported.sha256}"
+    return hashlib.sha256(parts.encode()).hexdigest()
+
+
 def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
     """Tags that make a registered version self-describing (including why it was blocked)."""
     return {
+        registry.KEY_TAG: release_key(record),
         "gate.outcome": record.decision.outcome,
         "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
         "holdout_f1": f"{record.candidate.metrics.f1:.6f}",

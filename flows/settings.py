@@ -26,6 +26,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("FRAUD_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="MLflow tracking server; default: SQLite under the home folder.",
     )
+    mlflow_http_retries: int = Field(
+        3,
+        ge=0,
+        description="Retries of one MLflow HTTP call (exponential backoff) before the task's own "
+        "retries take over; MLflow's default of 7 can hold a run for minutes when the server is "
+        "down.",
+    )
     experiment_name: str = "train-and-release"
     image_prefix: str = Field(
         "",

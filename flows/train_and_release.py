@@ -21,6 +21,7 @@ from prefect.states import Completed, State
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows import audit, packaging, registry, release
+from flows.alerts import alert_on_failure
 from flows.data_io import file_digest, load_table, write_quarantine
 from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
 from flows.locks import ensure_lock
@@ -170,6 +171,7 @@ def promote(
     """
     lock = release.promotion_lock_name(model_name)
     ensure_lock(lock)
+    get_run_logger().info("waiting for the promotion lock %s", lock)
     with concurrency(lock, occupy=1, strict=True, timeout_seconds=300):
         client = registry.configure(settings)
         current = registry.current_champion(client, model_name, settings.champion_alias)
@@ -224,7 +226,13 @@ def _resolve_inputs(
     return path, spec
 
 
-@flow(name="train-and-release", log_prints=True)
+@flow(
+    name="train-and-release",
+    log_prints=True,
+    result_serializer="json",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+)
 def train_and_release(
     data_path: str | None = None,
     spec_path: str | None = None,
@@ -331,7 +339,12 @@ def train_and_release(
             description=f"{name} v{version}: {outcome}",
         )
 
-    if decision.promote:
+    unchanged = decision.promote and champion is not None and champion.version == version
+    if unchanged:
+        # a rerun with the same data and model found the version it registered before, and
+        # that version is already the champion: nothing to package or move
+        step(f"{name} v{version} is already the champion (same data digest and model)")
+    elif decision.promote:
         step(f"packaging {name} v{version}: bento store, bentoml build"
              + (", containerize, smoke test" if build_image else " (IMAGE SKIPPED)"))  # fmt: skip
         try:
@@ -359,7 +372,7 @@ def train_and_release(
                                                       "release.refusal": refused})  # fmt: skip
         else:
             tag_version(settings, name, version, {"release.outcome": "released"})
-    outcome_name = "refused" if refused else decision.outcome
+    outcome_name = "refused" if refused else "unchanged" if unchanged else decision.outcome
     decision_artifact(outcome_name, refused)
     outcome: dict[str, Any] = {
         "model_name": name,
@@ -375,6 +388,10 @@ def train_and_release(
     step(f"{name} v{version}: {outcome_name}")
     if refused:
         return Completed(name="Refused", message=refused, data=outcome)
+    if unchanged:
+        return Completed(
+            name="Unchanged", message=f"{name} v{version} is already the champion", data=outcome
+        )
     if decision.promote:
         return Completed(message=f"{name} v{version} promoted to champion", data=outcome)
     return Completed(

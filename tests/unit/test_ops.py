@@ -20,6 +20,7 @@ from flows.training import TrainParams
 
 MODEL = "fraud-detector"
 FAST = TrainParams(max_iter=60)
+CRIPPLED = TrainParams(max_iter=30, cripple=True)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def released(tmp_path_factory, small_data) -> Path:
         mp.setenv("FRAUD_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
-        for params in (FAST, FAST, TrainParams(max_iter=30, cripple=True)):
+        # two different models (a rerun of the same data and model reuses its version)
+        for params in (FAST, FAST.model_copy(update={"max_iter": 70}), CRIPPLED):
             state = train_and_release(
                 data_path=str(data), params=params, build_image=False, return_state=True
             )
