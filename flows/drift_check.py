@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows import drift, notify, retraining
+from flows.alerts import alert_on_failure
 from flows.drift_result import DriftCheckResult, drift_email, mlflow_payload, result_markdown
 from flows.settings import Settings
 
@@ -217,7 +218,13 @@ def run_drift_check(
     return result, delivery
 
 
-@flow(name="drift-check", log_prints=True)
+@flow(
+    name="drift-check",
+    log_prints=True,
+    result_serializer="json",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+)
 def drift_check(
     window_hours: float | None = 24.0,
     window_rows: int | None = None,

@@ -41,6 +41,11 @@ else
 fi
 SERVE_PORT="${FRAUD_SERVE_PORT:-3000}"
 POOL="${FRAUD_WORK_POOL:-fraud-pool}"
+ALERT_POOL=fraud-alerts  # prefect.yaml: the failure-alert deployment runs on its own worker
+# Flow runs send a heartbeat every FRAUD_HEARTBEAT_SECONDS (Prefect's floor is 30 s); a run
+# silent for FRAUD_HEARTBEAT_SILENCE_SECONDS is marked Crashed and mailed (flows/automations.py).
+export FRAUD_HEARTBEAT_SECONDS="${FRAUD_HEARTBEAT_SECONDS:-30}"
+export FRAUD_HEARTBEAT_SILENCE_SECONDS="${FRAUD_HEARTBEAT_SILENCE_SECONDS:-90}"
 DEPLOYMENT="${FRAUD_DEPLOYMENT:-train-and-release/fraud-detector}"
 RUN_DIR="$FRAUD_HOME/run"
 LOG_DIR="$FRAUD_HOME/logs"
@@ -98,7 +103,8 @@ up() {
     healthy || { log "the Prefect server did not become healthy in 60 s"; exit 1; }
   fi
   if [[ "$LOCAL_MAIL" == 1 ]] && ! alive mail-catcher; then
-    mkdir -p "$FRAUD_HOME/mail"
+    # a complete Maildir: aiosmtpd's Mailbox creates tmp/new/cur only when the folder is absent
+    mkdir -p "$FRAUD_HOME/mail/tmp" "$FRAUD_HOME/mail/new" "$FRAUD_HOME/mail/cur"
     log "starting the local mail catcher on 127.0.0.1:$FRAUD_SMTP_PORT (mail: $FRAUD_HOME/mail)"
     start_bg mail-catcher "$BIN/python" -m aiosmtpd -n -l "127.0.0.1:$FRAUD_SMTP_PORT" \
       -c aiosmtpd.handlers.Mailbox "$FRAUD_HOME/mail"
@@ -109,7 +115,14 @@ up() {
     log "worker already running (pid $(cat "$RUN_DIR/prefect-worker.pid"))"
   else
     log "starting a process worker on pool $POOL (log: $LOG_DIR/prefect-worker.log)"
-    start_bg prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process
+    start_bg prefect-worker env PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$FRAUD_HEARTBEAT_SECONDS" \
+      "$BIN/prefect" worker start --pool "$POOL" --type process
+  fi
+  "$BIN/prefect" work-pool inspect "$ALERT_POOL" >/dev/null 2>&1 \
+    || "$BIN/prefect" work-pool create "$ALERT_POOL" --type process >/dev/null
+  if ! alive prefect-alert-worker; then
+    log "starting the failure-alert worker on pool $ALERT_POOL (log: $LOG_DIR/prefect-alert-worker.log)"
+    start_bg prefect-alert-worker "$BIN/prefect" worker start --pool "$ALERT_POOL" --type process
   fi
 }
 
@@ -117,6 +130,9 @@ deploy() {
   log "deploying prefect.yaml"
   (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all >>"$LOG_DIR/deploy.log" 2>&1) \
     || { log "deploy failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
+  log "creating the crashed-run automations (heartbeat ${FRAUD_HEARTBEAT_SECONDS} s, silence ${FRAUD_HEARTBEAT_SILENCE_SECONDS} s)"
+  (cd "$ROOT" && "$BIN/python" -m flows.automations >>"$LOG_DIR/deploy.log" 2>&1) \
+    || { log "automations failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
 }
 
 release() {
@@ -153,12 +169,13 @@ serve() {
 down() {
   stop_pid bento
   stop_pid prefect-worker
+  stop_pid prefect-alert-worker
   stop_pid prefect-server
   stop_pid mail-catcher
 }
 
 status() {
-  for name in prefect-server prefect-worker mail-catcher bento; do
+  for name in prefect-server prefect-worker prefect-alert-worker mail-catcher bento; do
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"

@@ -1,0 +1,164 @@
+"""The crashed-run rule: Prefect automations that catch runs whose process died silently.
+
+A run whose worker and flow process die together (host lost, ``kill -9`` of the worker's
+process tree) has no one left to report its end: without a rule it stays Running forever.
+Flow runs of the pipeline emit a heartbeat event every ``FRAUD_HEARTBEAT_SECONDS`` (Prefect's
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, at least 30 s; ``scripts/stack.sh`` sets it for the
+worker). Two automations, created or updated by name (idempotent) at deploy time:
+
+1. ``fraud: crash silent runs`` (proactive): after a heartbeat of a ``train-and-release`` or
+   ``drift-check`` run, expect another event of that run (a heartbeat or any state change)
+   within ``FRAUD_HEARTBEAT_SILENCE_SECONDS``; when none comes, set the run Crashed with a
+   message starting ``Unresponsive:``.
+2. ``fraud: alert on silent crashes`` (reactive): a flow run entering Crashed *with that
+   message* starts the ``failure-alert`` deployment for it, on its own work pool, so the mail
+   does not wait for the dead worker. Runs that ended any other way were mailed by their flow
+   hooks (``flows.alerts``); the message filter keeps it to one mail per run.
+
+``python -m flows.automations`` creates or updates both (needs the deployment to exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flows.alerts import WATCHED_FLOWS
+
+CRASH_RULE = "fraud: crash silent runs"
+ALERT_RULE = "fraud: alert on silent crashes"
+SILENT_PREFIX = "Unresponsive:"
+PREFECT_MIN_HEARTBEAT = 30
+
+
+class HeartbeatSettings(BaseSettings):
+    """Heartbeat interval, silence threshold and the alert deployment; ``FRAUD_`` env."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+
+    heartbeat_seconds: int = Field(
+        30, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between flow run heartbeats."
+    )
+    heartbeat_silence_seconds: int = Field(
+        90, description="A run silent this long is marked Crashed."
+    )
+    alert_deployment: str = Field(
+        "failure-alert/fraud-pipeline", description="Deployment that mails silent crashes."
+    )
+
+    @model_validator(mode="after")
+    def _silence_covers_a_heartbeat(self) -> HeartbeatSettings:
+        if self.heartbeat_silence_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"heartbeat_silence_seconds ({self.heartbeat_silence_seconds}) must be longer "
+                f"than heartbeat_seconds ({self.heartbeat_seconds}), or every run is crashed"
+            )
+        return self
+
+
+def crash_message(settings: HeartbeatSettings) -> str:
+    """The state message the rule sets (the alert automation matches its prefix)."""
+    return (
+        f"{SILENT_PREFIX} no heartbeat for {settings.heartbeat_silence_seconds} s; the worker "
+        "or host running this flow run is gone"
+    )
+
+
+def crash_rule(settings: HeartbeatSettings) -> AutomationCore:
+    """Mark a watched run Crashed when its heartbeats stop before a final state."""
+    return AutomationCore(
+        name=CRASH_RULE,
+        description="Flow runs of the fraud pipeline that stopped sending heartbeats.",
+        enabled=True,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": list(WATCHED_FLOWS)}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=settings.heartbeat_silence_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=crash_message(settings))],
+    )
+
+
+def alert_rule(deployment_id: UUID) -> AutomationCore:
+    """Run the ``failure-alert`` deployment for a run the crash rule marked Crashed."""
+    return AutomationCore(
+        name=ALERT_RULE,
+        description="Mail the failure alert of runs crashed by the heartbeat rule.",
+        enabled=True,
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match=ResourceSpecification(
+                {
+                    "prefect.resource.id": "prefect.flow-run.*",
+                    "prefect.state-message": f"{SILENT_PREFIX}*",
+                }
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=deployment_id,
+                parameters={"flow_run_id": "{{ event.resource.id }}"},
+            )
+        ],
+    )
+
+
+def upsert(client, automation: AutomationCore) -> UUID:
+    """Create the automation, or update the one with its name (extra duplicates removed)."""
+    existing = client.read_automations_by_name(automation.name)
+    if not existing:
+        return client.create_automation(automation)
+    keep, *extra = existing
+    client.update_automation(keep.id, automation)
+    for duplicate in extra:
+        client.delete_automation(duplicate.id)
+    return keep.id
+
+
+def ensure_automations(settings: HeartbeatSettings | None = None) -> dict[str, UUID]:
+    """Create or update both automations on the Prefect server in ``PREFECT_API_URL``."""
+    settings = settings or HeartbeatSettings()
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(settings.alert_deployment)
+        return {
+            CRASH_RULE: upsert(client, crash_rule(settings)),
+            ALERT_RULE: upsert(client, alert_rule(deployment.id)),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: create or update the crashed-run automations."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
+    settings = HeartbeatSettings()
+    for name, automation_id in ensure_automations(settings).items():
+        print(f"automation '{name}': {automation_id}")
+    print(
+        f"heartbeat every {settings.heartbeat_seconds} s; silent for "
+        f"{settings.heartbeat_silence_seconds} s = Crashed; alerts by {settings.alert_deployment}"
+    )
+
+
+if __name__ == "__main__":
+    main()
