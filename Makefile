@@ -12,7 +12,7 @@ PY := $(ROOT)/.venv/bin/python
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-drift drift serve demo-drift mlflow-ui rollback history clean
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-drift drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -100,5 +100,19 @@ demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, dri
 drift: ## run the drift-check deployment now on the running stack
 	@scripts/stack.sh drift
 
-clean: down ## stop the stack and delete all local state (.fraud)
+up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker (scripts/prod.sh)
+	@scripts/prod.sh up
+
+down-prod: ## stop what `make up-prod` started (by PID)
+	@scripts/prod.sh down
+
+run-prod: data docker up-prod ## the main job against the production profile
+	@scripts/prod.sh stack deploy
+	@scripts/prod.sh stack release --param data_path="$(DATA)"
+	@scripts/prod.sh stack summary
+
+test-prod: install ## the integration tests against the production profile (PostgreSQL servers)
+	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m integration
+
+clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

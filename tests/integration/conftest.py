@@ -1,21 +1,33 @@
 """A real Prefect server and process worker on 127.0.0.1, started by the project's stack script.
 
 The stack lives in a temporary FRAUD_HOME; the server and worker are stopped by PID at the end.
+With ``FRAUD_TEST_PROFILE=prod`` every stack runs on the production profile (scripts/prod.sh):
+its own Prefect and MLflow tracking servers on fresh PostgreSQL databases of one cluster for the
+session (dropped at teardown), the MLflow artifacts in a root of their own.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from flows.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack.sh"
+PROD = ROOT / "scripts" / "prod.sh"
+PROFILE = os.environ.get("FRAUD_TEST_PROFILE", "embedded")
+if PROFILE not in {"embedded", "prod"}:
+    raise ValueError(f"FRAUD_TEST_PROFILE={PROFILE!r}: expected 'embedded' or 'prod'")
 
 
 def free_port() -> int:
@@ -24,31 +36,88 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _script(
+    path: Path, args: tuple[str, ...], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(path), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    """The test process's environment without any of the pipeline's own settings."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "FRAUD_", "MLFLOW_", "BENTOML_", "PGPASS"))
+    }
+
+
 @dataclass
 class Stack:
+    """One test stack: its home, the environment to talk to it, and its MLflow tracking URI."""
+
     home: Path
     env: dict[str, str]
+    profile: str = "embedded"
+    tracking_uri: str | None = None  # None: the embedded SQLite store under ``home``
+    secrets: tuple[str, ...] = ()  # passwords the stack was started with (prod: the database's)
+
+    def settings(self) -> Settings:
+        """The pipeline settings of this stack (its home and its tracking server)."""
+        return Settings(home=self.home, mlflow_tracking_uri=self.tracking_uri)
 
     def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run ``scripts/stack.sh ARGS`` against this stack; output captured."""
-        return subprocess.run(
-            [str(STACK), *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return _script(STACK, args, self.env, timeout)
+
+    def prod(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run ``scripts/prod.sh ARGS`` against this stack; output captured."""
+        return _script(PROD, args, self.env, timeout)
 
     def prefect(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "prefect"), *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return _script(ROOT / ".venv" / "bin" / "prefect", args, self.env, timeout)
+
+
+@dataclass(frozen=True)
+class PgCluster:
+    """The session's PostgreSQL cluster (production profile), reached through a password file."""
+
+    root: Path
+    port: int
+    password: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "FRAUD_PG_DIR": str(self.root / "pg"),
+            "FRAUD_PG_PORT": str(self.port),
+            "FRAUD_PG_PASSWORD_FILE": str(self.root / "secrets" / "pg-password"),
+        }
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster | None]:
+    """One PostgreSQL cluster for the session in the production profile; None otherwise."""
+    if PROFILE != "prod":
+        yield None
+        return
+    # not in pytest's private folder: the cluster runs as the postgres user
+    root = Path(tempfile.mkdtemp(prefix="fraud-it-pg-", dir=os.environ.get("FRAUD_TEST_PG_ROOT")))
+    root.chmod(0o755)
+    cluster = PgCluster(root=root, port=free_port(), password=f"db-{secrets.token_hex(12)}")
+    (root / "secrets").mkdir(mode=0o700)
+    pw_file = root / "secrets" / "pg-password"
+    pw_file.touch(mode=0o600)
+    pw_file.write_text(cluster.password)
+    env = _clean_env() | cluster.env | {"FRAUD_PROD_HOME": str(root)}
+    try:
+        up = _script(PROD, ("pg-up",), env, 300)
+        assert up.returncode == 0, up.stderr
+        yield cluster
+    finally:
+        _script(PROD, ("pg-down",), env, 120)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +128,34 @@ def stack_extra_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, stack_extra_env: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_extra_env: dict[str, str],
+    pg_cluster: PgCluster | None,
 ) -> Iterator[Stack]:
-    """A Prefect server + worker with prefect.yaml deployed, one per test module."""
+    """A Prefect server + worker with prefect.yaml deployed, one per test module.
+
+    In the production profile the module gets its own Prefect and MLflow servers on fresh
+    databases of the session's PostgreSQL cluster.
+    """
     home = tmp_path_factory.mktemp("stack") / "home"
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "FRAUD_", "MLFLOW_", "BENTOML_"))
-    }
-    env |= {
+    env = _clean_env() | {
         "FRAUD_HOME": str(home),
         "FRAUD_PREFECT_PORT": str(port),
+        "FRAUD_MAIL_PORT": str(free_port()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "BENTOML_DO_NOT_TRACK": "true",
         # images of test releases never touch a developer's fraud-detector:latest
         "FRAUD_IMAGE_PREFIX": f"fraud-it-{port}-",
         **stack_extra_env,
     }
+    if pg_cluster is None:
+        yield from _embedded_stack(home, port, env)
+    else:
+        yield from _prod_stack(home, port, env, pg_cluster)
+
+
+def _embedded_stack(home: Path, port: int, env: dict[str, str]) -> Iterator[Stack]:
     s = Stack(home=home, env=env)
     up = s.run("up", timeout=180)
     assert up.returncode == 0, up.stderr
@@ -92,6 +170,34 @@ def stack(
         yield s
     finally:
         s.run("down", timeout=120)
+        remove_images(f"fraud-it-{port}-")
+
+
+def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> Iterator[Stack]:
+    mlflow_port = free_port()
+    env |= pg.env | {
+        "FRAUD_PROD_HOME": str(home),
+        "FRAUD_PROD_DB_PREFIX": f"it{port}",
+        "FRAUD_PROD_PREFECT_PORT": str(port),
+        "FRAUD_MLFLOW_PORT": str(mlflow_port),
+    }
+    s = Stack(home=home, env=env, profile="prod", secrets=(pg.password,))
+    try:
+        up = s.prod("up", timeout=420)
+        assert up.returncode == 0, up.stderr
+        s.tracking_uri = f"http://127.0.0.1:{mlflow_port}"
+        env |= {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "MLFLOW_TRACKING_URI": s.tracking_uri,
+            "PREFECT_HOME": str(home / "prefect"),
+            "BENTOML_HOME": str(home / "bentoml"),
+        }
+        deployed = s.run("deploy", timeout=300)
+        assert deployed.returncode == 0, deployed.stderr
+        yield s
+    finally:
+        s.prod("down", timeout=180)
+        s.prod("drop-db", timeout=120)
         remove_images(f"fraud-it-{port}-")
 
 

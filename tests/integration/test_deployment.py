@@ -10,7 +10,6 @@ import pytest
 from mlflow import MlflowClient
 
 from flows import registry
-from flows.settings import Settings
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "train-and-release/fraud-detector"
@@ -33,7 +32,7 @@ def test_deployment_run_releases_then_blocks_a_worse_candidate(stack):
     )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-    client: MlflowClient = registry.configure(Settings(home=stack.home))
+    client: MlflowClient = registry.configure(stack.settings())
     champion = client.get_model_version_by_alias("fraud-detector", "champion")
     assert str(champion.version) == "1"
     assert champion.tags["gate.outcome"] == "promote"
@@ -63,6 +62,6 @@ def test_bring_your_own_data_through_the_deployment(stack):
         "--param", f"spec_path={root_examples / 'credit_risk.yaml'}",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    client = registry.configure(Settings(home=stack.home))
+    client = registry.configure(stack.settings())
     champion = client.get_model_version_by_alias("credit-risk", "champion")
     assert champion.tags["gate.outcome"] == "promote"

@@ -27,7 +27,6 @@ from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows import registry
 from flows.packaging import request_records
-from flows.settings import Settings
 from tests.drift_support import Inbox, free_port
 
 pytestmark = pytest.mark.integration
@@ -161,7 +160,7 @@ def test_the_whole_loop(stack, smtp, tmp_path):
         "--param", f"data_path={train}", "--param", "build_image=false",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    client = registry.configure(Settings(home=home))
+    client = registry.configure(stack.settings())
     first = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
 
     bento = Bento(env, tmp_path / "bento-1.log")
