@@ -168,8 +168,10 @@ serve() {
 
 down() {
   stop_pid bento
+  # workers take up to 20 s to stop: both at once
+  stop_pid prefect-alert-worker &
   stop_pid prefect-worker
-  stop_pid prefect-alert-worker
+  wait
   stop_pid prefect-server
   stop_pid mail-catcher
 }
