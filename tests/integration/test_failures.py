@@ -39,6 +39,7 @@ from prefect.events.filters import (
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import registry
+from flows.automations import ALERT_RULE, CRASH_RULE
 from flows.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -284,3 +285,18 @@ def test_persisted_results_are_json_never_pickle(stack, failed_runs):
         payloads.append(doc)
     # the failed runs' exceptions, stored as JSON by the flows' serializer
     assert any(isinstance(d, dict) and d.get("__exc_type__") for d in payloads), payloads
+
+
+def test_automations_are_kept_once_by_name_when_deployed_again(stack):
+    again = subprocess.run(
+        [sys.executable, "-m", "flows.automations"],
+        env=stack.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert f"silent for {SILENCE} s = Crashed" in again.stdout
+    with api(stack), get_client(sync_client=True) as client:
+        crash = client.read_automations_by_name(CRASH_RULE)
+        alert = client.read_automations_by_name(ALERT_RULE)
+    assert len(crash) == 1 and len(alert) == 1
+    assert crash[0].trigger.within == timedelta(seconds=SILENCE)
+    assert crash[0].enabled and alert[0].enabled
