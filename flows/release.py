@@ -302,12 +302,23 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
 
 
 def release_key(record: ReleaseRecord) -> str:
-    """Identity of a candidate: the data digest, the spec hash and the exported model's bytes.
+    """Identity of a candidate: what it was trained from (data digest, spec, hyper-parameters,
+    split sizes) and what the fitted model does (its holdout scores and threshold).
 
-    A rerun on the same data that trains the same model maps to the same registered version.
+    A rerun of the same release maps to the version it registered before. Neither the ONNX
+    bytes (the converter's node order varies with Python's string hashing) nor the git commit
+    (an unrelated commit does not change the model) are part of the key.
     """
-    parts = f"{record.data_digest}:{record.spec.spec_hash()}:{record.exported.sha256}"
-    return hashlib.sha256(parts.encode()).hexdigest()
+    scores = np.round(np.asarray(record.candidate.holdout_scores, dtype=np.float64), 6)
+    parts = {
+        "data_digest": record.data_digest,
+        "spec_hash": record.spec.spec_hash(),
+        "params": record.params.model_dump(mode="json"),
+        "splits": record.splits_sizes,
+        "threshold": f"{record.candidate.threshold:.9f}",
+        "holdout_scores": hashlib.sha256(scores.tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
