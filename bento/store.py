@@ -89,9 +89,7 @@ def resolve_model_tag(
     env = os.environ if environ is None else environ
     if packed_tags is not None:
         if len(packed_tags) != 1:
-            raise ModelNotFoundError(
-                f"the bento must pack exactly one model, found {packed_tags}"
-            )
+            raise ModelNotFoundError(f"the bento must pack exactly one model, found {packed_tags}")
         return packed_tags[0]
     if env.get(TAG_ENV):
         return env[TAG_ENV].strip()
