@@ -106,7 +106,10 @@ def run_drift_check(
     try:
         password = notify.resolve_password(smtp) if smtp.enabled else None
         for sent in notify.flush_outbox(smtp, settings.outbox_dir, password, sleep):
-            log.info("sent queued mail: %s", sent.subject)
+            if sent.status == "failed":  # refused for good: kept in outbox/failed, say so
+                problems.append(f"outbox: {sent.subject!r} refused: {sent.detail}")
+            else:
+                log.info("queued mail %s: %s", sent.status, sent.subject)
     except Exception as err:  # the outbox must never block the check
         problems.append(f"outbox: {type(err).__name__}")
 

@@ -371,8 +371,8 @@ def flush_outbox(
 
     Stops at the first temporary failure (the server is still down) and leaves the rest queued.
     A message the server refuses for good moves to ``outbox/failed`` (logged as an error) and
-    does not hold up the ones behind it. Returns the messages that went out (``sent`` or
-    ``partial``).
+    does not hold up the ones behind it. Returns what happened to each message handled:
+    ``sent``, ``partial`` or ``failed`` (those still queued are not listed).
     """
     if not smtp.enabled or not outbox.is_dir():
         return []
@@ -386,8 +386,12 @@ def flush_outbox(
             refused = send_with_retries(message, smtp, password, sleep, recipients)  # type: ignore[arg-type]
         except (OSError, smtplib.SMTPException) as err:
             if refuses_message(err):
-                _fail(message, outbox, describe_error(err), recipients)  # type: ignore[arg-type]
+                answer = describe_error(err)
+                kept = _fail(message, outbox, answer, recipients)  # type: ignore[arg-type]
                 path.unlink()
+                done.append(
+                    Delivery(status="failed", subject=subject, detail=answer, outbox_path=str(kept))
+                )
                 continue
             log.warning(
                 "outbox still not deliverable (%s); %s stays queued", describe_error(err), path

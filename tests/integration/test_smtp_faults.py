@@ -213,8 +213,12 @@ def test_a_message_refused_for_good_does_not_hold_up_the_outbox(server, tmp_path
 
     server.faults.at.clear()  # back, but the first recipient no longer exists
     server.faults.rcpt["gone@example.test"] = "550 5.1.1 No such user here"
-    sent = flush_outbox(ops, outbox, None)
-    assert [d.subject for d in sent] == [second["Subject"]]
+    handled = flush_outbox(ops, outbox, None)
+    assert [(d.status, d.subject) for d in handled] == [
+        ("failed", first["Subject"]),
+        ("sent", second["Subject"]),
+    ]
+    assert "550" in handled[0].detail
     assert message_ids(server.inbox) == [second["Message-ID"]]
     (failed,) = (outbox / "failed").glob("*.eml")
     assert parse(failed)["Message-ID"] == first["Message-ID"]
