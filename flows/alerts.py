@@ -37,6 +37,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
+from prefect.exceptions import CrashedRun, FailedRun
 from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict
 
@@ -321,7 +322,7 @@ def alert_markdown(report: FailureReport, delivery: notify.Delivery) -> str:
     return (
         f"# Failure alert: {report.verdict}\n\n"
         f"- failed step: {report.step_summary}\n"
-        f"- error: `{truncate(report.error or report.state_message, 500)}`\n"
+        f"- error: {truncate(report.error or report.state_message, 500).replace(chr(10), ' ')}\n"
         f"- champion: {report.champion}\n"
         f"- mail: {delivery.status} ({delivery.detail})\n"
     )
@@ -333,8 +334,6 @@ def alert_markdown(report: FailureReport, delivery: notify.Delivery) -> str:
 
 def _exception_of(state: Any) -> BaseException | None:
     """The exception that ended the run, when the state still holds it (in-process hooks)."""
-    from prefect.exceptions import CrashedRun, FailedRun
-
     try:
         value = state.result(raise_on_failure=False)
     except Exception:
@@ -460,8 +459,8 @@ def send_alert(
     """Flush the outbox first, then deliver the alert (queued in the outbox if SMTP is down)."""
     if not smtp.enabled:
         return notify.Delivery(status="skipped", subject="", detail="SMTP host or recipients unset")
-    for sent in notify.flush_outbox(smtp, settings.outbox_dir, password):
-        log.info("sent queued mail: %s", sent.subject)
+    for handled in notify.flush_outbox(smtp, settings.outbox_dir, password):
+        log.info("queued mail %s: %s", handled.status, handled.subject)
     message = notify.compose_message(alert_email(report), smtp)
     return notify.deliver(message, smtp, settings.outbox_dir, password)
 
