@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,10 @@ from data_contracts.synthetic import GeneratorConfig, generate
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# in-process flow runs persist their (JSON) results: keep them out of the user's ~/.prefect
+os.environ.setdefault(
+    "PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="fraud-tests-prefect-storage-")
+)
 
 
 @pytest.fixture(scope="session")
