@@ -294,5 +294,5 @@ case "${1:-}" in
   pg-up) pg_up ;;
   pg-down) pg_down ;;
   drop-db) drop_databases ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac
