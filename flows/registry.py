@@ -167,6 +167,10 @@ def log_onnx_model(
 
 
 KEY_TAG = "release.key"
+# tags describing what a version stores; a rerun that reuses the version leaves them alone
+IDENTITY_TAGS = frozenset(
+    {KEY_TAG, "run_id", "onnx_sha256", "git_commit", "data_digest", "feature_spec_hash"}
+)
 
 
 def find_version(
@@ -211,6 +215,12 @@ def register_version(
     """
     existing = find_version(client, model_name, run_id, tags.get(KEY_TAG))
     version = existing or mlflow.register_model(model_uri, model_name, tags=tags)
+    rerun = existing is not None and existing.run_id not in (None, run_id)
+    if rerun:
+        # the version keeps the identity of what it stores (its run, ONNX sha256, commit);
+        # the rerun is recorded beside it and the gate tags follow the latest gate
+        tags = {k: v for k, v in tags.items() if k not in IDENTITY_TAGS}
+        tags["release.rerun_run_id"] = run_id
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     return client.get_model_version(model_name, version.version)

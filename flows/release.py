@@ -303,7 +303,8 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
 
 def release_key(record: ReleaseRecord) -> str:
     """Identity of a candidate: what it was trained from (data digest, spec, hyper-parameters,
-    split sizes) and what the fitted model does (its holdout scores and threshold).
+    split sizes), the gate policy it faces and what the fitted model does (its holdout scores
+    and threshold).
 
     A rerun of the same release maps to the version it registered before. Neither the ONNX
     bytes (the converter's node order varies with Python's string hashing) nor the git commit
@@ -315,6 +316,7 @@ def release_key(record: ReleaseRecord) -> str:
         "spec_hash": record.spec.spec_hash(),
         "params": record.params.model_dump(mode="json"),
         "splits": record.splits_sizes,
+        "policy": record.policy.model_dump(mode="json"),
         "threshold": f"{record.candidate.threshold:.9f}",
         "holdout_scores": hashlib.sha256(scores.tobytes()).hexdigest(),
     }

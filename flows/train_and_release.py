@@ -175,32 +175,40 @@ def promote(
     with concurrency(lock, occupy=1, strict=True, timeout_seconds=300):
         client = registry.configure(settings)
         current = registry.current_champion(client, model_name, settings.champion_alias)
-        release.check_champion_unchanged(
-            str(current.version) if current else None, compared, version
-        )
-        previous = packaging.read_champion_pointer(settings)
+        current_version = str(current.version) if current else None
+        actor = f"flow-run:{runtime.flow_run.id}" if runtime.flow_run.id else audit.default_actor()
         image = packaged.image is not None
         repository = settings.image_repository(model_name)
-        packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
-        try:
-            registry.move_alias(client, model_name, settings.champion_alias, version)
-        except Exception:
-            if previous:
-                _restore_served(settings, previous, image, repository)
-            raise
-        audit.record_move(
-            client,
-            settings,
-            model_name=model_name,
-            alias=settings.champion_alias,
-            action="release",
-            from_version=compared,
-            to_version=version,
-            reason=reason,
-            actor=f"flow-run:{runtime.flow_run.id}"
-            if runtime.flow_run.id
-            else audit.default_actor(),
+        if current_version == version and compared != version:
+            # an earlier attempt of this task moved the alias, then failed (e.g. writing the
+            # audit record): finish that promotion instead of refusing our own move
+            packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
+        else:
+            release.check_champion_unchanged(current_version, compared, version)
+            previous = packaging.read_champion_pointer(settings)
+            packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
+            try:
+                registry.move_alias(client, model_name, settings.champion_alias, version)
+            except Exception:
+                if previous:
+                    _restore_served(settings, previous, image, repository)
+                raise
+        already = any(
+            m.action == "release" and m.to_version == version and m.actor == actor
+            for m in audit.history(client, model_name)
         )
+        if not already:
+            audit.record_move(
+                client,
+                settings,
+                model_name=model_name,
+                alias=settings.champion_alias,
+                action="release",
+                from_version=compared,
+                to_version=version,
+                reason=reason,
+                actor=actor,
+            )
 
 
 def _restore_served(settings: Settings, previous: str, image: bool, repository: str) -> None:

@@ -136,3 +136,26 @@ def test_configure_does_not_leak_the_uri_into_the_environment(tmp_path, monkeypa
     registry.configure(Settings(home=tmp_path / "a"))
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert Settings(home=tmp_path / "b").tracking_uri.endswith(f"{tmp_path}/b/mlflow/mlflow.db")
+
+
+def test_promotion_retried_after_the_alias_moved_finishes_it(fraud_home, data_file, monkeypatch):
+    """The audit write fails once after the alias moved: the retry completes the promotion
+    (one audit entry, released) instead of refusing its own move."""
+    real = audit.record_move
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["to_version"])
+        if len(calls) == 1:
+            raise ConnectionError("tracking server went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "record_move", flaky)
+    state = train_and_release(data_path=str(data_file), params=FAST, return_state=True, **NO_IMAGE)
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert calls == ["1", "1"]
+    client = client_for(fraud_home)
+    assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
+    assert client.get_model_version("fraud-detector", "1").tags["release.outcome"] == "released"
+    moves = audit.history(client, "fraud-detector")
+    assert [(m.action, m.from_version, m.to_version) for m in moves] == [("release", None, "1")]

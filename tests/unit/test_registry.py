@@ -38,14 +38,24 @@ def test_retry_of_the_same_run_reuses_its_version(client):
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
 
-def test_rerun_with_the_same_key_reuses_the_version_and_updates_its_tags(client):
+def test_rerun_with_the_same_key_reuses_the_version_and_keeps_its_identity(client):
     first_run, first_uri = logged_run()
     second_run, second_uri = logged_run()
-    assert register(client, first_run, first_uri, "same-data-same-model", "promote") == "1"
-    assert register(client, second_run, second_uri, "same-data-same-model", "blocked") == "1"
-    version = client.get_model_version(MODEL, "1")
-    assert version.tags["gate.outcome"] == "blocked"
-    assert version.source == first_uri
+    client.create_registered_model(MODEL)
+    identity = {registry.KEY_TAG: "same-release", "run_id": first_run, "onnx_sha256": "aaa"}
+    client.create_model_version(
+        MODEL, first_uri, run_id=first_run, tags={**identity, "gate.outcome": "blocked"}
+    )
+    rerun_tags = {registry.KEY_TAG: "same-release", "run_id": second_run, "onnx_sha256": "bbb"}
+    version = registry.register_version(
+        client, MODEL, second_uri, second_run, {**rerun_tags, "gate.outcome": "promote"}
+    )
+    assert str(version.version) == "1"
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    assert version.run_id == first_run and version.source == first_uri
+    assert {k: version.tags[k] for k in identity} == identity  # what v1 stores, unchanged
+    assert version.tags["gate.outcome"] == "promote"  # the latest gate
+    assert version.tags["release.rerun_run_id"] == second_run
 
 
 def test_a_different_key_is_a_new_version(client):
