@@ -28,6 +28,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -108,6 +109,7 @@ class InferenceLogWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = 0
+        self._writer_id = uuid.uuid4().hex[:8]
         self.written = 0
         self.lost = 0
         self.files: list[Path] = []
@@ -307,7 +309,9 @@ class InferenceLogWriter:
         folder = self.root / f"date={date}"
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
-        name = f"part-{stamp}-{os.getpid()}-{self._seq}.parquet"
+        # unique across replicas writing to one shared folder: the PID alone repeats between
+        # containers, so a per-writer random id goes with it
+        name = f"part-{stamp}-{self._writer_id}-{os.getpid()}-{self._seq}.parquet"
         tmp = folder / f".{name}.tmp"
         try:
             pq.write_table(part, tmp)

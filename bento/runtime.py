@@ -113,7 +113,8 @@ def check_self_contained(model_bytes: bytes, *, tag: str) -> None:
     """Refuse an ONNX model that is not one self-contained file (external data, bad protobuf).
 
     Tensors stored outside ``model.onnx`` would escape the sha256 check and let the model
-    read arbitrary files; the packaging step calls this too, before a model enters the store.
+    read arbitrary files. On the flows side, ``flows.onnx_export.onnx_session`` refuses the
+    same models at export, so none reaches the bento store.
     """
     try:
         external = external_data_tensors(model_bytes)

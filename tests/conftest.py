@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,9 +18,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # in-process flow runs persist their (JSON) results: keep them out of the user's ~/.prefect
-os.environ.setdefault(
-    "PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="fraud-tests-prefect-storage-")
-)
+if "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
+    _storage = tempfile.mkdtemp(prefix="fraud-tests-prefect-storage-")
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = _storage
+    atexit.register(shutil.rmtree, _storage, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
