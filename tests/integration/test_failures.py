@@ -4,7 +4,7 @@ A failed release and a failed drift check mail through their flow hooks; a relea
 is killed with SIGKILL is marked Crashed by the heartbeat rule, mailed by the failure-alert
 deployment on its own worker, leaves the champion alone, and a rerun after ``stack.sh up``
 completes. Persisted Prefect results are JSON. Heartbeats come every 30 s (Prefect's floor);
-a run silent for 60 s counts as crashed.
+a run silent for 90 s counts as crashed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from flows.settings import Settings
 pytestmark = pytest.mark.integration
 RELEASE = "train-and-release/fraud-detector"
 DRIFT = "drift-check/fraud-detector"
-SILENCE = 60
+SILENCE = 90  # three missed 30 s heartbeats: a loaded CI machine must not crash healthy runs
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +244,14 @@ def test_killed_worker_run_is_crashed_mailed_and_the_champion_stays(stack, faile
     with api(stack):
         victim = run_deployment(RELEASE, parameters=params, timeout=0)
     tree = freeze_inside_a_task(stack, victim.id)
-    assert "promote" not in task_names(stack, victim.id)
-    signal_all(tree, signal.SIGKILL)
+    try:
+        assert "promote" not in task_names(stack, victim.id)
+    finally:
+        signal_all(tree, signal.SIGKILL)  # never leave a frozen process tree behind
 
     crashed = wait_for_run(stack, victim.id, lambda r: r.state.is_final(), SILENCE + 180)
     assert crashed.state.is_crashed(), crashed.state
-    assert crashed.state.message.startswith("Unresponsive: no heartbeat for 60 s")
+    assert crashed.state.message.startswith(f"Unresponsive: no heartbeat for {SILENCE} s")
 
     mail = wait_for_mail(stack, lambda m: f"'{victim.name}'" in m["Subject"], timeout=180)
     assert mail["Subject"].startswith(
@@ -257,7 +259,7 @@ def test_killed_worker_run_is_crashed_mailed_and_the_champion_stays(stack, faile
     )
     assert "(interrupted)" in mail["Subject"]
     body = text_of(mail)
-    assert "no heartbeat for 60 s" in body and str(victim.id) in body
+    assert f"no heartbeat for {SILENCE} s" in body and str(victim.id) in body
     assert "Champion: untouched" in body
     assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion
     assert "promote" not in task_names(stack, victim.id)
