@@ -41,10 +41,10 @@ def released(tmp_path_factory, small_data, docker_engine) -> Iterator[tuple[Sett
         mp.setenv("FRAUD_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
-        for _ in range(2):
+        for max_iter in (60, 70):  # two models: a rerun of the same one reuses its version
             state = train_and_release(
                 data_path=str(data),
-                params=TrainParams(max_iter=60),
+                params=TrainParams(max_iter=max_iter),
                 build_image=False,
                 return_state=True,
             )
