@@ -31,6 +31,10 @@ PG_PORT="${FRAUD_PG_PORT:-5433}"
 PG_USER="${FRAUD_PG_USER:-fraud}"
 SECRETS="$PROD_HOME/secrets"
 PASSWORD_FILE="${FRAUD_PG_PASSWORD_FILE:-$SECRETS/pg-password}"
+# keep a given password in a shell variable only: servers, workers and flow runs started below
+# must not inherit it through their environment
+PG_PASSWORD_GIVEN="${FRAUD_PG_PASSWORD:-}"
+unset FRAUD_PG_PASSWORD
 PGPASS="$SECRETS/pgpass"
 DB_PREFIX="${FRAUD_PROD_DB_PREFIX:-fraud}"
 PREFECT_DB="${DB_PREFIX}_prefect"
@@ -86,8 +90,8 @@ psql_admin() { # SQL on stdin, as the cluster's superuser over its private socke
 }
 
 password() { # the role's password: FRAUD_PG_PASSWORD, else the file (generated once, 0600)
-  if [[ -n "${FRAUD_PG_PASSWORD:-}" ]]; then
-    printf '%s' "$FRAUD_PG_PASSWORD"
+  if [[ -n "$PG_PASSWORD_GIVEN" ]]; then
+    printf '%s' "$PG_PASSWORD_GIVEN"
     return
   fi
   if [[ ! -s "$PASSWORD_FILE" ]]; then
