@@ -157,14 +157,14 @@ def stack(
 
 def _embedded_stack(home: Path, port: int, env: dict[str, str]) -> Iterator[Stack]:
     s = Stack(home=home, env=env)
-    up = s.run("up", timeout=180)
-    assert up.returncode == 0, up.stderr
-    env |= {
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_HOME": str(home / "prefect"),
-        "BENTOML_HOME": str(home / "bentoml"),
-    }
-    try:
+    try:  # `down` also stops what a half-failed `up` started
+        up = s.run("up", timeout=180)
+        assert up.returncode == 0, up.stderr
+        env |= {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_HOME": str(home / "prefect"),
+            "BENTOML_HOME": str(home / "bentoml"),
+        }
         deployed = s.run("deploy", timeout=300)
         assert deployed.returncode == 0, deployed.stderr
         yield s
