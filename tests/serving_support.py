@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +91,38 @@ def train_tiny_model(
         threshold=THRESHOLD,
         rows=valid[spec.feature_names].reset_index(drop=True),
     )
+
+
+# loopback calls never go through a proxy configured in the environment
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(url: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    """GET (no body) or POST ``body`` (JSON, or raw bytes) to a served bento; status and reply."""
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with _DIRECT.open(req, timeout=10) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def stop_process_group(proc: subprocess.Popen) -> int:
+    """SIGTERM a server started in its own session (by its PID), wait, escalate if needed."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(10)
+    return proc.returncode

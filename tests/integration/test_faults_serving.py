@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from serving_support import TinyModel, train_tiny_model
+from serving_support import TinyModel, call, stop_process_group, train_tiny_model
 
 from tests.drift_support import free_port
 
@@ -35,22 +30,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = [sys.executable, "-m", "bentoml"]
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def call(url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with _DIRECT.open(req, timeout=10) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
 
 
 @dataclass
@@ -66,14 +45,7 @@ class Serve:
 
     def stop(self) -> int:
         """SIGTERM its process group (by its own PID), wait, escalate if needed."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                return self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process_group(self.proc)
 
 
 def serve_env(home: Path, bentoml_home: Path, **extra: str) -> dict[str, str]:

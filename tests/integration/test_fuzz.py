@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from serving_support import TinyModel, train_tiny_model
+from serving_support import TinyModel, stop_process_group, train_tiny_model
+
+from tests.drift_support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +59,7 @@ class Served:
 
     def stop(self) -> int:
         """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                return self.proc.wait(10)
-        return self.proc.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return stop_process_group(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("fuzz-home")
-    port = _free_port()
+    port = free_port()
     log = home / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
     env.update(

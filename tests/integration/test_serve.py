@@ -5,51 +5,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from serving_support import TinyModel, train_tiny_model
+from serving_support import TinyModel, call, stop_process_group, train_tiny_model
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = [sys.executable, "-m", "bentoml"]
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def call(url: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
-    data = (
-        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    )
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    if data is not None:
-        req.add_header("Content-Type", content_type)
-    try:
-        with _DIRECT.open(req, timeout=10) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
 
 
 @dataclass
@@ -61,14 +38,7 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                return self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process_group(self.proc)
 
 
 def serve_env(home: Path, model: TinyModel) -> dict[str, str]:
