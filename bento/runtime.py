@@ -113,7 +113,7 @@ def check_self_contained(model_bytes: bytes, *, tag: str) -> None:
     """Refuse an ONNX model that is not one self-contained file (external data, bad protobuf).
 
     Tensors stored outside ``model.onnx`` would escape the sha256 check and let the model
-    read arbitrary files. On the flows side, ``flows.onnx_export.onnx_session`` refuses the
+    read arbitrary files. On the flows side, ``flows.training.onnx_export.onnx_session`` refuses the
     same models at export, so none reaches the bento store.
     """
     try:

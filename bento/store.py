@@ -6,8 +6,8 @@ hash and the MLflow version; its labels say where it came from. Which tag is ser
 by :func:`resolve_model_tag`: the model packed in a built bento, else ``FRAUD_MODEL_TAG``, else
 the champion pointer file the release flow writes when the alias moves.
 
-The release flow writes both the store entries and the pointer (``flows.packaging``); this module
-only reads them, with the standard library alone.
+The release flow writes both the store entries and the pointer
+(``flows.delivery.packaging``); this module only reads them, with the standard library alone.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Fraud is not one leaking column: three fraud patterns (card-not-present fraud, a
 skimmed cards at night) each shift several features at once, legitimate customers sometimes look
 similar (travellers, new phones), and a small share of labels is noisy. Knobs in
 :class:`DriftKnobs` change the world for the monitoring work: amounts, merchant mix, fraud rate
-and a broken upstream feed. The generator is pure (no I/O); ``flows/generate_data.py`` is its CLI.
+and a broken upstream feed. The generator is pure (no I/O);
+``flows/cli/generate_data.py`` is its CLI.
 """
 
 from __future__ import annotations

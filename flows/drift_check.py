@@ -1,4 +1,4 @@
-"""The ``drift-check`` Prefect flow: thin wiring over flows.drift, flows.retraining, flows.notify.
+"""The ``drift-check`` Prefect flow: thin wiring over the monitoring and alerting steps.
 
 outbox first -> champion's reference -> inference-log window -> sampled Evidently report ->
 verdict -> reports (home folder + MLflow monitoring run) -> retraining decision (and trigger)
@@ -21,10 +21,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
-from flows import drift, notify, retraining
-from flows.alerts import alert_on_failure
-from flows.drift_result import DriftCheckResult, drift_email, mlflow_payload, result_markdown
-from flows.settings import Settings
+from flows.alerting import notify
+from flows.alerting.alerts import alert_on_failure
+from flows.core.settings import Settings
+from flows.monitoring import drift, retraining
+from flows.monitoring.results import DriftCheckResult, drift_email, mlflow_payload, result_markdown
 
 log = logging.getLogger(__name__)
 

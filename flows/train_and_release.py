@@ -1,4 +1,4 @@
-"""The ``train-and-release`` Prefect flow: thin wiring over the steps in ``flows.release``.
+"""The ``train-and-release`` Prefect flow: thin wiring over the steps in ``flows.training.release``.
 
 load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> score champion
 -> F1 gate -> track in MLflow -> register -> move ``champion`` only when every gate passed.
@@ -20,14 +20,15 @@ from prefect.states import Completed, State
 
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
-from flows import audit, packaging, registry, release
-from flows.alerts import alert_on_failure
-from flows.data_io import file_digest, load_table, write_quarantine
-from flows.gate import ChampionScore, Decision, GatePolicy, decide_promotion
-from flows.locks import ensure_lock
-from flows.reporting import release_markdown
-from flows.settings import Settings
-from flows.training import Splits, TrainParams, split
+from flows.alerting.alerts import alert_on_failure
+from flows.core.settings import Settings
+from flows.delivery import audit, packaging, registry
+from flows.delivery.locks import ensure_lock
+from flows.training import release
+from flows.training.data_io import file_digest, load_table, write_quarantine
+from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
+from flows.training.reporting import release_markdown
+from flows.training.train import Splits, TrainParams, split
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 

@@ -43,7 +43,7 @@ SERVE_PORT="${FRAUD_SERVE_PORT:-3000}"
 POOL="${FRAUD_WORK_POOL:-fraud-pool}"
 ALERT_POOL=fraud-alerts  # prefect.yaml: the failure-alert deployment runs on its own worker
 # Flow runs send a heartbeat every FRAUD_HEARTBEAT_SECONDS (Prefect's floor is 30 s); a run
-# silent for FRAUD_HEARTBEAT_SILENCE_SECONDS is marked Crashed and mailed (flows/automations.py).
+# silent for FRAUD_HEARTBEAT_SILENCE_SECONDS is marked Crashed and mailed (flows/cli/automations.py).
 export FRAUD_HEARTBEAT_SECONDS="${FRAUD_HEARTBEAT_SECONDS:-30}"
 export FRAUD_HEARTBEAT_SILENCE_SECONDS="${FRAUD_HEARTBEAT_SILENCE_SECONDS:-90}"
 DEPLOYMENT="${FRAUD_DEPLOYMENT:-train-and-release/fraud-detector}"
@@ -131,7 +131,7 @@ deploy() {
   (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all >>"$LOG_DIR/deploy.log" 2>&1) \
     || { log "deploy failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
   log "creating the crashed-run automations (heartbeat ${FRAUD_HEARTBEAT_SECONDS} s, silence ${FRAUD_HEARTBEAT_SILENCE_SECONDS} s)"
-  (cd "$ROOT" && "$BIN/python" -m flows.automations >>"$LOG_DIR/deploy.log" 2>&1) \
+  (cd "$ROOT" && "$BIN/python" -m flows.cli.automations >>"$LOG_DIR/deploy.log" 2>&1) \
     || { log "automations failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
 }
 
@@ -196,7 +196,7 @@ ENV
 }
 
 summary() {
-  "$BIN/python" -m flows.summary "$@"
+  "$BIN/python" -m flows.cli.summary "$@"
 }
 
 case "${1:-}" in

@@ -8,9 +8,16 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
-from flows.drift import JENSEN_SHANNON, WASSERSTEIN, ColumnDrift, DriftPolicy, Sampling, decide
-from flows.drift_result import DriftCheckResult
-from flows.retraining import RetrainAction, RetrainDecision
+from flows.monitoring.drift import (
+    JENSEN_SHANNON,
+    WASSERSTEIN,
+    ColumnDrift,
+    DriftPolicy,
+    Sampling,
+    decide,
+)
+from flows.monitoring.results import DriftCheckResult
+from flows.monitoring.retraining import RetrainAction, RetrainDecision
 
 DEP = "train-and-release/fraud-detector"
 

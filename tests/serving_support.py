@@ -18,9 +18,9 @@ import pandas as pd
 from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureKind, FeatureSpec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows.onnx_export import export_onnx, onnx_predict_proba, onnx_session
-from flows.packaging import import_model
-from flows.training import TrainParams, fit
+from flows.delivery.packaging import import_model
+from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session
+from flows.training.train import TrainParams, fit
 
 MODEL_NAME = "fraud-detector"
 THRESHOLD = 0.5

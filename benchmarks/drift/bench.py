@@ -3,7 +3,8 @@
 Both runs see the same data: a reference from the generator, and a window with injected drift
 (amounts x1.8, half of the legitimate merchant mix moved to gaming/money_transfer) written to an
 inference log in the bento's format. The product path reads the window from that log and runs
-``flows.drift.analyse`` (sampled Evidently drift + data summary, p-values, noise floor); the naive
+``flows.monitoring.drift.analyse``
+(sampled Evidently drift + data summary, p-values, noise floor); the naive
 run is Evidently's DataDriftPreset over every row. Printed: both timings, the ratio, and the
 flagged columns of both, with each column's statistic on both sides.
 
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.drift import (
+from flows.monitoring.drift import (
     SCORE_COLUMN,
     DriftPolicy,
     Window,

@@ -43,9 +43,14 @@ def scoring(rows_for_model: int = 100_000) -> None:
     from data_contracts.schemas import model_frame, onnx_feed, validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.onnx_export import PROBABILITIES, export_onnx, onnx_predict_proba, onnx_session
-    from flows.release import train_candidate
-    from flows.training import TrainParams, predict_proba, split
+    from flows.training.onnx_export import (
+        PROBABILITIES,
+        export_onnx,
+        onnx_predict_proba,
+        onnx_session,
+    )
+    from flows.training.release import train_candidate
+    from flows.training.train import TrainParams, predict_proba, split
 
     spec = default_spec()
     valid = validate_frame(generate(GeneratorConfig(rows=rows_for_model, seed=5)), spec).valid

@@ -195,9 +195,9 @@ def prepare_model(work: Path, model_tag: str | None) -> tuple[Path, str, float]:
     from data_contracts.schemas import validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.onnx_export import export_onnx
-    from flows.packaging import import_model
-    from flows.training import TrainParams, fit, predict_proba, tune_threshold
+    from flows.delivery.packaging import import_model
+    from flows.training.onnx_export import export_onnx
+    from flows.training.train import TrainParams, fit, predict_proba, tune_threshold
 
     spec = default_spec()
     valid = validate_frame(generate(GeneratorConfig(rows=30_000, seed=7)), spec).valid
@@ -222,7 +222,7 @@ def write_bodies(work: Path) -> tuple[Path, Path]:
     from data_contracts.schemas import validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.packaging import request_records
+    from flows.delivery.packaging import request_records
 
     spec = default_spec()
     frame = validate_frame(generate(GeneratorConfig(rows=3000, seed=99)), spec).valid

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import Settings
+from flows.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack.sh"
@@ -215,7 +215,7 @@ def remove_images(prefix: str) -> None:
 @pytest.fixture(scope="module")
 def docker_engine() -> str:
     """A Docker engine that answers: missing fails under CI=true, and skips (with why) elsewhere."""
-    from flows.packaging import docker_status
+    from flows.delivery.packaging import docker_status
 
     ok, detail = docker_status()
     if not ok:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from flows import registry
+from flows.delivery import registry
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "train-and-release/fraud-detector"
@@ -18,7 +18,7 @@ DEPLOYMENT = "train-and-release/fraud-detector"
 def generate(stack, rows: int, seed: int) -> str:
     path = stack.home / "data" / f"tx-{seed}.parquet"
     subprocess.run(
-        [sys.executable, "-m", "flows.generate_data", str(path), "--rows", str(rows),
+        [sys.executable, "-m", "flows.cli.generate_data", str(path), "--rows", str(rows),
          "--seed", str(seed), "--invalid-rows", "20", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip

@@ -20,12 +20,18 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.drift import REFERENCE_ARTIFACT, DriftPolicy, Outcome, Window, write_inference_log
+from flows.alerting.notify import SmtpSettings, compose_message, deliver, flush_outbox
+from flows.core.settings import Settings
 from flows.drift_check import DriftCheckConfig, run_drift_check
-from flows.drift_result import drift_email
-from flows.notify import SmtpSettings, compose_message, deliver, flush_outbox
-from flows.retraining import RecentRun, RetrainAction, RetrainDecision
-from flows.settings import Settings
+from flows.monitoring.drift import (
+    REFERENCE_ARTIFACT,
+    DriftPolicy,
+    Outcome,
+    Window,
+    write_inference_log,
+)
+from flows.monitoring.results import drift_email
+from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from tests.drift_support import Inbox, free_port, result
 
 pytestmark = pytest.mark.integration

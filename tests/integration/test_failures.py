@@ -38,9 +38,9 @@ from prefect.events.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows import registry
-from flows.automations import ALERT_RULE, CRASH_RULE
-from flows.settings import Settings
+from flows.cli.automations import ALERT_RULE, CRASH_RULE
+from flows.core.settings import Settings
+from flows.delivery import registry
 
 pytestmark = pytest.mark.integration
 RELEASE = "train-and-release/fraud-detector"
@@ -66,7 +66,7 @@ def settings_of(stack) -> Settings:
 
 def generate(stack, path: Path, rows: int, seed: int) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "flows.generate_data", str(path), "--rows", str(rows),
+        [sys.executable, "-m", "flows.cli.generate_data", str(path), "--rows", str(rows),
          "--seed", str(seed), "--invalid-rows", "10", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip
@@ -142,7 +142,7 @@ def test_failed_release_mails_the_run_the_step_and_the_error(stack, failed_runs)
     assert "column 'amount': missing from the data" in body
     assert str(run.id) in body and "train-and-release/fraud-detector" in body
     assert f"/runs/flow-run/{run.id}" in body
-    assert "flows/release.py" in body  # where it was raised
+    assert "flows/training/release.py" in body  # where it was raised
     assert "Champion: untouched" in body
     html = mail.get_body(("html",)).get_content()
     assert "column &#x27;amount&#x27;: missing from the data" in html
@@ -291,7 +291,7 @@ def test_persisted_results_are_json_never_pickle(stack, failed_runs):
 
 def test_automations_are_kept_once_by_name_when_deployed_again(stack):
     again = subprocess.run(
-        [sys.executable, "-m", "flows.automations"],
+        [sys.executable, "-m", "flows.cli.automations"],
         env=stack.env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr

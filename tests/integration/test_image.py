@@ -20,12 +20,12 @@ import pytest
 
 from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureSpec
-from flows import packaging as pk
-from flows import registry
-from flows.onnx_export import export_onnx, sha256
-from flows.release import train_candidate
-from flows.settings import Settings
-from flows.training import TrainParams, split
+from flows.core.settings import Settings
+from flows.delivery import packaging as pk
+from flows.delivery import registry
+from flows.training.onnx_export import export_onnx, sha256
+from flows.training.release import train_candidate
+from flows.training.train import TrainParams, split
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1800)]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows import audit
+from flows.delivery import audit
 from tests.drift_support import free_port
 
 pytestmark = pytest.mark.integration
@@ -168,7 +168,7 @@ def stack_extra_env(proxy: OutageProxy) -> dict[str, str]:
 def data(stack) -> str:
     path = stack.home / "data" / "tx.parquet"
     subprocess.run(
-        [PY, "-m", "flows.generate_data", str(path), "--rows", "30000", "--seed", "5",
+        [PY, "-m", "flows.cli.generate_data", str(path), "--rows", "30000", "--seed", "5",
          "--invalid-rows", "10", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip
@@ -198,7 +198,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 RUN_FLOW = """
 import sys
 from flows.train_and_release import train_and_release
-from flows.training import TrainParams
+from flows.training.train import TrainParams
 state = train_and_release(data_path=sys.argv[1], params=TrainParams(max_iter=int(sys.argv[2])),
                           build_image=False, return_state=True)
 print("FINAL-STATE", state.name, "|", state.message, flush=True)
@@ -207,7 +207,7 @@ print("FINAL-STATE", state.name, "|", state.message, flush=True)
 HOLD_LOCK = """
 import sys
 from prefect.concurrency.sync import concurrency
-from flows.locks import ensure_lock, promotion_lock_name
+from flows.delivery.locks import ensure_lock, promotion_lock_name
 name = promotion_lock_name(sys.argv[1])
 ensure_lock(name)
 with concurrency(name, occupy=1, strict=True, timeout_seconds=60):

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows import audit, ops, registry
-from flows import packaging as pk
-from flows.settings import Settings
+from flows.cli import ops
+from flows.core.settings import Settings
+from flows.delivery import audit, registry
+from flows.delivery import packaging as pk
 from flows.train_and_release import train_and_release
-from flows.training import TrainParams
+from flows.training.train import TrainParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1800)]
 

@@ -29,8 +29,8 @@ from mlflow.entities import ViewType
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows import registry
-from flows.drift import write_inference_log
+from flows.delivery import registry
+from flows.monitoring.drift import write_inference_log
 from tests.drift_support import free_port
 
 pytestmark = pytest.mark.integration

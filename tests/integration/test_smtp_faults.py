@@ -23,10 +23,7 @@ from aiosmtpd.smtp import SMTP
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows.drift import REFERENCE_ARTIFACT, Outcome, write_inference_log
-from flows.drift_check import DriftCheckConfig, run_drift_check
-from flows.drift_result import drift_email
-from flows.notify import (
+from flows.alerting.notify import (
     ENVELOPE_HEADER,
     REFUSED_HEADER,
     SmtpSettings,
@@ -34,7 +31,10 @@ from flows.notify import (
     deliver,
     flush_outbox,
 )
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.drift_check import DriftCheckConfig, run_drift_check
+from flows.monitoring.drift import REFERENCE_ARTIFACT, Outcome, write_inference_log
+from flows.monitoring.results import drift_email
 from tests.drift_support import Inbox, free_port, result
 
 pytestmark = pytest.mark.integration
@@ -187,7 +187,7 @@ def test_permanent_refusal_of_the_message_is_kept_and_reported(
     smtp = server.settings(["ops@example.test"])
     message = compose_message(drift_email(result()), smtp)
     server.faults.at[stage] = answer
-    with caplog.at_level(logging.WARNING, logger="flows.notify"):
+    with caplog.at_level(logging.WARNING, logger="flows.alerting.notify"):
         delivery = deliver(message, smtp, outbox, None)
     assert delivery.status == "failed" and answer in delivery.detail
     assert server.faults.hits[stage] == 1  # a 5xx is not asked again
@@ -230,7 +230,7 @@ def test_settings_refused_for_good_keep_the_message_queued(server, tmp_path, cap
     smtp = server.settings(["ops@example.test"], sender="wrong@example.test")
     message = compose_message(drift_email(result()), smtp)
     server.faults.at["MAIL"] = "550 5.7.1 Sender address rejected: not allowed to relay"
-    with caplog.at_level(logging.ERROR, logger="flows.notify"):
+    with caplog.at_level(logging.ERROR, logger="flows.alerting.notify"):
         delivery = deliver(message, smtp, outbox, None)
     assert delivery.status == "queued" and "check the SMTP settings" in delivery.detail
     assert server.faults.hits["MAIL"] == 1

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from data_contracts.schemas import validate_frame
-from flows.release import TrainedCandidate, train_candidate
-from flows.training import Splits, TrainParams, split
+from flows.training.release import TrainedCandidate, train_candidate
+from flows.training.train import Splits, TrainParams, split
 
 
 @pytest.fixture(scope="session")

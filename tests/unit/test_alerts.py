@@ -14,8 +14,9 @@ from prefect.server.events.schemas.events import RelatedResource, Resource
 from prefect.states import Completed, Crashed, Failed, Running
 from pydantic import ValidationError
 
-from flows import alerts, automations
-from flows.alerts import (
+from flows import failure_alert
+from flows.alerting import alerts
+from flows.alerting.alerts import (
     Step,
     alert_email,
     build_report,
@@ -28,9 +29,10 @@ from flows.alerts import (
     truncate,
     ui_base_url,
 )
-from flows.automations import HeartbeatSettings, alert_rule, crash_message, crash_rule
+from flows.alerting.notify import SmtpSettings, compose_message
+from flows.cli import automations
+from flows.cli.automations import HeartbeatSettings, alert_rule, crash_message, crash_rule
 from flows.drift_check import drift_check
-from flows.notify import SmtpSettings, compose_message
 from flows.train_and_release import train_and_release
 from tests.drift_support import result
 
@@ -260,8 +262,8 @@ def test_flows_persist_json_and_alert_on_failure_and_crash():
         )
         assert alerts.alert_on_failure in flow.on_failure_hooks
         assert alerts.alert_on_failure in flow.on_crashed_hooks
-    assert alerts.failure_alert.persist_result is True
-    assert alerts.failure_alert.result_serializer in ("json", JSONSerializer())
+    assert failure_alert.failure_alert.persist_result is True
+    assert failure_alert.failure_alert.result_serializer in ("json", JSONSerializer())
     # what the drift check returns round-trips through the JSON serializer
     checked = result()
     assert JSONSerializer().loads(JSONSerializer().dumps(checked)) == checked

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.training import predict_proba
+from flows.training.train import predict_proba
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.drift import (
+from flows.monitoring.drift import (
     JENSEN_SHANNON,
     SCORE_COLUMN,
     WASSERSTEIN,

@@ -13,12 +13,12 @@ from prefect.testing.utilities import prefect_test_harness
 
 from data_contracts.spec import load_spec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows import audit, packaging, registry
-from flows.gate import GatePolicy
-from flows.onnx_export import onnx_predict_proba, onnx_session, sha256
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.delivery import audit, packaging, registry
 from flows.train_and_release import train_and_release
-from flows.training import TrainParams
+from flows.training.gate import GatePolicy
+from flows.training.onnx_export import onnx_predict_proba, onnx_session, sha256
+from flows.training.train import TrainParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "data_contracts" / "examples"
 FAST = TrainParams(max_iter=60)

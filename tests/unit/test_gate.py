@@ -1,8 +1,8 @@
 import pytest
 
-from flows.gate import ChampionScore, GatePolicy, decide_promotion
-from flows.onnx_export import ParityReport
-from flows.training import Metrics
+from flows.training.gate import ChampionScore, GatePolicy, decide_promotion
+from flows.training.onnx_export import ParityReport
+from flows.training.train import Metrics
 
 POLICY = GatePolicy(f1_floor=0.6, champion_tolerance=0.01, parity_tolerance=1e-4)
 GOOD_PARITY = ParityReport(rows=100, max_abs_diff=1e-7, decision_flips=0, tolerance=1e-4,
@@ -60,7 +60,7 @@ def test_every_failed_check_is_listed():
 
 
 def test_promotion_refused_when_the_champion_moved():
-    from flows.release import ChampionMoved, check_champion_unchanged
+    from flows.training.release import ChampionMoved, check_champion_unchanged
 
     check_champion_unchanged("3", "3", "5")
     check_champion_unchanged(None, None, "1")

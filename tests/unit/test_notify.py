@@ -6,8 +6,8 @@ import logging
 from email import policy
 from email.parser import BytesParser
 
-from flows.drift_result import drift_email, result_markdown
-from flows.notify import EmailContent, SmtpSettings, compose_message, deliver, flush_outbox
+from flows.alerting.notify import EmailContent, SmtpSettings, compose_message, deliver, flush_outbox
+from flows.monitoring.results import drift_email, result_markdown
 from tests.drift_support import free_port, result
 
 SECRET = "s3cr3t-pa55"
@@ -49,7 +49,7 @@ def test_all_clear_and_not_enough_data_subjects():
     assert clear.subject == "[fraud-detector v3] no drift: 0/3 features drifted (0%)"
     assert "No retraining started: not needed" in clear.html
     short = result(drifted=False, triggered=False)
-    from flows.drift import DriftPolicy, not_enough_data
+    from flows.monitoring.drift import DriftPolicy, not_enough_data
 
     short = short.model_copy(
         update={
@@ -122,7 +122,7 @@ def test_temporary_and_permanent_answers_are_told_apart():
         SMTPServerDisconnected,
     )
 
-    from flows.notify import describe_error, is_permanent, refuses_message
+    from flows.alerting.notify import describe_error, is_permanent, refuses_message
 
     busy = SMTPRecipientsRefused({"a@example.test": (451, b"try later")})
     gone = SMTPRecipientsRefused({"a@example.test": (550, b"no such user")})
@@ -147,7 +147,12 @@ def test_temporary_and_permanent_answers_are_told_apart():
 
 
 def test_outbox_copy_carries_envelope_and_answer_but_the_original_does_not(tmp_path):
-    from flows.notify import ENVELOPE_HEADER, REFUSED_HEADER, header_recipients, write_outbox
+    from flows.alerting.notify import (
+        ENVELOPE_HEADER,
+        REFUSED_HEADER,
+        header_recipients,
+        write_outbox,
+    )
 
     smtp = SmtpSettings(host="127.0.0.1", recipients=["a@example.test", "b@example.test"])
     msg = compose_message(EmailContent(subject="s", html="<b>h</b>", text="t"), smtp)

@@ -4,7 +4,7 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-from flows.onnx_export import (
+from flows.training.onnx_export import (
     PROBABILITIES,
     export_onnx,
     onnx_predict_proba,
@@ -12,8 +12,8 @@ from flows.onnx_export import (
     parity,
     sha256,
 )
-from flows.release import train_candidate
-from flows.training import TrainParams
+from flows.training.release import train_candidate
+from flows.training.train import TrainParams
 
 
 @pytest.fixture(scope="module")

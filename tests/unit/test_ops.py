@@ -13,10 +13,11 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from flows import audit, locks, ops, packaging, registry
-from flows.settings import Settings
+from flows.cli import ops
+from flows.core.settings import Settings
+from flows.delivery import audit, locks, packaging, registry
 from flows.train_and_release import train_and_release
-from flows.training import TrainParams
+from flows.training.train import TrainParams
 
 MODEL = "fraud-detector"
 FAST = TrainParams(max_iter=60)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import packaging as pk
-from flows.onnx_export import export_onnx, onnx_predict_proba, onnx_session, sha256
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.delivery import packaging as pk
+from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session, sha256
 
 LABELS = {
     "model_name": "fraud-detector",

@@ -6,8 +6,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import registry
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.delivery import registry
 
 MODEL = "idempotent-model"
 

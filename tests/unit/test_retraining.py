@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.drift import Outcome
-from flows.retraining import (
+from flows.monitoring.drift import Outcome
+from flows.monitoring.retraining import (
     TRIGGER_TAG,
     RecentRun,
     RetrainAction,

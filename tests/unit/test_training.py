@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from data_contracts.schemas import LABEL_INT, validate_frame
-from flows.training import (
+from flows.training.train import (
     SingleClassError,
     TrainParams,
     check_label_classes,
@@ -68,7 +68,7 @@ def test_trained_model_beats_the_floor_and_stores_a_threshold(trained):
 
 
 def test_crippled_model_is_bad(spec, splits):
-    from flows.release import train_candidate
+    from flows.training.release import train_candidate
 
     bad = train_candidate(splits, spec, TrainParams(max_iter=30, cripple=True))
     assert bad.metrics.f1 < 0.3

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
-from flows.settings import Settings
+from flows.core.settings import Settings
 
 AUDIT_EXPERIMENT = "release-audit"
 

@@ -6,8 +6,8 @@ import argparse
 import os
 
 from data_contracts.spec import default_spec
-from flows import registry
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.delivery import registry
 
 
 def summary_lines(settings: Settings, model_name: str) -> list[str]:

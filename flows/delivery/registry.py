@@ -22,8 +22,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from data_contracts.spec import FeatureSpec
-from flows.onnx_export import sha256
-from flows.settings import PROJECT_ROOT, Settings
+from flows.core.settings import PROJECT_ROOT, Settings
+from flows.training.onnx_export import sha256
 
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "feature_spec.json"

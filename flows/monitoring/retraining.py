@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from flows.drift import Outcome
+from flows.monitoring.drift import Outcome
 
 ACTIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
 BATCH_SUFFIXES = (".parquet", ".pq", ".csv")
@@ -150,7 +150,7 @@ def assemble_training_data(folder: Path, dest: Path, max_rows: int) -> Path | No
     Returns None when no batch has landed. The file name carries nothing secret; it is passed
     to train-and-release as ``data_path``.
     """
-    from flows.data_io import load_table
+    from flows.training.data_io import load_table
 
     frames, rows = [], 0
     for path in labelled_batches(folder):

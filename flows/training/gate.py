@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.onnx_export import ParityReport
-from flows.training import Metrics
+from flows.training.onnx_export import ParityReport
+from flows.training.train import Metrics
 
 
 class GatePolicy(BaseModel):

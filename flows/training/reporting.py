@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
-from flows.gate import ChampionScore, Decision
-from flows.training import Metrics
+from flows.training.gate import ChampionScore, Decision
+from flows.training.train import Metrics
 
 
 def pr_curve_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:

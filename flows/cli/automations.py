@@ -13,9 +13,9 @@ worker). Two automations, created or updated by name (idempotent) at deploy time
 2. ``fraud: alert on silent crashes`` (reactive): a flow run entering Crashed *with that
    message* starts the ``failure-alert`` deployment for it, on its own work pool, so the mail
    does not wait for the dead worker. Runs that ended any other way were mailed by their flow
-   hooks (``flows.alerts``); the message filter keeps it to one mail per run.
+   hooks (``flows.alerting.alerts``); the message filter keeps it to one mail per run.
 
-``python -m flows.automations`` creates or updates both (needs the deployment to exist).
+``python -m flows.cli.automations`` creates or updates both (needs the deployment to exist).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from prefect.events.schemas.events import ResourceSpecification
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.alerts import WATCHED_FLOWS
+from flows.alerting.alerts import WATCHED_FLOWS
 
 CRASH_RULE = "fraud: crash silent runs"
 ALERT_RULE = "fraud: alert on silent crashes"

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from data_contracts.spec import FeatureKind, FeatureSpec
-from flows.onnx_export import onnx_predict_proba, onnx_session, sha256
-from flows.settings import PROJECT_ROOT, Settings
+from flows.core.settings import PROJECT_ROOT, Settings
+from flows.training.onnx_export import onnx_predict_proba, onnx_session, sha256
 
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "feature_spec.json"
@@ -283,7 +283,7 @@ def import_model(
 
 def import_registered_version(settings: Settings, model_name: str, version: str) -> StoredModel:
     """Download a registered MLflow version and import it into the settings' BentoML store."""
-    from flows import registry
+    from flows.delivery import registry
 
     client = registry.configure(settings)
     model_version = client.get_model_version(model_name, str(version))

@@ -1,6 +1,6 @@
 """Failure alerts: a failed or crashed release or drift check mails the team.
 
-Two paths, one message, the drift report's SMTP settings and outbox (``flows.notify``):
+Two paths, one message, the drift report's SMTP settings and outbox (``flows.alerting.notify``):
 
 * **Flow hooks** (``on_failure`` / ``on_crashed`` on ``train-and-release`` and ``drift-check``)
   send the alert for every run that ends Failed or Crashed while some Prefect process is
@@ -10,7 +10,7 @@ Two paths, one message, the drift report's SMTP settings and outbox (``flows.not
 * **Heartbeats + automations** cover what no hook can: the worker *and* the flow process dying
   together (host lost, ``kill -9`` of the worker's process tree). Flow runs emit heartbeats
   (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); one automation marks a run Crashed when they stop
-  (``flows.automations``), a second one starts the ``failure-alert`` deployment for runs
+  (``flows.cli.automations``), a second one starts the ``failure-alert`` deployment for runs
   crashed *by that rule*, on its own work pool and worker, so the alert does not depend on the
   worker that died. Runs that ended through a hook never reach the rule (their final state
   event satisfies it), and every alert leaves a ``failure-alert`` artifact on the failed run,
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
@@ -41,8 +40,8 @@ from prefect.exceptions import CrashedRun, FailedRun
 from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict
 
-from flows import notify
-from flows.settings import Settings
+from flows.alerting import notify
+from flows.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ RELEASE_FLOW = "train-and-release"
 DRIFT_FLOW = "drift-check"
 WATCHED_FLOWS = (RELEASE_FLOW, DRIFT_FLOW)
 ERROR_LIMIT = 4000
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 _SECRET_KEY = re.compile(
     r"(password|passwd|secret|token|api[_-]?key|credential|private[_-]?key|dsn|"
@@ -517,7 +516,7 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         log.exception("the failure alert for flow run %s could not be sent", flow_run.id)
 
 
-def _flow_run_id(value: str) -> UUID:
+def flow_run_id_of(value: str) -> UUID:
     return UUID(value.removeprefix("prefect.flow-run."))
 
 
@@ -529,28 +528,3 @@ def wait_for_final_state(client: Any, run_id: UUID, timeout: float = 60.0) -> An
         time.sleep(2)
         run = client.read_flow_run(run_id)
     return run
-
-
-@flow(
-    name="failure-alert",
-    log_prints=True,
-    persist_result=True,
-    result_serializer="json",
-    description="Mail the failure alert of a run that was marked Crashed by the heartbeat rule.",
-)
-def failure_alert(flow_run_id: str) -> dict[str, Any]:
-    """Mail the alert of a Failed or Crashed run unless one was already sent.
-
-    Args:
-        flow_run_id: the run's id, bare or as the event resource ``prefect.flow-run.<id>``.
-    """
-    run_id = _flow_run_id(flow_run_id)
-    with get_client(sync_client=True) as client:
-        run = wait_for_final_state(client, run_id)
-        flow_name = client.read_flow(run.flow_id).name
-    state = run.state
-    if state is None or not (state.is_failed() or state.is_crashed()):
-        name = state.name if state else "without a state"
-        return {"flow_run_id": str(run_id), "status": "skipped", "detail": f"run is {name}"}
-    delivery = alert_for_run(run, flow_name, state, skip_if_alerted=True)
-    return {"flow_run_id": str(run_id), **delivery.model_dump(exclude={"outbox_path"})}

@@ -1,6 +1,6 @@
 """Send generated transactions to a running bento, as live traffic (demos, load, drift tests).
 
-python -m flows.traffic --url http://127.0.0.1:3000 --rows 5000 [--amount-scale 1.8 ...]
+python -m flows.cli.traffic --url http://127.0.0.1:3000 --rows 5000 [--amount-scale 1.8 ...]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.packaging import request_records
+from flows.delivery.packaging import request_records
 
 
 def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
@@ -34,7 +34,7 @@ def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.traffic", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.traffic", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the bento's base URL")
     parser.add_argument("--rows", type=int, default=5000, help="transactions to send (5000)")
     parser.add_argument("--batch", type=int, default=1000, help="records per request (1000)")

@@ -15,7 +15,7 @@ from data_contracts.synthetic import CHUNK, DriftKnobs, GeneratorConfig, break_r
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.generate_data",
+        prog="python -m flows.cli.generate_data",
         description="Generate labelled synthetic card transactions that follow the fraud spec "
         "(data_contracts/fraud_spec.yaml). The same seed always gives the same rows.",
     )

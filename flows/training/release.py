@@ -19,10 +19,11 @@ from sklearn.pipeline import Pipeline
 
 from data_contracts.schemas import LABEL_INT, ValidationResult, validate_frame
 from data_contracts.spec import FeatureSpec, parse_spec
-from flows import registry
-from flows.gate import ChampionScore, Decision, GatePolicy
-from flows.locks import promotion_lock_name  # noqa: F401 - re-exported for the flow
-from flows.onnx_export import (
+from flows.core.settings import Settings
+from flows.delivery import registry
+from flows.delivery.locks import promotion_lock_name  # noqa: F401 - re-exported for the flow
+from flows.training.gate import ChampionScore, Decision, GatePolicy
+from flows.training.onnx_export import (
     ParityReport,
     export_onnx,
     onnx_predict_proba,
@@ -30,9 +31,8 @@ from flows.onnx_export import (
     parity,
     sha256,
 )
-from flows.reporting import confusion_figure, pr_curve_figure
-from flows.settings import Settings
-from flows.training import (
+from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.train import (
     Metrics,
     Splits,
     TrainParams,

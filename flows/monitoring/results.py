@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.drift import ColumnDrift, DriftPolicy, DriftVerdict, Outcome, Sampling
-from flows.notify import EmailContent, esc
-from flows.retraining import RetrainAction, RetrainDecision
+from flows.alerting.notify import EmailContent, esc
+from flows.monitoring.drift import ColumnDrift, DriftPolicy, DriftVerdict, Outcome, Sampling
+from flows.monitoring.retraining import RetrainAction, RetrainDecision
 
 
 class DriftCheckResult(BaseModel):

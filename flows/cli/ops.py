@@ -1,7 +1,7 @@
 """Operating the release: roll ``champion`` back (or forward) to a version that passed its gates,
 and print the audit history of alias moves.
 
-Plain functions plus a small CLI (``python -m flows.ops --help``). A rollback:
+Plain functions plus a small CLI (``python -m flows.cli.ops --help``). A rollback:
 
 1. checks the target: it must exist, have passed its gates (``gate.outcome == promote``) and
    have been packaged (``release.outcome != packaging_failed``), and must not be the champion;
@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from flows import audit, locks, packaging, registry
-from flows.settings import Settings
+from flows.core.settings import Settings
+from flows.delivery import audit, locks, packaging, registry
 
 ACTION = "rollback"
 NOT_SERVABLE = frozenset({"packaging_failed"})
@@ -159,8 +159,8 @@ def rollback(
     """Move ``champion`` to ``version`` (a version that passed its gates) and re-point serving.
 
     Raises :class:`RollbackRefused` when the target is not eligible or the champion moved while
-    the rollback was preparing; :class:`flows.packaging.PackagingError` when the bento or image
-    cannot be prepared (nothing moved then).
+    the rollback was preparing; :class:`flows.delivery.packaging.PackagingError` when the
+    bento or image cannot be prepared (nothing moved then).
     """
     version = str(version).strip()
     packaging.version_label(version)  # a positive integer, or ValueError
@@ -232,9 +232,9 @@ def _default_model() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m flows.ops`` command line."""
+    """The ``python -m flows.cli.ops`` command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m flows.ops",
+        prog="python -m flows.cli.ops",
         description="Operate the fraud model release: roll the champion back, show the history.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
