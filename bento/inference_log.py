@@ -1,12 +1,8 @@
-"""Inference log: every scored record appended, off the request path, to date-partitioned Parquet.
+"""The bento's inference-log service: buffers scored records and writes them off the request path.
 
-Layout (read by the drift check)::
-
-    <root>/date=YYYY-MM-DD/part-<UTC timestamp>-<pid>-<n>.parquet
-
-Columns: every spec feature (raw values as served), ``score`` (float64), ``decision`` (int8),
-``model_version`` (str), ``timestamp`` (timestamp[us, UTC]), ``request_id`` (str),
-``transaction_id_hash`` (sha256 hex of the caller's transaction id, or null).
+The format, the folder layout and the file writing are the contract's
+(:mod:`data_contracts.inference_log`, shared with the drift check that reads the log); this
+module is the serving side around it: buffering, a flush thread, and counting what is lost.
 
 Requests only append to in-memory column buffers (under a lock, a few microseconds). A
 background thread writes the buffer every ``flush_interval_s`` seconds, sooner when
@@ -21,17 +17,13 @@ resumes by itself when the folder becomes writable, and says how many records we
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import math
 import os
 import threading
 import time
-import uuid
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,37 +31,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_contracts.spec import FeatureKind, FeatureSpec
+from data_contracts.inference_log import (
+    LOG_DIR_ENV,
+    LogFiles,
+    build_table,
+    hash_transaction_id,
+    log_schema,
+)
+from data_contracts.spec import FeatureSpec
 
-LOG_DIR_ENV = "FRAUD_INFERENCE_LOG_DIR"
+__all__ = ["LOG_DIR_ENV", "InferenceLogWriter", "hash_transaction_id", "log_schema"]
 logger = logging.getLogger("fraud.serving.inference_log")
-
-_ARROW_TYPES = {
-    FeatureKind.NUMERIC: pa.float64(),
-    FeatureKind.INTEGER: pa.int64(),
-    FeatureKind.BOOLEAN: pa.bool_(),
-    FeatureKind.CATEGORICAL: pa.string(),
-}
-
-
-def log_schema(spec: FeatureSpec) -> pa.Schema:
-    """The Arrow schema of the inference log for ``spec``."""
-    fields = [pa.field(f.name, _ARROW_TYPES[f.kind]) for f in spec.features]
-    fields += [
-        pa.field("score", pa.float64()),
-        pa.field("decision", pa.int8()),
-        pa.field("model_version", pa.string()),
-        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
-        pa.field("request_id", pa.string()),
-        pa.field("transaction_id_hash", pa.string()),
-    ]
-    return pa.schema(fields)
-
-
-def hash_transaction_id(value: str | None) -> str | None:
-    """sha256 hex of a transaction id (ids are stored hashed, never in clear)."""
-    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
-
 
 _NAN = float("nan")
 
@@ -99,7 +71,6 @@ class InferenceLogWriter:
         self.loss_log_interval_s = loss_log_interval_s
         self._on_written = on_written or (lambda n: None)
         self._on_lost = on_lost or (lambda n, reason: None)
-        self._schema = log_schema(spec)
         self._numbers = tuple(f.name for f in spec.features if f.is_numeric)
         self._strings = tuple(f.name for f in spec.features if not f.is_numeric)
         self._lock = threading.Lock()
@@ -108,8 +79,7 @@ class InferenceLogWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seq = 0
-        self._writer_id = uuid.uuid4().hex[:8]
+        self._files = LogFiles(self.root)
         self.written = 0
         self.lost = 0
         self.files: list[Path] = []
@@ -272,7 +242,7 @@ class InferenceLogWriter:
         if n == 0:
             return 0
         try:
-            written = self._write_buffers(cols, n)
+            written, files = self._write_buffers(cols, n)
         finally:
             del cols
             # the log uses memory in bursts: give pyarrow's freed pages back to the system
@@ -281,46 +251,20 @@ class InferenceLogWriter:
             self.written += written
             self._on_written(written)
             self._resumed()
+        self.files.extend(files)  # after the count: whoever sees a file sees it counted
         return written
 
-    def _write_buffers(self, cols: dict[str, Any], n: int) -> int:
+    def _write_buffers(self, cols: dict[str, Any], n: int) -> tuple[int, list[Path]]:
         """Write one file per UTC date; a failed file loses its own records, not the others'."""
         try:
             table = self._table(cols)
-            days = table.column("timestamp").cast(pa.int64()).to_numpy() // 86_400_000_000
         except Exception as err:  # a conversion failure: count, log, keep serving
             self._report_loss(n, f"{type(err).__name__}: {err}")
-            return 0
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        written = 0
-        for day in np.unique(days):
-            part = table.filter(pa.array(days == day))
-            try:
-                self.files.append(self._write_part(part, int(day), stamp))
-            except Exception as err:  # any I/O failure: count, log, keep serving
-                self._report_loss(part.num_rows, f"{type(err).__name__}: {err}")
-            else:
-                written += part.num_rows
-        return written
-
-    def _write_part(self, part: pa.Table, day: int, stamp: str) -> Path:
-        """One file under ``date=YYYY-MM-DD``: written to a hidden name, then renamed."""
-        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
-        folder = self.root / f"date={date}"
-        folder.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        # unique across replicas writing to one shared folder: the PID alone repeats between
-        # containers, so a per-writer random id goes with it
-        name = f"part-{stamp}-{self._writer_id}-{os.getpid()}-{self._seq}.parquet"
-        tmp = folder / f".{name}.tmp"
-        try:
-            pq.write_table(part, tmp)
-            tmp.replace(folder / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        return folder / name
+            return 0, []
+        written = self._files.write(table)
+        for lost, reason in written.failures:  # any I/O failure: count, log, keep serving
+            self._report_loss(lost, reason)
+        return written.rows, written.files
 
     def _report_loss(self, n: int, reason: str) -> None:
         """Count lost records; log the first loss at once, then at most once per interval."""
@@ -367,35 +311,16 @@ class InferenceLogWriter:
             )
 
     def _table(self, bufs: dict[str, Any]) -> pa.Table:
-        """Buffers to an Arrow table; numbers are converted from C arrays, not Python objects."""
-        arrays = []
-        for f in self.spec.features:
-            if not f.is_numeric:
-                arrays.append(pa.array(bufs[f.name], type=pa.string()))
-                continue
-            values = np.frombuffer(bufs[f.name], dtype=np.float64)
-            mask = np.isnan(values) if f.nullable else None
-            if f.kind == FeatureKind.INTEGER:
-                whole = np.where(mask, 0.0, values) if mask is not None else values
-                arrays.append(pa.array(whole.astype(np.int64), mask=mask, type=pa.int64()))
-            elif f.kind == FeatureKind.BOOLEAN:
-                arrays.append(pa.array(values == 1.0, mask=mask, type=pa.bool_()))
-            else:
-                arrays.append(pa.array(values, mask=mask, type=pa.float64()))
-        n = len(bufs["score"])
-        micros = (np.frombuffer(bufs["timestamp"], dtype=np.float64) * 1e6).astype(np.int64)
-        tx = bufs["tx"]
-        hashes = (
-            pa.array([hash_transaction_id(t) for t in tx], type=pa.string())
-            if any(t is not None for t in tx)
-            else pa.nulls(n, type=pa.string())
+        """Buffers to an Arrow table; numbers are handed over as C arrays, not Python objects."""
+        numbers = {name: np.frombuffer(bufs[name], dtype=np.float64) for name in self._numbers}
+        seconds = np.frombuffer(bufs["timestamp"], dtype=np.float64)
+        return build_table(
+            self.spec,
+            {**numbers, **{name: bufs[name] for name in self._strings}},
+            scores=np.frombuffer(bufs["score"], dtype=np.float64),
+            decisions=np.frombuffer(bufs["decision"], dtype=np.int8),
+            timestamps=(seconds * 1e6).astype(np.int64),
+            model_version=self.model_version,
+            request_ids=bufs["request_id"],
+            transaction_ids=bufs["tx"],
         )
-        arrays += [
-            pa.array(np.frombuffer(bufs["score"], dtype=np.float64), type=pa.float64()),
-            pa.array(np.frombuffer(bufs["decision"], dtype=np.int8), type=pa.int8()),
-            pa.array([self.model_version] * n, type=pa.string()),
-            pa.array(micros, type=pa.timestamp("us", tz="UTC")),
-            pa.array(bufs["request_id"], type=pa.string()),
-            hashes,
-        ]
-        return pa.Table.from_arrays(arrays, schema=self._schema)

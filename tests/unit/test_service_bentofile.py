@@ -15,14 +15,36 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"sklearn", "mlflow", "prefect", "pickle", "skl2onnx", "pandas", "pandera", "flows"}
 
 
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def contract_files() -> set[str]:
+    """The data_contracts modules the serving code imports, directly or through each other."""
+    todo, found = list((ROOT / "bento").glob("*.py")), {"data_contracts/__init__.py"}
+    while todo:
+        for module in _imported_modules(todo.pop()):
+            if module.startswith("data_contracts."):
+                path = module.replace(".", "/") + ".py"
+                if path not in found:
+                    found.add(path)
+                    todo.append(ROOT / path)
+    return found
+
+
 def test_bentofile_includes_serving_code_only():
     config = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     assert config["service"] == "bento.service:FraudDetector"
     included = set(config["include"])
-    assert included == {str(p.relative_to(ROOT)) for p in (ROOT / "bento").glob("*.py")} | {
-        "data_contracts/__init__.py",
-        "data_contracts/spec.py",
-    }
+    bento_files = {str(p.relative_to(ROOT)) for p in (ROOT / "bento").glob("*.py")}
+    assert included == bento_files | contract_files()
+    assert {"data_contracts/spec.py", "data_contracts/inference_log.py"} <= included
     assert config["python"]["requirements_txt"] == "bento/requirements.txt"
 
 
@@ -46,7 +68,7 @@ def test_requirements_are_pinned_from_the_lock():
 
 
 def test_serving_code_imports_no_training_stack():
-    for path in [*(ROOT / "bento").glob("*.py"), ROOT / "data_contracts" / "spec.py"]:
+    for path in [*(ROOT / "bento").glob("*.py"), *(ROOT / p for p in contract_files())]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
