@@ -4,25 +4,28 @@
 # batch from the drifted period -> drift-check: drift, an email with the report, one
 # train-and-release run started -> the new candidate passes every gate or is blocked.
 set -euo pipefail
+case "${1:-}" in
+  -h | --help | help) sed -n '2,5p' "${BASH_SOURCE[0]}"; exit 0 ;;
+esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="$ROOT/scripts/stack.sh"
 eval "$("$STACK" env)"
-PY="$ROOT/.venv/bin/python"
+FRAUD="$ROOT/.venv/bin/fraud"
 URL="http://127.0.0.1:${FRAUD_SERVE_PORT:-3000}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "1/6 serve the champion with bentoml serve ($URL, OpenAPI page at $URL/)"
 "$STACK" serve
 say "2/6 normal traffic: 5,000 transactions like the training data"
-"$PY" -m flows.cli.traffic --url "$URL" --rows 5000 --seed 201
+"$FRAUD" traffic --url "$URL" --rows 5000 --seed 201
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"  # the inference log flushes every 5 s
 say "3/6 drift-check on the last 5,000 served rows: expect no drift, no retraining"
 "$STACK" drift --param window_rows=5000
 say "4/6 the world changes: amounts x1.8, half the merchant mix moves to gaming/transfers"
-"$PY" -m flows.cli.generate_data "$FRAUD_HOME/labelled/batch-$(date +%Y%m%d%H%M%S).parquet" \
+"$FRAUD" generate-data "$FRAUD_HOME/labelled/batch-$(date +%Y%m%d%H%M%S).parquet" \
   --rows 100000 --seed 202 --amount-scale 1.8 --merchant-shift 0.5 --start-day 60 --quiet
 echo "a labelled batch from the drifted period landed in $FRAUD_HOME/labelled/"
-"$PY" -m flows.cli.traffic --url "$URL" --rows 5000 --seed 203 --amount-scale 1.8 --merchant-shift 0.5
+"$FRAUD" traffic --url "$URL" --rows 5000 --seed 203 --amount-scale 1.8 --merchant-shift 0.5
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"
 say "5/6 drift-check again: expect drift, an email, one train-and-release run started"
 "$STACK" drift --param window_rows=5000

@@ -6,19 +6,31 @@
 #   scripts/docker-engine.sh [start] [STATE_DIR]   install, start dockerd, provide the base image
 #   scripts/docker-engine.sh stop [STATE_DIR]      stop the dockerd this script started (by PID)
 #   scripts/docker-engine.sh status [STATE_DIR]    exit 0 when the engine answers
+#   scripts/docker-engine.sh --help                this text; nothing is started
 #
 # STATE_DIR (default $FRAUD_DOCKER_DIR or /tmp/fraud-docker) holds dockerd.pid, dockerd.log and
 # the build log of the base image. Idempotent: an engine that already answers is reused, and an
 # existing base image is kept. dockerd never writes to this script's stdout or stderr.
 set -euo pipefail
 
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}"; }
+
 cmd="start"
 case "${1:-}" in
+-h | --help | help)
+    usage
+    exit 0
+    ;;
 start | stop | status)
     cmd="$1"
     shift
     ;;
 esac
+if [[ "${1:-}" == -* ]]; then # an option is never a state folder: refuse rather than act
+    usage >&2
+    printf '[docker-engine] unknown option: %s\n' "$1" >&2
+    exit 2
+fi
 STATE_DIR="${1:-${FRAUD_DOCKER_DIR:-/tmp/fraud-docker}}"
 BASE_IMAGE="${FRAUD_BASE_IMAGE:-python:3.11-slim}"
 SUITE="${FRAUD_BASE_SUITE:-bookworm}"

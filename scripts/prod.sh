@@ -19,6 +19,11 @@
 # Passwords are never printed nor put on a command line: the servers read them from a pgpass file.
 set -euo pipefail
 
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}"; }
+case "${1:-}" in
+  -h | --help | help) usage; exit 0 ;;
+esac
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="$ROOT/scripts/stack.sh"
 BIN="$ROOT/.venv/bin"
@@ -298,5 +303,5 @@ case "${1:-}" in
   pg-up) pg_up ;;
   pg-down) pg_down ;;
   drop-db) drop_databases ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) usage; exit 2 ;;
 esac

@@ -9,8 +9,14 @@
 #   scripts/stack.sh status    show what is running
 #   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
 #   scripts/stack.sh env       print the environment to talk to this stack from your shell
+#                              (eval "$(scripts/stack.sh env)"; it puts .venv/bin and uv on PATH)
 # Set PREFECT_API_URL before calling to use an existing Prefect server instead of a local one.
 set -euo pipefail
+
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}"; }
+case "${1:-}" in
+  -h | --help | help) usage; exit 0 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export FRAUD_PROJECT_DIR="$ROOT"
@@ -131,7 +137,7 @@ deploy() {
   (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all >>"$LOG_DIR/deploy.log" 2>&1) \
     || { log "deploy failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
   log "creating the crashed-run automations (heartbeat ${FRAUD_HEARTBEAT_SECONDS} s, silence ${FRAUD_HEARTBEAT_SILENCE_SECONDS} s)"
-  (cd "$ROOT" && "$BIN/python" -m flows.cli.automations >>"$LOG_DIR/deploy.log" 2>&1) \
+  (cd "$ROOT" && "$BIN/fraud" automations >>"$LOG_DIR/deploy.log" 2>&1) \
     || { log "automations failed; see $LOG_DIR/deploy.log"; tail -30 "$LOG_DIR/deploy.log" >&2; exit 1; }
 }
 
@@ -183,7 +189,19 @@ status() {
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
 }
 
+uv_dir() { # the folder of the uv executable: on PATH, else where `pip install --user uv` puts it
+  local uv
+  uv="$(command -v uv 2>/dev/null)" || uv="${PYTHONUSERBASE:-$HOME/.local}/bin/uv"
+  [[ -x "$uv" ]] && dirname "$uv"
+  return 0
+}
+
 env_lines() {
+  local path="$BIN" dir
+  dir="$(uv_dir)"
+  [[ -n "$dir" && "$dir" != "$BIN" ]] && path="$path:$dir"
+  # the checkout's tools (prefect, bentoml, fraud) and uv, so README commands work as typed
+  printf 'export PATH=%q:"$PATH"\n' "$path"
   cat <<ENV
 export FRAUD_HOME=$FRAUD_HOME
 export PREFECT_HOME=$PREFECT_HOME
@@ -196,7 +214,7 @@ ENV
 }
 
 summary() {
-  "$BIN/python" -m flows.cli.summary "$@"
+  "$BIN/fraud" summary "$@"
 }
 
 case "${1:-}" in
@@ -209,5 +227,5 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   env) env_lines ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) usage; exit 2 ;;
 esac
