@@ -9,6 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := $(ROOT)/.venv/bin/python
+FRAUD := $(ROOT)/.venv/bin/fraud
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
@@ -22,7 +23,7 @@ install: ## install uv if missing, then the locked environment (.venv)
 	@$(UV) sync --frozen --quiet
 
 data: install ## generate the synthetic data set if absent (ROWS=200000)
-	@[ -f "$(DATA)" ] || $(PY) -m flows.cli.generate_data "$(DATA)" --rows $(ROWS) --invalid-rows 40
+	@[ -f "$(DATA)" ] || $(FRAUD) generate-data "$(DATA)" --rows $(ROWS) --invalid-rows 40
 
 docker: ## provide a Docker engine and the base image if none answers (root; reused when running)
 	@docker info >/dev/null 2>&1 || scripts/docker-engine.sh start "$(FRAUD_HOME)/docker" \
@@ -52,10 +53,10 @@ status: ## what is running
 rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_IMAGE=1]
 	@[ -n "$(VERSION)" ] || { echo "usage: make rollback VERSION=N [REASON=\"why\"] [NO_IMAGE=1]"; exit 2; }
 	@PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${FRAUD_PREFECT_PORT:-4200}/api} \
-	  $(PY) -m flows.cli.ops rollback --version "$(VERSION)" --reason "$(or $(REASON),manual rollback)" $(if $(NO_IMAGE),--no-image,)
+	  $(FRAUD) rollback --version "$(VERSION)" --reason "$(or $(REASON),manual rollback)" $(if $(NO_IMAGE),--no-image,)
 
 history: install ## every move of the champion alias (releases and rollbacks), oldest first
-	@$(PY) -m flows.cli.ops history
+	@$(FRAUD) history
 
 mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \

@@ -147,10 +147,18 @@ def ensure_automations(settings: HeartbeatSettings | None = None) -> dict[str, U
         }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: create or update the crashed-run automations."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Describe the command on ``parser`` (it takes no options; settings come from FRAUD_*)."""
+    parser.description = (
+        __doc__.split("\n\n")[0]
+        + f" Creates or updates '{CRASH_RULE}' and '{ALERT_RULE}' on the Prefect server in "
+        "PREFECT_API_URL (the failure-alert deployment must exist). Settings: "
+        "FRAUD_HEARTBEAT_SECONDS, FRAUD_HEARTBEAT_SILENCE_SECONDS, FRAUD_ALERT_DEPLOYMENT."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Create or update the crashed-run automations and print them; returns the exit code."""
     settings = HeartbeatSettings()
     for name, automation_id in ensure_automations(settings).items():
         print(f"automation '{name}': {automation_id}")
@@ -158,7 +166,15 @@ def main(argv: list[str] | None = None) -> None:
         f"heartbeat every {settings.heartbeat_seconds} s; silent for "
         f"{settings.heartbeat_silence_seconds} s = Crashed; alerts by {settings.alert_deployment}"
     )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: create or update the crashed-run automations."""
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.automations")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,19 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from tqdm import tqdm
+DESCRIPTION = (
+    "Generate labelled synthetic card transactions that follow the fraud spec "
+    "(data_contracts/fraud_spec.yaml). The same seed always gives the same rows."
+)
 
-from data_contracts.synthetic import CHUNK, DriftKnobs, GeneratorConfig, break_rows, iter_chunks
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.cli.generate_data",
-        description="Generate labelled synthetic card transactions that follow the fraud spec "
-        "(data_contracts/fraud_spec.yaml). The same seed always gives the same rows.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the generator's options on ``parser`` (shared by ``fraud generate-data``)."""
+    parser.description = DESCRIPTION
     parser.add_argument("output", type=Path, help="output file (.parquet or .csv)")
     parser.add_argument("--rows", type=int, default=200_000, help="rows to write (default 200000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -38,11 +34,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     drift.add_argument("--start-day", type=int, default=0, help="days after 2026-01-01 to start")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the ``python -m flows.cli.generate_data`` command line."""
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.generate_data")
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Write the data set the parsed ``args`` describe; returns the exit code."""
+    # imported here so that `fraud --help` and argument errors stay fast
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from data_contracts.synthetic import (
+        CHUNK,
+        DriftKnobs,
+        GeneratorConfig,
+        break_rows,
+        iter_chunks,
+    )
+
     if args.output.suffix.lower() not in {".parquet", ".csv"}:
         print(f"error: output must end in .parquet or .csv, got {args.output}", file=sys.stderr)
         return 2
@@ -89,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.output)
     print(f"wrote {cfg.rows:,} rows to {args.output} (chunks of {CHUNK:,})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m flows.cli.generate_data``; returns the exit code."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -231,6 +231,33 @@ def _default_model() -> str:
     return default_spec().name
 
 
+def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the rollback options on ``parser`` (shared by ``fraud rollback``)."""
+    parser.description = (
+        "Move `champion` to VERSION (it must have passed its gates and packaging), "
+        "re-point the bento store, the champion pointer and the `latest` image to it, and "
+        "record the move in the audit log. Holds the same Prefect lock as a release, so "
+        "PREFECT_API_URL must point at the stack's Prefect server. Exit codes: 0 done, "
+        f"{EXIT_REFUSED} refused (nothing changed), {EXIT_FAILED} failed."
+    )
+    parser.add_argument("--version", required=True, help="registered model version, e.g. 3")
+    parser.add_argument("--model", default=None, help="registered model name (default: the spec's)")
+    parser.add_argument("--reason", default="manual rollback", help="why; kept in the audit log")
+    parser.add_argument("--actor", default=None, help="who; default: user:<login name>")
+    parser.add_argument(
+        "--no-image",
+        dest="image",
+        action="store_false",
+        help="do not touch Docker images (bento store and pointer only)",
+    )
+
+
+def add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the history options on ``parser`` (shared by ``fraud history``)."""
+    parser.description = "Print every recorded move of the champion alias, oldest first."
+    parser.add_argument("--model", default=None, help="registered model name (default: the spec's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m flows.cli.ops`` command line."""
     parser = argparse.ArgumentParser(
@@ -238,42 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate the fraud model release: roll the champion back, show the history.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    rb = sub.add_parser(
-        "rollback",
-        help="move the champion alias back to a version that passed its gates",
-        description="Move `champion` to VERSION (it must have passed its gates and packaging), "
-        "re-point the bento store, the champion pointer and the `latest` image to it, and "
-        "record the move in the audit log. Holds the same Prefect lock as a release, so "
-        "PREFECT_API_URL must point at the stack's Prefect server. Exit codes: 0 done, "
-        f"{EXIT_REFUSED} refused (nothing changed), {EXIT_FAILED} failed.",
+    add_rollback_arguments(
+        sub.add_parser(
+            "rollback", help="move the champion alias back to a version that passed its gates"
+        )
     )
-    rb.add_argument("--version", required=True, help="registered model version, e.g. 3")
-    rb.add_argument("--model", default=None, help="registered model name (default: the spec's)")
-    rb.add_argument("--reason", default="manual rollback", help="why; kept in the audit log")
-    rb.add_argument("--actor", default=None, help="who; default: user:<login name>")
-    rb.add_argument(
-        "--no-image",
-        dest="image",
-        action="store_false",
-        help="do not touch Docker images (bento store and pointer only)",
+    add_history_arguments(
+        sub.add_parser("history", help="print every recorded alias move, oldest first")
     )
-    hist = sub.add_parser("history", help="print every recorded alias move, oldest first")
-    hist.add_argument("--model", default=None, help="registered model name (default: the spec's)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def run_history(args: argparse.Namespace) -> int:
+    """Print the alias moves of ``args.model`` (default: the spec's model); the exit code."""
     settings = Settings()
     model = args.model or _default_model()
-    if args.command == "history":
-        moves = alias_history(settings, model)
-        if not moves:
-            print(f"no alias moves recorded for {model} (tracking URI {settings.tracking_uri})")
-        for move in moves:
-            print(move.line())
-        return 0
+    moves = alias_history(settings, model)
+    if not moves:
+        print(f"no alias moves recorded for {model} (tracking URI {settings.tracking_uri})")
+    for move in moves:
+        print(move.line())
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """Roll the champion to ``args.version``; 0 done, EXIT_REFUSED or EXIT_FAILED."""
+    settings = Settings()
+    model = args.model or _default_model()
     try:
         result = rollback(settings, model, args.version, args.reason, args.actor, image=args.image)
     except (RollbackRefused, ValueError) as err:
@@ -285,6 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in result.lines():
         print(line)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_history(args) if args.command == "history" else run_rollback(args)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from data_contracts.spec import default_spec
-from flows.core.settings import Settings
-from flows.delivery import registry
+if TYPE_CHECKING:
+    from flows.core.settings import Settings
+
+DESCRIPTION = __doc__.splitlines()[0]
 
 
 def summary_lines(settings: Settings, model_name: str) -> list[str]:
     """Human-readable lines describing the latest version and the champion of ``model_name``."""
+    from flows.delivery import registry
+
     client = registry.configure(settings)
     api = os.environ.get("PREFECT_API_URL", "")
     lines = [f"Prefect UI:        {api.removesuffix('/api') or '(ephemeral)'}"]
@@ -37,12 +41,28 @@ def summary_lines(settings: Settings, model_name: str) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-name", default=default_spec().name)
-    args = parser.parse_args(argv)
-    print("\n".join(summary_lines(Settings(), args.model_name)))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the summary's options on ``parser`` (shared by ``fraud summary``)."""
+    parser.description = DESCRIPTION
+    parser.add_argument(
+        "--model-name", default=None, help="registered model name (default: the spec's name)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary lines of ``args.model_name``; returns the exit code."""
+    from data_contracts.spec import default_spec
+    from flows.core.settings import Settings
+
+    print("\n".join(summary_lines(Settings(), args.model_name or default_spec().name)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m flows.cli.summary``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.summary")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from tqdm import tqdm
-
-from data_contracts.spec import default_spec
-from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.delivery.packaging import request_records
+DESCRIPTION = (
+    "Send generated transactions to a running bento, as live traffic (demos, load, drift tests)."
+)
 
 
 def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
@@ -33,8 +31,9 @@ def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
         raise RuntimeError(f"{url}: HTTP {err.code}: {err.read()[:500]!r}") from err
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.traffic", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the traffic sender's options on ``parser`` (shared by ``fraud traffic``)."""
+    parser.description = DESCRIPTION
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the bento's base URL")
     parser.add_argument("--rows", type=int, default=5000, help="transactions to send (5000)")
     parser.add_argument("--batch", type=int, default=1000, help="records per request (1000)")
@@ -42,7 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amount-scale", type=float, default=1.0, help="drift: scale amounts")
     parser.add_argument("--merchant-shift", type=float, default=0.0, help="drift: merchant mix")
     parser.add_argument("--broken-feed", action="store_true", help="drift: a broken feed")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate ``args.rows`` transactions and score them at ``args.url``; the exit code."""
+    # imported here so that `fraud --help` and argument errors stay fast
+    from tqdm import tqdm
+
+    from data_contracts.spec import default_spec
+    from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
+    from flows.delivery.packaging import request_records
+
     frame = generate(
         GeneratorConfig(
             rows=args.rows,
@@ -69,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"scored {scored:,} transactions at {args.url}; {fraud:,} flagged as fraud")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m flows.cli.traffic``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.traffic")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
