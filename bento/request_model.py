@@ -13,11 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+# fields a caller may add besides the features
+from data_contracts.artifacts import REQUEST_ID, TRANSACTION_ID
 from data_contracts.spec import Feature, FeatureKind, FeatureSpec
 
-# fields a caller may add besides the features
-TRANSACTION_ID = "transaction_id"
-REQUEST_ID = "request_id"
 MAX_ID_LENGTH = 200
 
 

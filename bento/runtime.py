@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from bento.store import MODEL_FILE, SPEC_FILE
+from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
+from data_contracts.artifacts import SPEC_FILE
 from data_contracts.spec import MISSING_CATEGORY, FeatureKind, FeatureSpec, parse_spec
 
 PROBABILITIES = "probabilities"

@@ -1,13 +1,20 @@
-"""The served model in the BentoML store: its layout, how it is imported, which one to serve.
+"""The served model in the BentoML store: which one to serve, and where its files are.
 
-A stored model ``fraud-detector:v<N>`` (N = the MLflow version) holds ``model.onnx`` and
+A stored model ``<model>:v<N>`` (N = the MLflow version) holds ``model.onnx`` and
 ``feature_spec.json``; its metadata holds the threshold, the sha256 of the ONNX file, the spec
-hash and the MLflow version; its labels say where it came from. Which tag is served is decided
-by :func:`resolve_model_tag`: the model packed in a built bento, else ``FRAUD_MODEL_TAG``, else
-the champion pointer file the release flow writes when the alias moves.
+hash and the MLflow version; its labels say where it came from (all names in
+:mod:`data_contracts.artifacts`). Which tag is served is decided by :func:`resolve_model_tag`:
 
-The release flow writes both the store entries and the pointer
-(``flows.delivery.packaging``); this module only reads them, with the standard library alone.
+1. the model packed in a built bento (a bento serves only what it packs);
+2. else ``FRAUD_MODEL_TAG`` (an exact ``<model>:v<N>``);
+3. else the champion pointer of the model named by ``FRAUD_MODEL_NAME``, default
+   ``fraud-detector`` (the shipped spec's name): ``<FRAUD_HOME>/bentoml/champions/<model>``.
+   Pointers are per model, so releasing another model (bring your own spec) never changes what
+   a plain ``bentoml serve`` serves to card traffic; serve that model with
+   ``FRAUD_MODEL_NAME=credit-risk bentoml serve``.
+
+The release flow writes the store entries and the pointers (``flows.delivery``); this module
+only reads them, with the standard library alone.
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-MODEL_NAME = "fraud-detector"
-MODEL_FILE = "model.onnx"
-SPEC_FILE = "feature_spec.json"
-POINTER_FILE = "champion_tag"
-TAG_ENV = "FRAUD_MODEL_TAG"
-HOME_ENV = "FRAUD_HOME"
+from data_contracts.artifacts import (
+    DEFAULT_MODEL_NAME,
+    HOME_ENV,
+    MODEL_NAME_ENV,
+    MODEL_TAG_ENV,
+    pointer_path,
+    read_champion_pointer,
+)
+
 # the repository root when running from a checkout (bento/ sits at the top level)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,19 +47,10 @@ def fraud_home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env[HOME_ENV]) if env.get(HOME_ENV) else REPO_ROOT / ".fraud"
 
 
-def pointer_path(home: Path) -> Path:
-    """Where the release flow records the champion's store tag."""
-    return home / "bentoml" / POINTER_FILE
-
-
-def read_champion_pointer(home: Path) -> str | None:
-    """The tag in the pointer file, or None when there is no pointer yet."""
-    path = pointer_path(home)
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return text or None
+def served_model_name(environ: Mapping[str, str] | None = None) -> str:
+    """The model whose champion a checkout serves: ``FRAUD_MODEL_NAME`` or ``fraud-detector``."""
+    env = os.environ if environ is None else environ
+    return (env.get(MODEL_NAME_ENV) or "").strip() or DEFAULT_MODEL_NAME
 
 
 def bento_root(service_file: Path) -> Path | None:
@@ -80,26 +81,27 @@ def packed_model_tags(root: Path, model_name: str | None = None) -> list[str]:
 def resolve_model_tag(
     environ: Mapping[str, str] | None = None, packed_tags: list[str] | None = None
 ) -> str:
-    """Which stored model to serve.
+    """Which stored model to serve (see the module docstring for the order).
 
     ``packed_tags`` are the models packed in a built bento (None outside one): a bento serves
-    its single packed model, whatever the environment says. Outside a bento: ``FRAUD_MODEL_TAG``,
-    else the champion pointer under ``FRAUD_HOME``.
+    its single packed model, whatever the environment says.
     """
     env = os.environ if environ is None else environ
     if packed_tags is not None:
         if len(packed_tags) != 1:
             raise ModelNotFoundError(f"the bento must pack exactly one model, found {packed_tags}")
         return packed_tags[0]
-    if env.get(TAG_ENV):
-        return env[TAG_ENV].strip()
-    home = fraud_home(env)
-    tag = read_champion_pointer(home)
+    if env.get(MODEL_TAG_ENV):
+        return env[MODEL_TAG_ENV].strip()
+    bentoml_home = fraud_home(env) / "bentoml"
+    model = served_model_name(env)
+    tag = read_champion_pointer(bentoml_home, model)
     if tag is None:
         raise ModelNotFoundError(
-            f"no model to serve: {TAG_ENV} is not set and there is no champion pointer at "
-            f"{pointer_path(home)}. Run the train-and-release flow, or set {TAG_ENV} "
-            f"(e.g. {MODEL_NAME}:v1) to a model in the BentoML store."
+            f"no model to serve: {MODEL_TAG_ENV} is not set and {model} has no champion pointer "
+            f"at {pointer_path(bentoml_home, model)}. Run the train-and-release flow, set "
+            f"{MODEL_NAME_ENV} to a released model, or set {MODEL_TAG_ENV} "
+            f"(e.g. {model}:v1) to a model in the BentoML store."
         )
     return tag
 

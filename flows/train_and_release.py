@@ -1,29 +1,33 @@
-"""The ``train-and-release`` Prefect flow: thin wiring over the steps in ``flows.training.release``.
+"""The ``train-and-release`` Prefect flow: thin wiring over plain, unit-tested steps.
 
 load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> score champion
--> F1 gate -> track in MLflow -> register -> move ``champion`` only when every gate passed.
+-> F1 gate -> track in MLflow -> register -> package (bento, image, smoke test) -> move
+``champion`` (:func:`flows.delivery.champion.move_champion`) only when every gate passed.
+Training steps are in :mod:`flows.training.release`, MLflow tracking in
+:mod:`flows.delivery.tracking`, packaging in :mod:`flows.delivery.packaging`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
-from prefect.states import Completed, State
+from prefect.states import State
 
-from data_contracts.schemas import LABEL_INT, ValidationResult
-from data_contracts.spec import FeatureSpec, default_spec, load_spec
+from data_contracts.schemas import ValidationResult
+from data_contracts.spec import FeatureSpec
 from flows.alerting.alerts import alert_on_failure
 from flows.core.settings import Settings
-from flows.delivery import audit, packaging, registry
-from flows.delivery.locks import ensure_lock
+from flows.delivery import audit, champion, outcome, registry, tracking
+from flows.delivery.errors import PackagingError
+from flows.delivery.locks import promotion_lock_name
+from flows.delivery.packaging import PackagedVersion, package_version
 from flows.training import release
 from flows.training.data_io import file_digest, load_table, write_quarantine
 from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
@@ -76,12 +80,7 @@ def snapshot(
 def champion_score(
     settings: Settings, model_name: str, holdout: pd.DataFrame, spec: FeatureSpec
 ) -> ChampionScore | None:
-    client = registry.configure(settings)
-    version = registry.current_champion(client, model_name, settings.champion_alias)
-    if version is None:
-        return None
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    return release.score_champion(version, holdout, spec, settings.work_dir)
+    return release.score_current_champion(settings, model_name, holdout, spec)
 
 
 @task(name="f1-gate", cache_policy=NO_CACHE)
@@ -96,34 +95,33 @@ def gate(
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, **IO_RETRIES)
 def start_run(settings: Settings, model_name: str) -> str:
-    return release.start_run(settings, model_name, str(runtime.flow_run.id or "") or None)
+    return tracking.start_run(settings, model_name, str(runtime.flow_run.id or "") or None)
 
 
 @task(name="track-in-mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
-def track(settings: Settings, run_id: str, record: release.ReleaseRecord, raw: pd.DataFrame) -> str:
-    return release.track(settings, run_id, record, raw)
+def track(
+    settings: Settings, run_id: str, record: tracking.ReleaseRecord, raw: pd.DataFrame
+) -> str:
+    return tracking.track(settings, run_id, record, raw)
 
 
 @task(name="register-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def register(
     settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
 ) -> str:
-    client = registry.configure(settings)
-    return str(release.register(client, model_name, model_uri, run_id, tags).version)
+    return tracking.register_release(settings, model_name, model_uri, run_id, tags)
 
 
 @task(name="tag-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def tag_version(settings: Settings, model_name: str, version: str, tags: dict[str, str]) -> None:
-    client = registry.configure(settings)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+    registry.set_version_tags(settings, model_name, version, tags)
 
 
 def _retry_unless_refused(task, task_run, state) -> bool:
     """Retry I/O failures of the promotion, never a refusal (the champion moved)."""
     try:
         state.result()
-    except release.ChampionMoved:
+    except champion.ChampionMoved:
         return False
     except Exception:
         return True
@@ -138,9 +136,9 @@ def package(
     reference: pd.DataFrame,
     spec: FeatureSpec,
     build_image: bool,
-) -> packaging.PackagedVersion:
+) -> PackagedVersion:
     """Import into the bento store, build, containerize and smoke-test (retries inside)."""
-    return packaging.package_version(
+    return package_version(
         settings,
         model_name,
         version,
@@ -151,88 +149,77 @@ def package(
     )
 
 
-@task(
-    name="promote",
-    cache_policy=NO_CACHE,
-    retry_condition_fn=_retry_unless_refused,
-    **IO_RETRIES,
-)
+@task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_refused, **IO_RETRIES)
 def promote(
     settings: Settings,
     model_name: str,
     version: str,
     compared: str | None,
     reason: str,
-    packaged: packaging.PackagedVersion,
+    packaged: PackagedVersion,
 ) -> None:
-    """Inside a strict global lock: re-read the alias (MLflow has no compare-and-set), point the
-    served bento/image at the new version, move the alias and append to the audit log.
-
-    If the alias cannot be moved, the served pointers go back to the previous champion.
-    """
-    lock = release.promotion_lock_name(model_name)
-    ensure_lock(lock)
-    get_run_logger().info("waiting for the promotion lock %s", lock)
-    with concurrency(lock, occupy=1, strict=True, timeout_seconds=300):
-        client = registry.configure(settings)
-        current = registry.current_champion(client, model_name, settings.champion_alias)
-        current_version = str(current.version) if current else None
-        actor = f"flow-run:{runtime.flow_run.id}" if runtime.flow_run.id else audit.default_actor()
-        image = packaged.image is not None
-        repository = settings.image_repository(model_name)
-        if current_version == version and compared != version:
-            # an earlier attempt of this task moved the alias, then failed (e.g. writing the
-            # audit record): finish that promotion instead of refusing our own move
-            packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
-        else:
-            release.check_champion_unchanged(current_version, compared, version)
-            previous = packaging.read_champion_pointer(settings)
-            packaging.publish_champion(settings, packaged.tag, image=image, repository=repository)
-            try:
-                registry.move_alias(client, model_name, settings.champion_alias, version)
-            except Exception:
-                if previous:
-                    _restore_served(settings, previous, image, repository)
-                raise
-        already = any(
-            m.action == "release" and m.to_version == version and m.actor == actor
-            for m in audit.history(client, model_name)
-        )
-        if not already:
-            audit.record_move(
-                client,
-                settings,
-                model_name=model_name,
-                alias=settings.champion_alias,
-                action="release",
-                from_version=compared,
-                to_version=version,
-                reason=reason,
-                actor=actor,
-            )
+    """Move ``champion`` to the version through the one champion move (lock, re-read, publish,
+    move, audit, undo on failure; a retry after the alias moved finishes the move)."""
+    get_run_logger().info("waiting for the promotion lock %s", promotion_lock_name(model_name))
+    actor = f"flow-run:{runtime.flow_run.id}" if runtime.flow_run.id else audit.default_actor()
+    champion.promote_release(
+        settings,
+        model_name,
+        version,
+        compared=compared,
+        reason=reason,
+        actor=actor,
+        image=packaged.image is not None,
+    )
 
 
-def _restore_served(settings: Settings, previous: str, image: bool, repository: str) -> None:
-    """Point the served bento (and ``latest`` image, when the previous one has an image) back."""
-    has_image = False
-    if image:
-        try:
-            packaging.image_facts(f"{repository}:{previous.partition(':')[2]}")
-            has_image = True
-        except packaging.PackagingError:
-            has_image = False  # the previous champion was released without an image
-    packaging.publish_champion(settings, previous, image=has_image, repository=repository)
+def _decision_artifact(name: str, description: str, **markdown: Any) -> None:
+    """The run's ``release-decision`` artifact."""
+    create_markdown_artifact(
+        key="release-decision",
+        markdown=release_markdown(model_name=name, **markdown),
+        description=description,
+    )
 
 
-def _resolve_inputs(
-    settings: Settings, data_path: str | None, spec_path: str | None
-) -> tuple[Path, FeatureSpec]:
-    spec = load_spec(spec_path) if spec_path else default_spec()
-    path = Path(data_path) if data_path else settings.default_data_path
-    if not path.exists():
-        hint = " (generate it with `make data`)" if not data_path else ""
-        raise FileNotFoundError(f"data file {path} does not exist{hint}")
-    return path, spec
+def _deliver(
+    settings: Settings,
+    name: str,
+    version: str,
+    splits: Splits,
+    spec: FeatureSpec,
+    build_image: bool,
+    decision: Decision,
+    champion_now: ChampionScore | None,
+    report: Callable[..., None],
+    step: Callable[[str], None],
+) -> tuple[str | None, dict[str, str]]:
+    """Package and promote a version that passed its gates; the refusal (if any) and facts."""
+    step(f"packaging {name} v{version}: bento store, bentoml build"
+         + (", containerize, smoke test" if build_image else " (IMAGE SKIPPED)"))  # fmt: skip
+    try:
+        packaged = package(settings, name, version, splits.holdout, spec, build_image)
+    except PackagingError as err:
+        tag_version(settings, name, version, {"release.outcome": "packaging_failed",
+                                              "release.error": str(err)[:4900]})  # fmt: skip
+        report("packaging failed", refused="packaging failed; the champion and its image are "
+               f"untouched:\n\n```\n{err}\n```")  # fmt: skip
+        raise
+    if packaged.image is None:
+        get_run_logger().warning("IMAGE NOT BUILT for %s: %s", packaged.tag, packaged.skipped)
+    compared = champion_now.version if champion_now else None
+    why = "; ".join(c.detail for c in decision.checks)
+    promoted = promote(settings, name, version, compared, why, packaged, return_state=True)
+    if not promoted.is_failed():
+        tag_version(settings, name, version, {"release.outcome": "released"})
+        return None, packaged.summary()
+    try:
+        promoted.result()
+    except champion.ChampionMoved as err:
+        tag_version(settings, name, version, {"release.outcome": "refused",
+                                              "release.refusal": str(err)})  # fmt: skip
+        return str(err), packaged.summary()
+    raise AssertionError("a failed promotion raises")  # pragma: no cover - result() raised
 
 
 @flow(
@@ -267,11 +254,9 @@ def train_and_release(
         build_image: containerize and smoke-test the bento before promotion; switch off only
             on machines without Docker (the run summary then says IMAGE NOT BUILT).
     """
-    logger = get_run_logger()
-    settings = Settings()
-    path, spec = _resolve_inputs(settings, data_path, spec_path)
+    logger, settings, started = get_run_logger(), Settings(), time.perf_counter()
+    path, spec = release.resolve_inputs(settings.default_data_path, data_path, spec_path)
     name = model_name or spec.name
-    started = time.perf_counter()
 
     def step(msg: str) -> None:
         logger.info("[%6.1fs] %s", time.perf_counter() - started, msg)
@@ -282,129 +267,55 @@ def train_and_release(
     result = validate_data(raw, spec)
     quarantine = save_quarantine(result, settings.quarantine_dir, digest)
     step(result.summary() + (f"\nquarantine file: {quarantine}" if quarantine else ""))
+
+    def stopped(err: Exception) -> dict[str, Any]:
+        facts = {"data": str(path), "quarantine file": str(quarantine or "none")}
+        return {"decision": None, "metrics": None, "champion": None, "facts": facts,
+                "stopped": f"```\n{err}\n```"}  # fmt: skip
+
     try:
         release.enforce_contract(result, policy)
     except release.ContractViolation as err:
-        create_markdown_artifact(
-            key="release-decision",
-            markdown=release_markdown(
-                model_name=name,
-                decision=None,
-                metrics=None,
-                champion=None,
-                facts={"data": str(path), "quarantine file": str(quarantine or "none")},
-                stopped=f"```\n{err}\n```",
-            ),
-            description=f"{name}: stopped by the data contract",
-        )
+        _decision_artifact(name, f"{name}: stopped by the data contract", **stopped(err))
         raise
-
     splits = split_data(result.valid, spec, holdout_fraction, validation_fraction)
-    sizes = {k: len(getattr(splits, k)) for k in ("train", "validation", "holdout")}
-    step(f"split {sizes}; training {params.classifier}")
+    step(f"split {tracking.split_sizes(splits)}; training {params.classifier}")
     candidate = train(splits, spec, params)
     step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")
     exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
     step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
-    champion = champion_score(settings, name, splits.holdout, spec)
-    decision = gate(candidate, exported, champion, policy)
+    champion_now = champion_score(settings, name, splits.holdout, spec)
+    decision = gate(candidate, exported, champion_now, policy)
     step(f"gate: {decision.outcome} {decision.reasons or ''}")
-
-    record = release.ReleaseRecord(
-        spec=spec,
-        params=params,
-        policy=policy,
-        data_path=str(path.resolve()),
-        data_digest=digest,
-        raw_rows=len(raw),
-        validation=result,
-        quarantine_path=str(quarantine) if quarantine else None,
-        splits_sizes=sizes,
-        candidate=candidate,
-        exported=exported,
-        champion=champion,
-        decision=decision,
-        git_commit=registry.git_commit(),
-        y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
+    record = tracking.build_record(
+        spec=spec, params=params, policy=policy, data_path=path, data_digest=digest,
+        raw_rows=len(raw), validation=result, quarantine=quarantine, splits=splits,
+        candidate=candidate, exported=exported, champion=champion_now, decision=decision,
         reference=snapshot(splits, candidate, spec, reference_rows),
-    )
+    )  # fmt: skip
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
-    version = register(settings, name, model_uri, run_id, release.version_tags(record, run_id))
+    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id))
+    facts = tracking.summary_facts(record, version, run_id, settings)
+
+    def report(outcome_text: str, refused: str | None = None) -> None:
+        _decision_artifact(name, f"{name} v{version}: {outcome_text}", decision=decision,
+                           metrics=candidate.metrics, champion=champion_now, facts=facts,
+                           refused=refused)  # fmt: skip
+
+    unchanged = decision.promote and champion_now is not None and champion_now.version == version
     refused = None
-    facts = release.summary_facts(record, version, run_id, settings)
-
-    def decision_artifact(outcome: str, refused: str | None) -> None:
-        create_markdown_artifact(
-            key="release-decision",
-            markdown=release_markdown(
-                model_name=name,
-                decision=decision,
-                metrics=candidate.metrics,
-                champion=champion,
-                facts=facts,
-                refused=refused,
-            ),
-            description=f"{name} v{version}: {outcome}",
-        )
-
-    unchanged = decision.promote and champion is not None and champion.version == version
-    if unchanged:
-        # a rerun with the same data and model found the version it registered before, and
-        # that version is already the champion: nothing to package or move
+    if unchanged:  # a rerun found the version it registered before, already the champion
         step(f"{name} v{version} is already the champion (same data digest and model)")
     elif decision.promote:
-        step(f"packaging {name} v{version}: bento store, bentoml build"
-             + (", containerize, smoke test" if build_image else " (IMAGE SKIPPED)"))  # fmt: skip
-        try:
-            packaged = package(settings, name, version, splits.holdout, spec, build_image)
-        except packaging.PackagingError as err:
-            tag_version(settings, name, version, {"release.outcome": "packaging_failed",
-                                                  "release.error": str(err)[:4900]})  # fmt: skip
-            decision_artifact(
-                "packaging failed",
-                f"packaging failed; the champion and its image are untouched:\n\n```\n{err}\n```",
-            )
-            raise
-        facts.update(packaged.summary())
-        if packaged.image is None:
-            logger.warning("IMAGE NOT BUILT for %s: %s", packaged.tag, packaged.skipped)
-        compared = champion.version if champion else None
-        why = "; ".join(c.detail for c in decision.checks)
-        promoted = promote(settings, name, version, compared, why, packaged, return_state=True)
-        if promoted.is_failed():
-            try:
-                promoted.result()
-            except release.ChampionMoved as err:
-                refused = str(err)
-                tag_version(settings, name, version, {"release.outcome": "refused",
-                                                      "release.refusal": refused})  # fmt: skip
-        else:
-            tag_version(settings, name, version, {"release.outcome": "released"})
-    outcome_name = "refused" if refused else "unchanged" if unchanged else decision.outcome
-    decision_artifact(outcome_name, refused)
-    outcome: dict[str, Any] = {
-        "model_name": name,
-        "version": version,
-        "run_id": run_id,
-        "outcome": outcome_name,
-        "reasons": [refused] if refused else decision.reasons,
-        "holdout_f1": candidate.metrics.f1,
-        "champion_version": version
-        if outcome_name == "promote"
-        else (champion and champion.version),
-    }
-    step(f"{name} v{version}: {outcome_name}")
-    if refused:
-        return Completed(name="Refused", message=refused, data=outcome)
-    if unchanged:
-        return Completed(
-            name="Unchanged", message=f"{name} v{version} is already the champion", data=outcome
-        )
-    if decision.promote:
-        return Completed(message=f"{name} v{version} promoted to champion", data=outcome)
-    return Completed(
-        name="Blocked",
-        message=f"{name} v{version} blocked: " + "; ".join(decision.reasons),
-        data=outcome,
-    )
+        refused, packaged_facts = _deliver(settings, name, version, splits, spec, build_image,
+                                           decision, champion_now, report, step)  # fmt: skip
+        facts.update(packaged_facts)
+    result_data = outcome.outcome_data(
+        model_name=name, version=version, run_id=run_id, decision=decision,
+        holdout_f1=candidate.metrics.f1, champion=champion_now, refused=refused,
+        unchanged=unchanged,
+    )  # fmt: skip
+    report(result_data["outcome"], refused)
+    step(f"{name} v{version}: {result_data['outcome']}")
+    return outcome.final_state(result_data, decision)

@@ -86,11 +86,6 @@ class Settings(BaseSettings):
         return self.home / "bentoml"
 
     @property
-    def champion_pointer(self) -> Path:
-        """File holding the served champion's tag, ``<model>:v<version>`` (store and bento)."""
-        return self.bentoml_home / "champion_tag"
-
-    @property
     def packaging_dir(self) -> Path:
         """Build, containerize and smoke-test logs of each packaged version."""
         return self.home / "packaging"

@@ -21,12 +21,11 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from data_contracts.artifacts import ONNX_FILE, SPEC_FILE
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import PROJECT_ROOT, Settings
 from flows.training.onnx_export import sha256
 
-ONNX_FILE = "model.onnx"
-SPEC_FILE = "feature_spec.json"
 SPEC_IN_MODEL = f"extra_files/{SPEC_FILE}"  # where mlflow puts extra_files
 MODEL_NAME_IN_RUN = "onnx_model"
 
@@ -229,3 +228,12 @@ def register_version(
 def move_alias(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
     client.set_registered_model_alias(model_name, alias, version)
+
+
+def set_version_tags(
+    settings: Settings, model_name: str, version: str, tags: dict[str, str]
+) -> None:
+    """Set (overwrite) tags on a registered version, e.g. the release outcome."""
+    client = configure(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)

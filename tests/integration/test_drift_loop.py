@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.delivery import registry
-from flows.delivery.packaging import request_records
+from flows.delivery.smoke import request_records
 from tests.drift_support import Inbox, free_port
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,10 @@ import pytest
 
 from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureSpec
+from flows.core import http
 from flows.core.settings import Settings
-from flows.delivery import packaging as pk
-from flows.delivery import registry
+from flows.delivery import container as images
+from flows.delivery import errors, packaging, publish, registry, smoke, store
 from flows.training.onnx_export import export_onnx, sha256
 from flows.training.release import train_candidate
 from flows.training.train import TrainParams, split
@@ -35,9 +36,9 @@ MODEL = "fraud-detector"
 @dataclass(frozen=True)
 class Released:
     settings: Settings
-    stored: pk.StoredModel
-    facts: pk.ImageFacts
-    case: pk.SmokeCase
+    stored: store.StoredModel
+    facts: images.ImageFacts
+    case: smoke.SmokeCase
     repository: str
 
 
@@ -73,13 +74,15 @@ def released(docker_engine, tmp_path_factory, spec: FeatureSpec, small_data) -> 
 
     repository = f"{MODEL}-it-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    packaged = pk.package_version(settings, MODEL, "1", splits.holdout, spec, repository=repository)
+    packaged = packaging.package_version(
+        settings, MODEL, "1", splits.holdout, spec, repository=repository
+    )
     elapsed = time.perf_counter() - started
     assert packaged.image is not None and packaged.smoke is not None
     facts = packaged.image
     print(f"\nimport + build + containerize + smoke test: {elapsed:.1f} s; {packaged.summary()}")
-    stored = pk.import_registered_version(settings, MODEL, "1")  # a no-op the second time
-    case = pk.make_smoke_case(model_bytes, spec, splits.holdout, candidate.threshold)
+    stored = store.import_registered_version(settings, MODEL, "1")  # a no-op the second time
+    case = smoke.make_smoke_case(model_bytes, spec, splits.holdout, candidate.threshold)
     try:
         yield Released(settings, stored, facts, case, repository)
     finally:
@@ -128,33 +131,33 @@ def test_serving_stack_is_in_the_image(released: Released):
 
 def test_smoke_test_passes_and_then_latest_moves(released: Released):
     settings = released.settings
-    report = pk.smoke_test(settings, released.facts.ref, released.case, model_version="1")
+    report = smoke.smoke_test(settings, released.facts.ref, released.case, model_version="1")
     assert report.records == len(released.case.records)
     assert report.max_abs_diff <= 1e-6
     print(f"\nstart to ready {report.start_to_ready_s:.2f} s, max |dp| {report.max_abs_diff:.1e}")
 
-    pk.publish_champion(settings, released.stored.tag, repository=released.repository)
-    latest = pk.image_facts(f"{released.repository}:latest")
+    publish.publish_champion(settings, released.stored.tag, repository=released.repository)
+    latest = images.image_facts(f"{released.repository}:latest")
     assert latest.image_id == released.facts.image_id
-    assert pk.read_champion_pointer(settings) == "fraud-detector:v1"
+    assert publish.read_champion(settings, MODEL) == "fraud-detector:v1"
     assert (settings.bentoml_home / "bentos" / MODEL / "latest").read_text() == "v1"
 
 
 def test_running_container_answers_and_refuses_bad_input(released: Released, tmp_path: Path):
-    with pk.run_container(released.facts.ref, tmp_path / "container.log") as container:
+    with images.run_container(released.facts.ref, tmp_path / "container.log") as container:
         container.wait_ready(60)
         record = dict(released.case.records[0])
-        status, reply = pk.http_json("POST", f"{container.base_url}/predict", record)
+        status, reply = http.http_json("POST", f"{container.base_url}/predict", record)
         assert status == 200, reply
         assert reply["model_version"] == "1"
         assert reply["fraud_probability"] == pytest.approx(released.case.probabilities[0], abs=1e-6)
 
         del record["amount"]
-        status, reply = pk.http_json("POST", f"{container.base_url}/predict", record)
+        status, reply = http.http_json("POST", f"{container.base_url}/predict", record)
         assert status == 422
         assert "amount" in str(reply)
 
-        status, metrics = pk.http_json("GET", f"{container.base_url}/metrics")
+        status, metrics = http.http_json("GET", f"{container.base_url}/metrics")
         assert status == 200
         assert "bentoml" in str(metrics)
 
@@ -177,7 +180,7 @@ def test_failed_smoke_test_names_the_mismatch_and_cleans_up(released: Released):
     before = subprocess.run(
         ["docker", "ps", "-a", "-q"], capture_output=True, text=True, check=True
     ).stdout.split()
-    wrong = pk.SmokeCase(
+    wrong = smoke.SmokeCase(
         records=released.case.records[:4],
         probabilities=[min(1.0, p + 0.01) for p in released.case.probabilities[:4]],
         threshold=released.case.threshold,
@@ -188,8 +191,8 @@ def test_failed_smoke_test_names_the_mismatch_and_cleans_up(released: Released):
         text=True,
         check=False,
     ).stdout.strip()
-    with pytest.raises(pk.SmokeTestError) as err:
-        pk.smoke_test(released.settings, released.facts.ref, wrong, model_version="1")
+    with pytest.raises(errors.SmokeTestError) as err:
+        smoke.smoke_test(released.settings, released.facts.ref, wrong, model_version="1")
     message = str(err.value)
     assert "image smoke test failed" in message
     assert "record 0: probability" in message

@@ -269,7 +269,7 @@ def test_two_runs_at_once_one_promotion_and_one_clear_refusal(stack, data, mlflo
     assert client.get_model_version(MODEL, winner).tags["release.outcome"] == "released"
     moves = audit.history(client, MODEL)
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [("release", None, winner)]
-    pointer = stack.home / "bentoml" / "champion_tag"
+    pointer = stack.home / "bentoml" / "champions" / MODEL
     assert pointer.read_text().strip() == f"{MODEL}:v{winner}"
 
 

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cli import ops
+from data_contracts import artifacts
+from flows.core import http
 from flows.core.settings import Settings
-from flows.delivery import audit, registry
-from flows.delivery import packaging as pk
+from flows.delivery import audit, publish, registry, rollback, smoke
+from flows.delivery import container as images
 from flows.train_and_release import train_and_release
 from flows.training.train import TrainParams
 
@@ -29,7 +30,7 @@ MODEL = "fraud-detector"
 
 
 def image_id(ref: str) -> str:
-    return pk.image_facts(ref).image_id
+    return images.image_facts(ref).image_id
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def released(tmp_path_factory, small_data, docker_engine) -> Iterator[tuple[Sett
             assert state.is_completed(), state.message
         settings = Settings(home=home)
         try:
-            pk.containerize_with_retries(settings, f"{MODEL}:v1", repository=repository)
+            images.containerize_with_retries(settings, f"{MODEL}:v1", repository=repository)
             yield settings, repository
         finally:
             for tag in ("v1", "v2", "latest"):
@@ -67,29 +68,29 @@ def test_rollback_reuses_the_image_then_rebuilds_a_missing_one(
     settings, repository = released
     v1 = image_id(f"{repository}:v1")
 
-    back = ops.rollback(
+    back = rollback.rollback(
         settings, MODEL, "1", "incident 42", "user:oncall", image=True, repository=repository
     )
     assert back.image_repointed
     assert f"image: reused {repository}:v1, tagged {repository}:latest" in back.notes
     assert image_id(f"{repository}:latest") == v1
-    assert pk.read_champion_pointer(settings) == "fraud-detector:v1"
+    assert publish.read_champion(settings, MODEL) == "fraud-detector:v1"
 
-    forward = ops.rollback(settings, MODEL, "2", "fixed", image=True, repository=repository)
+    forward = rollback.rollback(settings, MODEL, "2", "fixed", image=True, repository=repository)
     assert forward.image_repointed
     assert any(f"{repository}:v2 was missing and has been rebuilt" in n for n in forward.notes)
     v2 = image_id(f"{repository}:v2")
     assert v2 != v1 and image_id(f"{repository}:latest") == v2
-    assert pk.image_facts(f"{repository}:latest").labels["model_version"] == "2"
+    assert images.image_facts(f"{repository}:latest").labels["model_version"] == "2"
 
     client = registry.configure(settings)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
     moves = [(m.action, m.from_version, m.to_version) for m in audit.history(client, MODEL)]
     assert moves[-2:] == [("rollback", "2", "1"), ("rollback", "1", "2")]
 
-    record = pk.request_records(small_data.head(1), spec)[0]
-    with pk.run_container(f"{repository}:latest", tmp_path / "latest.log") as container:
+    record = smoke.request_records(small_data.head(1), spec)[0]
+    with images.run_container(f"{repository}:latest", tmp_path / "latest.log") as container:
         container.wait_ready(90)
-        status, reply = pk.http_json("POST", f"{container.base_url}/predict", record)
+        status, reply = http.http_json("POST", f"{container.base_url}/predict", record)
     assert status == 200, reply
-    assert str(reply[pk.VERSION_FIELD]) == "2"
+    assert str(reply[artifacts.VERSION_FIELD]) == "2"

@@ -14,7 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 from data_contracts.spec import load_spec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.core.settings import Settings
-from flows.delivery import audit, packaging, registry
+from flows.delivery import audit, publish, registry
 from flows.train_and_release import train_and_release
 from flows.training.gate import GatePolicy
 from flows.training.onnx_export import onnx_predict_proba, onnx_session, sha256
@@ -62,7 +62,7 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     }
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["data_digest"]
 
-    assert packaging.read_champion_pointer(Settings(home=fraud_home)) == "fraud-detector:v1"
+    assert publish.read_champion(Settings(home=fraud_home), "fraud-detector") == "fraud-detector:v1"
     assert champion.tags["release.outcome"] == "released"
     moves = audit.history(client, "fraud-detector")
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [("release", None, "1")]
@@ -78,7 +78,7 @@ def test_release_then_blocked_candidate_leaves_the_alias(fraud_home, data_file):
     assert "champion v1" in blocked.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
     assert len(audit.history(client, "fraud-detector")) == 1  # a blocked run moves nothing
-    assert packaging.read_champion_pointer(Settings(home=fraud_home)) == "fraud-detector:v1"
+    assert publish.read_champion(Settings(home=fraud_home), "fraud-detector") == "fraud-detector:v1"
 
 
 def test_bring_your_own_data_and_spec(fraud_home):

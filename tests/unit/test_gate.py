@@ -60,7 +60,7 @@ def test_every_failed_check_is_listed():
 
 
 def test_promotion_refused_when_the_champion_moved():
-    from flows.training.release import ChampionMoved, check_champion_unchanged
+    from flows.delivery.champion import ChampionMoved, check_champion_unchanged
 
     check_champion_unchanged("3", "3", "5")
     check_champion_unchanged(None, None, "1")

@@ -5,7 +5,6 @@ here and for real in tests/integration/test_rollback_image.py."""
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import ops
 from flows.core.settings import Settings
-from flows.delivery import audit, locks, packaging, registry
+from flows.delivery import audit, container, locks, publish, registry, rollback
+from flows.delivery.store import bento_store, model_store
 from flows.train_and_release import train_and_release
 from flows.training.train import TrainParams
 
@@ -62,7 +62,7 @@ def champion(settings: Settings) -> str:
 def state_of(settings: Settings) -> tuple[str, str | None, int]:
     """Alias, pointer file and number of audit entries: what a refusal must leave alone."""
     moves = audit.history(client_of(settings), MODEL)
-    return champion(settings), packaging.read_champion_pointer(settings), len(moves)
+    return champion(settings), publish.read_champion(settings, MODEL), len(moves)
 
 
 def test_setup_has_two_released_versions_and_one_blocked(settings):
@@ -72,7 +72,7 @@ def test_setup_has_two_released_versions_and_one_blocked(settings):
     }
     assert outcomes == {"1": "promote", "2": "promote", "3": "blocked"}
     assert champion(settings) == "2"
-    assert packaging.read_champion_pointer(settings) == "fraud-detector:v2"
+    assert publish.read_champion(settings, MODEL) == "fraud-detector:v2"
     moves = audit.history(client_of(settings), MODEL)[:2]
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [
         ("release", None, "1"),
@@ -82,20 +82,22 @@ def test_setup_has_two_released_versions_and_one_blocked(settings):
 
 def test_rollback_and_forward_again_rebuilding_a_missing_bento(settings):
     bentos, models = (
-        packaging._bento_store(settings.bentoml_home),
-        packaging._model_store(settings.bentoml_home),
+        bento_store(settings.bentoml_home),
+        model_store(settings.bentoml_home),
     )
     bentos.delete("fraud-detector:v1")  # the store lost v1: the rollback must rebuild it
     models.delete("fraud-detector:v1")
     assert not bentos.list("fraud-detector:v1")
 
-    result = ops.rollback(settings, MODEL, 1, "v2 flags too many refunds", "user:oncall", False)
+    result = rollback.rollback(
+        settings, MODEL, 1, "v2 flags too many refunds", "user:oncall", False
+    )
 
     assert (result.from_version, result.to_version, result.tag) == ("2", "1", "fraud-detector:v1")
     assert not result.image_repointed
     assert any("IMAGE NOT RE-POINTED" in n and "--no-image" in n for n in result.notes)
     assert champion(settings) == "1"
-    assert packaging.read_champion_pointer(settings) == "fraud-detector:v1"
+    assert publish.read_champion(settings, MODEL) == "fraud-detector:v1"
     for store in ("models", "bentos"):
         assert (settings.bentoml_home / store / MODEL / "latest").read_text() == "v1"
     assert bentos.list("fraud-detector:v1") and models.list("fraud-detector:v1")
@@ -109,10 +111,10 @@ def test_rollback_and_forward_again_rebuilding_a_missing_bento(settings):
     run = client_of(settings).get_run(result.audit_run_id)
     assert run.data.tags["audit.action"] == "rollback"
 
-    forward = ops.rollback(settings, MODEL, "2", "v2 fixed", image=False)
+    forward = rollback.rollback(settings, MODEL, "2", "v2 fixed", image=False)
     assert (forward.from_version, forward.to_version) == ("1", "2")
     assert state_of(settings) == ("2", "fraud-detector:v2", 4)
-    lines = [m.line() for m in ops.alias_history(settings, MODEL)]
+    lines = [m.line() for m in rollback.alias_history(settings, MODEL)]
     assert [line.split()[2] for line in lines] == ["release", "release", "rollback", "rollback"]
     assert "v2 -> v1" in lines[2] and "user:oncall" in lines[2] and "v1 -> v2" in lines[3]
     assert lines[3].split("by ")[1].startswith("user:")
@@ -128,8 +130,8 @@ def test_rollback_and_forward_again_rebuilding_a_missing_bento(settings):
 )
 def test_refusals_move_nothing(settings, version, message):
     before = state_of(settings)
-    with pytest.raises(ops.RollbackRefused, match=re.escape(message)):
-        ops.rollback(settings, MODEL, version, "try", image=False)
+    with pytest.raises(rollback.RollbackRefused, match=re.escape(message)):
+        rollback.rollback(settings, MODEL, version, "try", image=False)
     assert state_of(settings) == before
 
 
@@ -140,9 +142,9 @@ def test_packaging_failed_version_is_refused(settings):
     try:
         before = state_of(settings)
         with pytest.raises(
-            ops.RollbackRefused, match=re.escape("release.outcome=packaging_failed")
+            rollback.RollbackRefused, match=re.escape("release.outcome=packaging_failed")
         ):
-            ops.rollback(settings, MODEL, "1", "try", image=False)
+            rollback.rollback(settings, MODEL, "1", "try", image=False)
         assert state_of(settings) == before
     finally:
         client.set_model_version_tag(MODEL, "1", "release.outcome", "released")
@@ -150,7 +152,7 @@ def test_packaging_failed_version_is_refused(settings):
 
 def test_not_a_version_number_is_refused(settings):
     with pytest.raises(ValueError, match="positive integers"):
-        ops.rollback(settings, MODEL, "latest", "try", image=False)
+        rollback.rollback(settings, MODEL, "latest", "try", image=False)
 
 
 def test_rollback_waits_for_the_release_lock(settings):
@@ -169,7 +171,7 @@ def test_rollback_waits_for_the_release_lock(settings):
         assert held.wait(30)
         before = state_of(settings)
         with pytest.raises(TimeoutError):
-            ops.rollback(settings, MODEL, "1", "try", image=False, lock_timeout_s=3)
+            rollback.rollback(settings, MODEL, "1", "try", image=False, lock_timeout_s=3)
         assert state_of(settings) == before
     finally:
         release_it.set()
@@ -197,50 +199,52 @@ def test_cli_history_and_refusal_exit_codes(settings, capsys):
 # --------------------------------------------------------------------------- image plan (mocked)
 
 
-def _fake_docker(existing: set[str], calls: list[tuple[str, ...]]):
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        calls.append(args)
-        code = 0 if args[:2] != ("image", "inspect") or args[2] in existing else 1
-        return subprocess.CompletedProcess(["docker", *args], code, "", "")
-
-    return run
-
-
-def test_image_plan_reuses_the_versions_image(monkeypatch, tmp_path):
-    calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(packaging, "docker_status", lambda: (True, "Docker engine 1"))
-    monkeypatch.setattr(packaging, "_docker", _fake_docker({"fraud-detector:v4"}, calls))
-    monkeypatch.setattr(
-        packaging, "containerize_with_retries", lambda *a, **k: pytest.fail("must not build")
+def test_image_plan_reuses_the_versions_image(tmp_path):
+    calls: list[str] = []
+    plan = rollback.plan_image(
+        Settings(home=tmp_path),
+        "fraud-detector:v4",
+        want=True,
+        docker_status=lambda: (True, "Docker engine 1"),
+        image_exists=lambda ref: calls.append(ref) or ref == "fraud-detector:v4",
+        containerize=lambda *a, **k: pytest.fail("must not build"),
     )
-    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
     assert plan.repoint and not plan.built
     assert plan.note == "image: reused fraud-detector:v4, tagged fraud-detector:latest"
-    assert calls == [("image", "inspect", "fraud-detector:v4")]
+    assert calls == ["fraud-detector:v4"]
 
 
-def test_image_plan_builds_a_missing_image(monkeypatch, tmp_path):
+def test_image_plan_builds_a_missing_image(tmp_path):
     built: list[str] = []
 
     def containerize(settings, tag, *, repository=None):
         built.append(tag)
-        return packaging.ImageFacts(
+        return container.ImageFacts(
             f"{repository or 'fraud-detector'}:v4", "sha256:x", 5e8, "u", {}
         )
 
-    monkeypatch.setattr(packaging, "docker_status", lambda: (True, "Docker engine 1"))
-    monkeypatch.setattr(packaging, "_docker", _fake_docker(set(), []))
-    monkeypatch.setattr(packaging, "containerize_with_retries", containerize)
-    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
+    plan = rollback.plan_image(
+        Settings(home=tmp_path),
+        "fraud-detector:v4",
+        want=True,
+        docker_status=lambda: (True, "Docker engine 1"),
+        image_exists=lambda ref: False,
+        containerize=containerize,
+    )
     assert plan.repoint and plan.built and built == ["fraud-detector:v4"]
     assert "fraud-detector:v4 was missing and has been rebuilt" in plan.note
     assert "500 MB" in plan.note
 
 
-def test_image_plan_without_docker_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(packaging, "docker_status", lambda: (False, "the docker client is gone"))
-    monkeypatch.setattr(packaging, "_docker", lambda *a, **k: pytest.fail("no docker calls"))
-    plan = ops.plan_image(Settings(home=tmp_path), "fraud-detector:v4", want=True)
+def test_image_plan_without_docker_says_so(tmp_path):
+    plan = rollback.plan_image(
+        Settings(home=tmp_path),
+        "fraud-detector:v4",
+        want=True,
+        docker_status=lambda: (False, "the docker client is gone"),
+        image_exists=lambda ref: pytest.fail("no docker calls"),
+        containerize=lambda *a, **k: pytest.fail("no docker calls"),
+    )
     assert not plan.repoint
     assert plan.note.startswith("IMAGE NOT RE-POINTED: Docker is unavailable")
     assert "the docker client is gone" in plan.note and "fraud-detector:latest" in plan.note

@@ -36,7 +36,8 @@ from bento.runtime import (
     load_runtime,
     verify_files,
 )
-from bento.store import MODEL_FILE, SPEC_FILE
+from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
+from data_contracts.artifacts import SPEC_FILE
 
 BENTO_DIR = Path(__file__).resolve().parents[2] / "bento"
 MAX_BATCH = 20

@@ -10,15 +10,9 @@ import pytest
 from serving_support import train_tiny_model
 
 from bento.runtime import FeatureEncoder, ModelLoadError, example_record, load_runtime
-from bento.store import (
-    MODEL_FILE,
-    SPEC_FILE,
-    ModelNotFoundError,
-    bento_root,
-    pointer_path,
-    resolve_model_tag,
-    sha256_file,
-)
+from bento.store import ModelNotFoundError, bento_root, resolve_model_tag, sha256_file
+from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
+from data_contracts.artifacts import SPEC_FILE, write_champion_pointer
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +123,30 @@ def test_tag_from_env_then_pointer(tmp_path):
     env.pop("FRAUD_MODEL_TAG")
     with pytest.raises(ModelNotFoundError, match="no champion pointer"):
         resolve_model_tag(env)
-    pointer_path(tmp_path).parent.mkdir(parents=True)
-    pointer_path(tmp_path).write_text("fraud-detector:v5\n")
+    write_champion_pointer(tmp_path / "bentoml", "fraud-detector:v5")
     assert resolve_model_tag(env) == "fraud-detector:v5"
+
+
+def test_a_checkout_serves_the_fraud_champion_unless_another_model_is_named(tmp_path):
+    """Pointers are per model: another model's release never changes what card traffic gets."""
+    write_champion_pointer(tmp_path / "bentoml", "fraud-detector:v5")
+    write_champion_pointer(tmp_path / "bentoml", "credit-risk:v2")
+    env = {"FRAUD_HOME": str(tmp_path)}
+    assert resolve_model_tag(env) == "fraud-detector:v5"
+    assert resolve_model_tag({**env, "FRAUD_MODEL_NAME": "credit-risk"}) == "credit-risk:v2"
+    with pytest.raises(ModelNotFoundError, match="other-model has no champion pointer"):
+        resolve_model_tag({**env, "FRAUD_MODEL_NAME": "other-model"})
+
+
+def test_legacy_shared_pointer_counts_for_its_own_model_only(tmp_path):
+    (tmp_path / "bentoml").mkdir()
+    (tmp_path / "bentoml" / "champion_tag").write_text("credit-risk:v2\n")
+    env = {"FRAUD_HOME": str(tmp_path)}
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_tag(env)  # never the credit model for card traffic
+    assert resolve_model_tag({**env, "FRAUD_MODEL_NAME": "credit-risk"}) == "credit-risk:v2"
+    write_champion_pointer(tmp_path / "bentoml", "credit-risk:v3")  # the per-model file wins
+    assert resolve_model_tag({**env, "FRAUD_MODEL_NAME": "credit-risk"}) == "credit-risk:v3"
 
 
 def test_bento_serves_its_packed_model_only(tmp_path):

@@ -1,0 +1,173 @@
+"""Facts about model artifacts that the release flows and the bento must agree on, defined once.
+
+The flows write them (import into the BentoML store, build, publish, roll back) and the bento
+reads them (which model to serve, its files, its answers), in different processes and images.
+Standard library only: the bento image has no training libraries and imports this module.
+
+- Artifact files and metadata: a stored model ``<model>:v<N>`` holds :data:`ONNX_FILE` and
+  :data:`SPEC_FILE`; its metadata keys are :data:`META_KEYS`; its labels :data:`LABEL_KEYS`.
+- Tags: ``<model>:v<N>`` names the stored model, the bento and the image of MLflow version N.
+- The champion pointer: one file per model, ``<BENTOML_HOME>/champions/<model>``, holding the
+  served champion's tag; the release and rollback write it atomically, ``bentoml serve`` from a
+  checkout reads it. (Before, one file ``champion_tag`` held the tag of whichever model was
+  released last; it is still read for its own model only, so homes released before the change
+  keep serving until their next release.)
+- The answers of ``/predict`` and ``/predict_batch``: the response field names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+# --------------------------------------------------------------------------- artifact files
+
+ONNX_FILE = "model.onnx"
+SPEC_FILE = "feature_spec.json"
+# the drift reference snapshot in each training run (written by the release, read by drift)
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+# metadata of a stored model (BentoML model store)
+META_THRESHOLD = "threshold"
+META_SHA256 = "sha256"
+META_SPEC_HASH = "spec_hash"
+META_MODEL_VERSION = "model_version"
+META_KEYS = (META_THRESHOLD, META_SHA256, META_SPEC_HASH, META_MODEL_VERSION)
+# labels of a stored model and its bento and image: where it came from
+LABEL_KEYS = ("model_name", "model_version", "run_id", "spec_hash", "data_digest", "git_commit")
+
+# --------------------------------------------------------------------------- environment
+
+MODEL_TAG_ENV = "FRAUD_MODEL_TAG"  # serve exactly this stored model
+MODEL_NAME_ENV = "FRAUD_MODEL_NAME"  # serve this model's champion (default DEFAULT_MODEL_NAME)
+HOME_ENV = "FRAUD_HOME"
+DEFAULT_MODEL_NAME = "fraud-detector"  # the shipped spec's name (a test checks they agree)
+
+# --------------------------------------------------------------------------- response fields
+
+REQUEST_ID = "request_id"
+TRANSACTION_ID = "transaction_id"
+SCORE_FIELD = "fraud_probability"
+DECISION_FIELD = "is_fraud"
+THRESHOLD_FIELD = "threshold"
+VERSION_FIELD = "model_version"
+PREDICTIONS_FIELD = "predictions"
+RECORDS_FIELD = "records"
+PREDICTION_FIELDS = (
+    REQUEST_ID,
+    TRANSACTION_ID,
+    SCORE_FIELD,
+    DECISION_FIELD,
+    THRESHOLD_FIELD,
+    VERSION_FIELD,
+)
+
+# --------------------------------------------------------------------------- tags
+
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+
+def version_label(version: str | int) -> str:
+    """The store, bento and image version for an MLflow version: ``"3"`` -> ``"v3"``."""
+    text = str(version).strip()
+    if not text.isdigit():
+        raise ValueError(f"MLflow model versions are positive integers, got {version!r}")
+    return f"v{int(text)}"
+
+
+def check_name(model_name: str) -> str:
+    """A model name usable as BentoML model, bento and Docker repository name (lowercase)."""
+    if not _NAME_RE.match(model_name) or len(model_name) > 63:
+        raise ValueError(
+            f"model name {model_name!r} must be lowercase letters, digits and single '.', '_' "
+            "or '-' between them (it names the bento and the Docker image)"
+        )
+    return model_name
+
+
+def store_tag(model_name: str, version: str | int) -> str:
+    """Tag of the model in the BentoML model store, and of the bento: ``fraud-detector:v3``."""
+    return f"{check_name(model_name)}:{version_label(version)}"
+
+
+def image_tag(model_name: str, version: str | int) -> str:
+    """Docker image of a version: ``fraud-detector:v3``."""
+    return f"{check_name(model_name)}:{version_label(version)}"
+
+
+def latest_image_tag(model_name: str) -> str:
+    """The moving Docker tag of the champion's image: ``fraud-detector:latest``."""
+    return f"{check_name(model_name)}:latest"
+
+
+def parse_tag(tag: str) -> tuple[str, str]:
+    """``"fraud-detector:v3"`` -> ``("fraud-detector", "3")``; ValueError for anything else."""
+    name, _, label = tag.strip().partition(":")
+    check_name(name)
+    if not label.startswith("v") or not label[1:].isdigit():
+        raise ValueError(f"a model tag must look like '<model>:v<version>', got {tag!r}")
+    return name, str(int(label[1:]))
+
+
+# --------------------------------------------------------------------------- champion pointer
+
+CHAMPIONS_DIR = "champions"
+LEGACY_POINTER_FILE = "champion_tag"  # one file for every model: read for migration only
+
+
+def pointer_path(bentoml_home: Path, model_name: str) -> Path:
+    """Where the served champion of ``model_name`` is recorded: ``champions/<model>``."""
+    return bentoml_home / CHAMPIONS_DIR / check_name(model_name)
+
+
+def _read_stripped(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def read_champion_pointer(bentoml_home: Path, model_name: str) -> str | None:
+    """The champion tag of ``model_name`` recorded by the last release or rollback, or None.
+
+    A home released before pointers were per model has only the shared legacy file; its tag
+    counts only when it names this model (never another model's champion).
+    """
+    tag = _read_stripped(pointer_path(bentoml_home, model_name))
+    if tag is not None:
+        return tag
+    legacy = _read_stripped(bentoml_home / LEGACY_POINTER_FILE)
+    if legacy is not None and legacy.partition(":")[0] == model_name:
+        return legacy
+    return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: readers see the old or the new content only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_champion_pointer(bentoml_home: Path, tag: str) -> Path:
+    """Record ``tag`` (``<model>:v<N>``) as its model's served champion, atomically; the file."""
+    name, _ = parse_tag(tag)
+    path = pointer_path(bentoml_home, name)
+    write_atomic(path, tag.strip() + "\n")
+    return path
+
+
+def clear_champion_pointer(bentoml_home: Path, model_name: str) -> None:
+    """Forget ``model_name``'s champion (undo of a first release whose alias did not move)."""
+    pointer_path(bentoml_home, model_name).unlink(missing_ok=True)

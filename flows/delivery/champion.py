@@ -1,0 +1,156 @@
+"""The one way the ``champion`` alias moves (release, rollback, and anything later).
+
+:func:`move_champion`, inside the model's lock (:mod:`flows.delivery.locks`):
+
+1. re-reads the alias: MLflow has no compare-and-set, so the move is refused
+   (:class:`ChampionMoved`) when the champion is not the one the caller decided against;
+2. publishes the version to serving (``latest`` image, stores' ``latest``, the model's pointer);
+3. moves the alias; if publishing or the alias move fails, serving is put back exactly as it
+   was (pointer, stores' ``latest``, ``latest`` image) and the error propagates;
+4. appends the move to the audit log.
+
+Idempotent when retried: if an earlier attempt of the same move got the alias moved and then
+failed (e.g. writing the audit record), the retry finds the alias on its version, publishes
+again (harmless) and writes the audit record only if it is still missing, instead of refusing
+its own move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from data_contracts.artifacts import store_tag
+from flows.core.settings import Settings
+from flows.delivery import audit, locks, registry
+from flows.delivery.publish import publish_champion, restore_served, served_state
+
+Lock = Callable[..., AbstractContextManager[object]]
+
+
+class ChampionMoved(RuntimeError):
+    """The champion changed since the caller decided: moving now would skip that decision."""
+
+    def __init__(self, message: str, current: str | None = None, expected: str | None = None):
+        super().__init__(message)
+        self.current = current
+        self.expected = expected
+
+
+def check_champion_unchanged(current: str | None, compared: str | None, candidate: str) -> None:
+    """Refuse to promote when the champion is no longer the one the candidate was gated against."""
+    if current != compared:
+        raise ChampionMoved(
+            f"candidate v{candidate} not promoted: it was compared against champion "
+            f"{'v' + compared if compared else '(none)'}, but the champion is now "
+            f"{'v' + current if current else '(none)'}; rerun to gate against the new champion",
+            current,
+            compared,
+        )
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    """One move of ``champion`` to ``version``, decided while ``expected`` was the champion."""
+
+    model_name: str
+    version: str
+    expected: str | None
+    action: str  # "release" or "rollback": the audit log's action
+    reason: str
+    actor: str
+    image: bool = True  # re-tag the ``latest`` image (False: stores and pointer only)
+    repository: str | None = None  # image repository; default: the settings' for the model
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """A finished move: from which version, the served tag, and its audit record."""
+
+    from_version: str | None
+    to_version: str
+    tag: str
+    audit_run_id: str | None  # None: a retry found the move already audited
+    resumed: bool  # a retry finished a move an earlier attempt had started
+
+
+def _audited(client: object, request: MoveRequest) -> bool:
+    """Whether the newest audit record of the model is exactly this move."""
+    moves = audit.history(client, request.model_name)  # type: ignore[arg-type]
+    if not moves:
+        return False
+    last = moves[-1]
+    return (last.action, last.from_version, last.to_version, last.actor) == (
+        request.action,
+        request.expected,
+        request.version,
+        request.actor,
+    )
+
+
+def move_champion(
+    settings: Settings,
+    request: MoveRequest,
+    *,
+    lock: Lock = locks.promotion_lock,
+    lock_timeout_s: float = locks.LOCK_TIMEOUT_S,
+) -> MoveResult:
+    """Move the champion as the module docstring says; returns what moved.
+
+    Raises :class:`ChampionMoved` (nothing changed) when the alias is no longer on
+    ``request.expected``; any other error after a failed publish or alias move, with serving
+    restored; ``lock`` is the model's lock (a seam for tests without a Prefect server).
+    """
+    name, version = request.model_name, str(request.version)
+    tag = store_tag(name, version)
+    repository = request.repository or settings.image_repository(name)
+    alias = settings.champion_alias
+    with lock(name, timeout_seconds=lock_timeout_s):
+        client = registry.configure(settings)
+        current = registry.current_champion(client, name, alias)
+        current_version = str(current.version) if current else None
+        resumed = current_version == version and request.expected != version
+        if resumed:
+            publish_champion(settings, tag, image=request.image, repository=repository)
+        else:
+            check_champion_unchanged(current_version, request.expected, version)
+            before = served_state(settings, name, image=request.image, repository=repository)
+            try:
+                publish_champion(settings, tag, image=request.image, repository=repository)
+                registry.move_alias(client, name, alias, version)
+            except BaseException as err:
+                for problem in restore_served(settings, before):
+                    err.add_note(problem)
+                raise
+        run_id = None
+        if not (resumed and _audited(client, request)):
+            run_id = audit.record_move(
+                client,
+                settings,
+                model_name=name,
+                alias=alias,
+                action=request.action,
+                from_version=request.expected,
+                to_version=version,
+                reason=request.reason,
+                actor=request.actor,
+            )
+    return MoveResult(request.expected, version, tag, run_id, resumed)
+
+
+def promote_release(
+    settings: Settings,
+    model_name: str,
+    version: str,
+    *,
+    compared: str | None,
+    reason: str,
+    actor: str,
+    image: bool,
+    lock: Lock = locks.promotion_lock,
+) -> MoveResult:
+    """A release's promotion: move ``champion`` to the gated ``version`` if the champion is
+    still ``compared`` (the one it was gated against)."""
+    request = MoveRequest(model_name, str(version), compared, "release", reason, actor, image)
+    return move_champion(settings, request, lock=lock)

@@ -1,0 +1,269 @@
+"""MLflow side of a release: the run (params, metrics, data set, plots, reference snapshot,
+ONNX model), the candidate's identity key and registry tags, and the registration.
+
+:class:`ReleaseRecord` gathers what one candidate's run records; the flow builds it from the
+training steps (:mod:`flows.training.release`) and passes it here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from data_contracts.artifacts import REFERENCE_ARTIFACT, SPEC_FILE
+from data_contracts.schemas import LABEL_INT, ValidationResult
+from data_contracts.spec import FeatureSpec
+from flows.core.settings import Settings
+from flows.delivery import registry
+from flows.training.gate import ChampionScore, Decision, GatePolicy
+from flows.training.release import ExportedModel, TrainedCandidate
+from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.train import Splits, TrainParams
+
+
+@dataclass
+class ReleaseRecord:
+    """Everything MLflow needs to record one candidate."""
+
+    spec: FeatureSpec
+    params: TrainParams
+    policy: GatePolicy
+    data_path: str
+    data_digest: str
+    raw_rows: int
+    validation: ValidationResult
+    quarantine_path: str | None
+    splits_sizes: dict[str, int]
+    candidate: TrainedCandidate
+    exported: ExportedModel
+    champion: ChampionScore | None
+    decision: Decision
+    git_commit: str
+    reference: pd.DataFrame | None = None
+    flow_run_id: str | None = None
+    y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def start_run(settings: Settings, model_name: str, flow_run_id: str | None) -> str:
+    """Create the MLflow run of this release (once) and return its id."""
+    registry.configure(settings)
+    tags = {"model_name": model_name}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    with mlflow.start_run(run_name=f"{model_name}-candidate", tags=tags) as run:
+        return run.info.run_id
+
+
+def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFrame) -> str:
+    """Log params, metrics, data set, spec, plots and the ONNX model into the run.
+
+    Returns the logged model's URI. Safe to retry: values are overwritten, not duplicated.
+    """
+    registry.configure(settings)
+    m, v = record.candidate.metrics, record.candidate.validation_metrics
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(
+            {f"train.{k}": v_ for k, v_ in record.params.model_dump().items()}
+            | {f"gate.{k}": v_ for k, v_ in record.policy.model_dump().items()}
+            | {"data.path": record.data_path, "data.digest": record.data_digest}
+        )
+        mlflow.log_metrics(
+            {
+                "holdout_f1": m.f1,
+                "holdout_precision": m.precision,
+                "holdout_recall": m.recall,
+                "holdout_pr_auc": m.pr_auc,
+                "holdout_roc_auc": m.roc_auc,
+                "threshold": record.candidate.threshold,
+                "validation_f1": v.f1,
+                "parity_max_abs_diff": record.exported.parity.max_abs_diff,
+                "parity_decision_flips": record.exported.parity.decision_flips,
+                "rows_raw": record.raw_rows,
+                "rows_valid": len(record.validation.valid),
+                "rows_quarantined": record.validation.quarantined_rows,
+                "quarantined_share": record.validation.quarantined_share,
+                **{f"rows_{k}": n for k, n in record.splits_sizes.items()},
+                **(
+                    {"champion_holdout_f1": record.champion.f1}
+                    if record.champion and record.champion.f1 is not None
+                    else {}
+                ),
+            }
+        )
+        mlflow.set_tags(
+            {
+                "git_commit": record.git_commit,
+                "feature_spec_hash": record.spec.spec_hash(),
+                "data_digest": record.data_digest,
+                "gate.outcome": record.decision.outcome,
+                "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
+                "quarantine.file": record.quarantine_path or "none",
+            }
+        )
+        dataset = mlflow.data.from_pandas(
+            raw.head(1000),
+            source=record.data_path,
+            name=Path(record.data_path).name,
+            targets=record.spec.label.name,
+            digest=record.data_digest,
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_dict(record.spec.model_dump(mode="json"), SPEC_FILE)
+        mlflow.log_dict(
+            {
+                "summary": record.validation.summary(),
+                "fatal_errors": record.validation.fatal_errors,
+                "failures_by_check": record.validation.failures_by_check,
+            },
+            "validation_report.json",
+        )
+        mlflow.log_dict(json.loads(record.decision.model_dump_json()), "gate_decision.json")
+        if record.reference is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+                record.reference.to_parquet(ref_path, index=False)
+                mlflow.log_artifact(str(ref_path), Path(REFERENCE_ARTIFACT).parent.as_posix())
+            mlflow.log_metric("reference_rows", len(record.reference))
+        for name, fig in (
+            ("pr_curve.png", pr_curve_figure(record.y_holdout, record.candidate.holdout_scores, m)),
+            ("confusion_matrix.png", confusion_figure(m)),
+        ):
+            mlflow.log_figure(fig, name)
+            plt.close(fig)
+        return registry.log_onnx_model(
+            record.exported.model_bytes,
+            record.spec,
+            record.candidate.threshold,
+            settings.work_dir / run_id,
+            {
+                "data_digest": record.data_digest,
+                "git_commit": record.git_commit,
+                "run_id": run_id,
+                "holdout_f1": m.f1,
+            },
+        )
+
+
+def release_key(record: ReleaseRecord) -> str:
+    """Identity of a candidate: what it was trained from (data digest, spec, hyper-parameters,
+    split sizes), the gate policy it faces and what the fitted model does (its holdout scores
+    and threshold).
+
+    A rerun of the same release maps to the version it registered before. Neither the ONNX
+    bytes (the converter's node order varies with Python's string hashing) nor the git commit
+    (an unrelated commit does not change the model) are part of the key.
+    """
+    scores = np.round(np.asarray(record.candidate.holdout_scores, dtype=np.float64), 6)
+    parts = {
+        "data_digest": record.data_digest,
+        "spec_hash": record.spec.spec_hash(),
+        "params": record.params.model_dump(mode="json"),
+        "splits": record.splits_sizes,
+        "policy": record.policy.model_dump(mode="json"),
+        "threshold": f"{record.candidate.threshold:.9f}",
+        "holdout_scores": hashlib.sha256(scores.tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
+    """Tags that make a registered version self-describing (including why it was blocked)."""
+    return {
+        registry.KEY_TAG: release_key(record),
+        "gate.outcome": record.decision.outcome,
+        "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
+        "holdout_f1": f"{record.candidate.metrics.f1:.6f}",
+        "threshold": repr(record.candidate.threshold),
+        "onnx_sha256": record.exported.sha256,
+        "feature_spec_hash": record.spec.spec_hash(),
+        "data_digest": record.data_digest,
+        "git_commit": record.git_commit,
+        "run_id": run_id,
+    }
+
+
+def register(
+    client: MlflowClient, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> ModelVersion:
+    """Register the candidate (idempotent per run); blocked candidates are registered too."""
+    return registry.register_version(client, model_name, model_uri, run_id, tags)
+
+
+def summary_facts(
+    record: ReleaseRecord, version: str, run_id: str, settings: Settings
+) -> dict[str, Any]:
+    """The facts printed at the end of a run and shown in the Prefect artifact."""
+    return {
+        "version": version,
+        "mlflow run": run_id,
+        "tracking URI": settings.tracking_uri,
+        "data": f"{record.data_path} (digest {record.data_digest})",
+        "rows raw / valid / quarantined": f"{record.raw_rows:,} / {len(record.validation.valid):,}"
+        f" / {record.validation.quarantined_rows:,}",
+        "quarantine file": record.quarantine_path or "none",
+        "feature spec": f"{record.spec.name} v{record.spec.version} ({record.spec.spec_hash()})",
+        "onnx sha256": record.exported.sha256,
+        "git commit": record.git_commit,
+    }
+
+
+def build_record(
+    *,
+    spec: FeatureSpec,
+    params: TrainParams,
+    policy: GatePolicy,
+    data_path: Path,
+    data_digest: str,
+    raw_rows: int,
+    validation: ValidationResult,
+    quarantine: Path | None,
+    splits: Splits,
+    candidate: TrainedCandidate,
+    exported: ExportedModel,
+    champion: ChampionScore | None,
+    decision: Decision,
+    reference: pd.DataFrame | None,
+) -> ReleaseRecord:
+    """The :class:`ReleaseRecord` of a run, with the split sizes, holdout labels and commit."""
+    return ReleaseRecord(
+        spec=spec,
+        params=params,
+        policy=policy,
+        data_path=str(data_path.resolve()),
+        data_digest=data_digest,
+        raw_rows=raw_rows,
+        validation=validation,
+        quarantine_path=str(quarantine) if quarantine else None,
+        splits_sizes=split_sizes(splits),
+        candidate=candidate,
+        exported=exported,
+        champion=champion,
+        decision=decision,
+        git_commit=registry.git_commit(),
+        y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
+        reference=reference,
+    )
+
+
+def split_sizes(splits: Splits) -> dict[str, int]:
+    """Rows in each split, by name."""
+    return {k: len(getattr(splits, k)) for k in ("train", "validation", "holdout")}
+
+
+def register_release(
+    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> str:
+    """Register the run's model (idempotent, see :func:`register`); returns the version."""
+    client = registry.configure(settings)
+    return str(register(client, model_name, model_uri, run_id, tags).version)
