@@ -1,225 +1,121 @@
 """The ``drift-check`` Prefect flow: thin wiring over the monitoring and alerting steps.
 
-outbox first -> champion's reference -> inference-log window -> sampled Evidently report ->
-verdict -> reports (home folder + MLflow monitoring run) -> retraining decision (and trigger)
--> Prefect markdown artifact -> email (outbox when SMTP is down).
+queued mail -> champion's reference -> inference-log window -> sampled Evidently analysis ->
+retraining decision (and trigger) -> reports (home folder + MLflow monitoring run) -> Prefect
+markdown artifact -> email (outbox when SMTP is down).
 
-:func:`run_drift_check` is the whole check as a plain function of the settings and a config; the
-flow builds both from its parameters and the environment and calls it.
+Each task is one call of a plain step in :mod:`flows.monitoring.check`; the order of the steps
+is :func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
+steps. Retries only where I/O can fail and a retry is safe: MLflow, the Prefect API, the log
+folder. The mail steps retry and queue inside ``flows.alerting.notify`` (a task retry would send
+twice); analysis and reports are not retried.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger, runtime
+import pyarrow as pa
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field
+from prefect.cache_policies import NO_CACHE
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows.alerting import notify
 from flows.alerting.alerts import alert_on_failure
 from flows.core.settings import Settings
-from flows.monitoring import drift, retraining
-from flows.monitoring.results import DriftCheckResult, drift_email, mlflow_payload, result_markdown
+from flows.monitoring import analysis, check, reports
+from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
+from flows.monitoring.reference import Reference
+from flows.monitoring.results import DriftCheckResult, result_markdown
+from flows.monitoring.retraining import RecentRun, RetrainDecision
+from flows.monitoring.verdict import DriftPolicy
+from flows.monitoring.window import Window
 
-log = logging.getLogger(__name__)
-
-DEFAULT_DEPLOYMENT = "train-and-release/fraud-detector"
-
-
-class DriftCheckConfig(BaseModel):
-    """What one drift check looks at, its thresholds and what it may do."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_name: str = "fraud-detector"
-    window: drift.Window = drift.Window(hours=24)
-    policy: drift.DriftPolicy = drift.DriftPolicy()
-    trigger_retraining: bool = True
-    deployment: str = DEFAULT_DEPLOYMENT
-    cooldown: timedelta = Field(timedelta(hours=6), description="Quiet time after a retraining.")
-    labelled_max_rows: int = Field(
-        500_000, ge=1, description="Rows of labelled batches to train on."
-    )
-    only_champion_rows: bool = Field(True, description="Keep window rows served by the champion.")
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
 
-def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:
-    """Log reports, tags (champion version, outcome) and statistics to the monitoring experiment."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    experiment = client.get_experiment_by_name(settings.monitoring_experiment)
-    if experiment is None:
-        location = None
-        if settings.uses_local_mlflow:
-            settings.artifact_root.mkdir(parents=True, exist_ok=True)
-            location = settings.artifact_root.resolve().as_uri()
-        experiment_id = client.create_experiment(
-            settings.monitoring_experiment, artifact_location=location
-        )
-    else:
-        experiment_id = experiment.experiment_id
-    payload = mlflow_payload(result)
-    run = client.create_run(
-        experiment_id,
-        tags=payload["tags"],
-        run_name=f"drift-{result.model_name}-v{result.champion_version}-{result.checked_at:%Y%m%dT%H%M}",
-    )
-    run_id = run.info.run_id
-    for key, value in payload["metrics"].items():
-        client.log_metric(run_id, key, value)
-    for path in paths.values():
-        client.log_artifact(run_id, str(path), "drift_report")
-    client.set_terminated(run_id)
-    return run_id
+@task(name="send-queued-mail", cache_policy=NO_CACHE)
+def send_queued_mail(smtp: notify.SmtpSettings, outbox: Path, sleep: check.Sleep) -> list[str]:
+    return check.send_queued_mail(smtp, outbox, sleep)
 
 
-def run_drift_check(
+@task(name="load-reference", cache_policy=NO_CACHE, **IO_RETRIES)
+def fetch_reference(settings: Settings, model_name: str) -> Reference:
+    return check.fetch_reference(settings, model_name)
+
+
+@task(name="read-window", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_window(
+    settings: Settings, config: DriftCheckConfig, spec: FeatureSpec, version: str, now: datetime
+) -> check.CurrentWindow:
+    return check.read_window(settings, config, spec, version, now)
+
+
+@task(name="analyse", cache_policy=NO_CACHE)
+def analyse(
+    reference: pa.Table, window: pa.Table, spec: FeatureSpec, policy: DriftPolicy
+) -> analysis.DriftAnalysis:
+    return analysis.analyse(reference, window, spec, policy)
+
+
+@task(name="decide-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
+def plan_retraining(
     settings: Settings,
     config: DriftCheckConfig,
+    drift: analysis.DriftAnalysis,
+    window: str,
+    now: datetime,
+    recent_runs: Callable[[str], list[RecentRun]],
+) -> check.RetrainPlan:
+    return check.plan_retraining(settings, config, drift, window, now, recent_runs)
+
+
+@task(name="trigger-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
+def start_retraining(
+    plan: check.RetrainPlan,
+    labelled_root: Path,
+    trigger: Callable[[RetrainDecision, Path], RetrainDecision],
+) -> check.RetrainPlan:
+    return check.start_retraining(plan, labelled_root, trigger)
+
+
+@task(name="write-reports", cache_policy=NO_CACHE)
+def write_reports(
+    drift: analysis.DriftAnalysis, result: DriftCheckResult, folder: Path
+) -> dict[str, Path]:
+    return check.write_reports(drift, result, folder)
+
+
+@task(name="log-monitoring-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:
+    return reports.log_monitoring_run(settings, result, paths)
+
+
+@task(name="send-report", cache_policy=NO_CACHE)
+def send_report(
+    result: DriftCheckResult,
+    paths: dict[str, Path],
     smtp: notify.SmtpSettings,
-    *,
-    spec: FeatureSpec | None = None,
-    now: datetime | None = None,
-    flow_run_url: str | None = None,
-    publish: Callable[[DriftCheckResult], None] | None = None,
-    recent_runs: Callable[[str], list[retraining.RecentRun]] = retraining.recent_runs,
-    trigger: Callable[[retraining.RetrainDecision, Path], retraining.RetrainDecision] = (
-        retraining.trigger
-    ),
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[DriftCheckResult, notify.Delivery | None]:
-    """One drift check end to end; the email and MLflow never stop it (their problems are reported).
+    outbox: Path,
+    sleep: check.Sleep,
+) -> notify.Delivery | None:
+    return check.send_report(result, paths, smtp, outbox, sleep)
 
-    ``publish`` receives the result before the email goes out (the flow posts its artifact there).
-    Returns the result and what happened to the email (None when none was due).
-    """
-    spec = spec or default_spec()
-    now = now or datetime.now(UTC)
-    problems: list[str] = []
-    password = None
-    try:
-        password = notify.resolve_password(smtp) if smtp.enabled else None
-        for sent in notify.flush_outbox(smtp, settings.outbox_dir, password, sleep):
-            if sent.status == "failed":  # refused for good: kept in outbox/failed, say so
-                problems.append(f"outbox: {sent.subject!r} refused: {sent.detail}")
-            else:
-                log.info("queued mail %s: %s", sent.status, sent.subject)
-    except Exception as err:  # the outbox must never block the check
-        problems.append(f"outbox: {type(err).__name__}")
 
-    reference = drift.load_reference(
-        settings.tracking_uri,
-        config.model_name,
-        settings.champion_alias,
-        settings.work_dir / "drift" / "reference",
-    )
-    window = drift.read_inference_log(
-        settings.inference_log_root,
-        config.window,
-        now=now,
-        model_version=reference.version if config.only_champion_rows else None,
-        columns=drift.monitored_columns(spec),
-        as_table=True,
-    )
-    wid = drift.window_id(window, reference.version)
-    bounds = drift.time_range(window)
-    analysis = drift.analyse(reference.frame, window, spec, config.policy)
-    worst = drift.max_noise(analysis.results)
-
-    decision = retraining.decide_retraining(
-        outcome=analysis.verdict.outcome,
-        retrain_wanted=analysis.verdict.retrain_wanted,
-        enabled=config.trigger_retraining,
-        recent=recent_runs(config.deployment)
-        if analysis.verdict.retrain_wanted and config.trigger_retraining
-        else [],
-        now=now,
-        cooldown=config.cooldown,
-        window=wid,
-        deployment=config.deployment,
-        has_labelled_data=bool(retraining.labelled_batches(settings.labelled_root)),
-    )
-    data_path: Path | None = None
-    if analysis.verdict.retrain_wanted and decision.action != retraining.RetrainAction.NOT_NEEDED:
-        # built even when not triggered, so the manual command in the email works as printed
-        try:
-            data_path = retraining.assemble_training_data(
-                settings.labelled_root,
-                settings.work_dir / "retrain" / f"{config.model_name}-{wid}.parquet",
-                config.labelled_max_rows,
-            )
-        except Exception as err:
-            problems.append(f"labelled data: {type(err).__name__}: {err}")
-    if decision.should_trigger:
-        try:
-            if data_path is None:
-                raise FileNotFoundError(f"no usable labelled batch in {settings.labelled_root}")
-            decision = trigger(decision, data_path)
-        except Exception as err:
-            decision = decision.model_copy(
-                update={
-                    "action": retraining.RetrainAction.FAILED,
-                    "reason": f"{type(err).__name__}: {err}",
-                    "data_path": str(data_path) if data_path else None,
-                }
-            )
-            problems.append(f"retraining trigger: {type(err).__name__}: {err}")
-
-    folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{wid}"
-    result = DriftCheckResult(
-        model_name=config.model_name,
-        champion_version=reference.version,
-        champion_run_id=reference.run_id,
-        checked_at=now,
-        window=config.window.describe(),
-        window_id=wid,
-        window_start=bounds[0] if bounds else None,
-        window_end=bounds[1] if bounds else None,
-        policy=config.policy,
-        verdict=analysis.verdict,
-        sampling=analysis.sampling,
-        columns=analysis.results,
-        noise_floor_max=worst[1] if worst else None,
-        noise_floor_column=worst[0] if worst else None,
-        retrain=decision,
-        manual_command=retraining.manual_command(
-            config.deployment, str(data_path) if data_path else None
-        ),
-        report_dir=str(folder),
-        report_html=str(folder / "drift_report.html") if analysis.snapshot is not None else None,
-        flow_run_url=flow_run_url,
-        problems=problems,
-        timings=analysis.timings,
-    )
-    paths = drift.save_reports(
-        analysis, folder, {"result": result.model_dump(mode="json", exclude={"columns"})}
-    )
-    try:
-        result = result.model_copy(
-            update={"mlflow_run_id": log_monitoring_run(settings, result, paths)}
-        )
-    except Exception as err:
-        result = result.model_copy(
-            update={"problems": [*result.problems, f"MLflow: {type(err).__name__}: {err}"]}
-        )
-    if publish is not None:
-        publish(result)
-
-    delivery = None
-    all_clear = result.verdict.outcome == drift.Outcome.NO_DRIFT
-    if smtp.enabled and (not all_clear or smtp.mail_all_clear):
-        message = notify.compose_message(
-            drift_email(result), smtp, [p for k, p in paths.items() if k == "html"]
-        )
-        delivery = notify.deliver(message, smtp, settings.outbox_dir, password, sleep)
-    return result, delivery
+TASKS = DriftSteps(
+    send_queued_mail=send_queued_mail,
+    fetch_reference=fetch_reference,
+    read_window=read_window,
+    analyse=analyse,
+    plan_retraining=plan_retraining,
+    start_retraining=start_retraining,
+    write_reports=write_reports,
+    log_monitoring_run=log_monitoring_run,
+    send_report=send_report,
+)
 
 
 @flow(
@@ -230,52 +126,29 @@ def run_drift_check(
     on_crashed=[alert_on_failure],
 )
 def drift_check(
-    window_hours: float | None = 24.0,
-    window_rows: int | None = None,
-    drift_share: float = 0.3,
-    column_threshold: float | None = None,
-    score_threshold: float | None = None,
-    min_window_rows: int = 1000,
-    sample_rows: int = 30_000,
-    trigger_retraining: bool = True,
-    deployment_name: str = DEFAULT_DEPLOYMENT,
-    cooldown_hours: float = 6.0,
+    window: Window = Window(hours=24),  # noqa: B008 - pydantic models are immutable
+    policy: DriftPolicy = DriftPolicy(),  # noqa: B008
+    retraining: RetrainPolicy = RetrainPolicy(),  # noqa: B008
     model_name: str | None = None,
     spec_path: str | None = None,
 ) -> DriftCheckResult:
     """Compare the served traffic with the champion's training snapshot; mail; maybe retrain.
 
     Args:
-        window_hours: the window is the last N hours of the inference log (or use window_rows).
-        window_rows: the window is the last N rows instead (set window_hours to null).
-        drift_share: share of spec features drifted that counts as drift (and retrains).
-        column_threshold: per-feature statistic threshold; default Evidently's 0.1.
-        score_threshold: threshold for the model score's drift; default as the features.
-        min_window_rows: fewer rows give "not enough data": no verdict, no retraining.
-        sample_rows: rows sampled from each side for Evidently (documented in the report).
-        trigger_retraining: start train-and-release when drift crosses the threshold.
-        deployment_name: the train-and-release deployment to start.
-        cooldown_hours: no new retraining within this many hours after the last one ended.
+        window: the last ``hours`` of the inference log (default 24), or the last ``rows``.
+        policy: drift thresholds (``drift_share`` 0.3 of spec features, ``column_threshold``
+            default Evidently's 0.1, ``score_threshold`` default as the features), the minimum
+            window (``min_window_rows`` 1,000: fewer rows give "not enough data", no verdict,
+            no retraining) and sampling (``sample_rows`` 30,000 per side, ``seed``).
+        retraining: ``trigger`` train-and-release when drift crosses the threshold,
+            ``deployment`` to start, ``cooldown_hours`` (6) of quiet after a retraining.
         model_name: registered model; default: the spec's name.
         spec_path: feature spec file; default: the card-fraud spec.
     """
     logger = get_run_logger()
     spec = load_spec(spec_path) if spec_path else default_spec()
-    if window_rows is not None:
-        window_hours = None
     config = DriftCheckConfig(
-        model_name=model_name or spec.name,
-        window=drift.Window(hours=window_hours, rows=window_rows),
-        policy=drift.DriftPolicy(
-            drift_share=drift_share,
-            column_threshold=column_threshold,
-            score_threshold=score_threshold,
-            min_window_rows=min_window_rows,
-            sample_rows=sample_rows,
-        ),
-        trigger_retraining=trigger_retraining,
-        deployment=deployment_name,
-        cooldown=timedelta(hours=cooldown_hours),
+        model_name=model_name or spec.name, window=window, policy=policy, retraining=retraining
     )
     smtp = notify.SmtpSettings()
     logger.info("mail: %s", smtp.describe() if smtp.enabled else "off (FRAUD_SMTP_HOST unset)")
@@ -294,6 +167,7 @@ def drift_check(
         spec=spec,
         flow_run_url=runtime.flow_run.ui_url,
         publish=publish,
+        steps=TASKS,
     )
     logger.info("%s v%s: %s", result.model_name, result.champion_version, result.headline())
     logger.info("retraining: %s (%s)", result.retrain.action.value, result.retrain.reason)

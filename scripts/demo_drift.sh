@@ -20,7 +20,7 @@ say "2/6 normal traffic: 5,000 transactions like the training data"
 "$FRAUD" traffic --url "$URL" --rows 5000 --seed 201
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"  # the inference log flushes every 5 s
 say "3/6 drift-check on the last 5,000 served rows: expect no drift, no retraining"
-"$STACK" drift --param window_rows=5000
+"$STACK" drift --param window='{"rows": 5000}'
 say "4/6 the world changes: amounts x1.8, half the merchant mix moves to gaming/transfers"
 "$FRAUD" generate-data "$FRAUD_HOME/labelled/batch-$(date +%Y%m%d%H%M%S).parquet" \
   --rows 100000 --seed 202 --amount-scale 1.8 --merchant-shift 0.5 --start-day 60 --quiet
@@ -28,7 +28,7 @@ echo "a labelled batch from the drifted period landed in $FRAUD_HOME/labelled/"
 "$FRAUD" traffic --url "$URL" --rows 5000 --seed 203 --amount-scale 1.8 --merchant-shift 0.5
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"
 say "5/6 drift-check again: expect drift, an email, one train-and-release run started"
-"$STACK" drift --param window_rows=5000
+"$STACK" drift --param window='{"rows": 5000}'
 say "6/6 where to look"
 echo "Prefect UI:  ${PREFECT_API_URL%/api}/runs   (drift-check artifact, the triggered train-and-release)"
 echo "mail:        ${FRAUD_HOME}/mail/new/   (or your FRAUD_SMTP_HOST)"

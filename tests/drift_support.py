@@ -1,4 +1,4 @@
-"""Builders shared by the drift-check tests: a check result and a free loopback port."""
+"""Builders shared by the drift-check tests: a check result, a served log and a free port."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 
-from flows.monitoring.drift import (
-    JENSEN_SHANNON,
-    WASSERSTEIN,
-    ColumnDrift,
-    DriftPolicy,
-    Sampling,
-    decide,
-)
+import pandas as pd
+
+from data_contracts.inference_log import LogFiles, build_table
+from data_contracts.spec import FeatureSpec
 from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
+from flows.monitoring.sampling import Sampling
+from flows.monitoring.statistics import JENSEN_SHANNON, WASSERSTEIN
+from flows.monitoring.verdict import ColumnDrift, DriftPolicy, decide
 
 DEP = "train-and-release/fraud-detector"
 
@@ -26,6 +26,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_log(
+    frame: pd.DataFrame, root: Path, spec: FeatureSpec, model_version: str, threshold: float = 0.5
+) -> list[Path]:
+    """Write ``frame`` (features, ``score``, ``timestamp``) with the inference log's one writer."""
+    table = build_table(
+        spec,
+        frame,
+        scores=frame["score"],
+        decisions=frame["score"] >= threshold,
+        timestamps=pd.to_datetime(frame["timestamp"], utc=True),
+        model_version=str(model_version),
+        request_ids="backfill",
+    )
+    written = LogFiles(root).write(table)
+    assert not written.failures, written.failures
+    return written.files
 
 
 def columns(drifted: bool) -> list[ColumnDrift]:

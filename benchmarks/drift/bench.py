@@ -3,7 +3,7 @@
 Both runs see the same data: a reference from the generator, and a window with injected drift
 (amounts x1.8, half of the legitimate merchant mix moved to gaming/money_transfer) written to an
 inference log in the bento's format. The product path reads the window from that log and runs
-``flows.monitoring.drift.analyse``
+``flows.monitoring.analysis.analyse``
 (sampled Evidently drift + data summary, p-values, noise floor); the naive
 run is Evidently's DataDriftPreset over every row. Printed: both timings, the ratio, and the
 flagged columns of both, with each column's statistic on both sides.
@@ -22,21 +22,18 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from data_contracts.inference_log import SCORE_COLUMN, LogFiles, build_table
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.monitoring.drift import (
-    SCORE_COLUMN,
-    DriftPolicy,
-    Window,
+from flows.monitoring.analysis import (
     analyse,
     column_kinds,
     drift_results,
     max_noise,
-    monitored_columns,
     prepare_frames,
-    read_inference_log,
-    write_inference_log,
 )
+from flows.monitoring.verdict import DriftPolicy
+from flows.monitoring.window import Window, monitored_columns, read_inference_log
 
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
 NAIVE_CPU: list[float] = []
@@ -64,7 +61,16 @@ def make_data(rows: int, folder: Path) -> tuple[pd.DataFrame, Path]:
     seconds = np.random.default_rng(13).integers(1, 23 * 3600, rows)
     window["timestamp"] = now - pd.to_timedelta(seconds, unit="s")
     root = folder / "inference_log"
-    write_inference_log(window, root, spec, model_version="1")
+    table = build_table(
+        spec,
+        window,
+        scores=window[SCORE_COLUMN],
+        decisions=window[SCORE_COLUMN] >= 0.5,
+        timestamps=window["timestamp"],
+        model_version="1",
+        request_ids="bench",
+    )
+    LogFiles(root).write(table)
     return reference, root
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.alerting.notify import EmailContent, esc
-from flows.monitoring.drift import ColumnDrift, DriftPolicy, DriftVerdict, Outcome, Sampling
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
+from flows.monitoring.sampling import Sampling
+from flows.monitoring.verdict import ColumnDrift, DriftPolicy, DriftVerdict, Outcome
 
 
 class DriftCheckResult(BaseModel):

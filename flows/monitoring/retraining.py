@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from flows.monitoring.drift import Outcome
+from flows.monitoring.verdict import Outcome
 
 ACTIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
 BATCH_SUFFIXES = (".parquet", ".pq", ".csv")

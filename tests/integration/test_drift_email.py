@@ -22,17 +22,13 @@ from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.notify import SmtpSettings, compose_message, deliver, flush_outbox
 from flows.core.settings import Settings
-from flows.drift_check import DriftCheckConfig, run_drift_check
-from flows.monitoring.drift import (
-    REFERENCE_ARTIFACT,
-    DriftPolicy,
-    Outcome,
-    Window,
-    write_inference_log,
-)
+from flows.monitoring.check import DriftCheckConfig, run_drift_check
+from flows.monitoring.reference import REFERENCE_ARTIFACT
 from flows.monitoring.results import drift_email
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
-from tests.drift_support import Inbox, free_port, result
+from flows.monitoring.verdict import DriftPolicy, Outcome
+from flows.monitoring.window import Window
+from tests.drift_support import Inbox, free_port, result, write_log
 
 pytestmark = pytest.mark.integration
 SECRET = "pa55-w0rd-never-logged"
@@ -164,7 +160,7 @@ def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
     window = generate(GeneratorConfig(rows=4000, seed=32, drift=knobs))
     window["score"] = _score(window)
     window["timestamp"] = [now - timedelta(seconds=10 * (i + 1)) for i in range(len(window))]
-    write_inference_log(window, settings.inference_log_root, default_spec(), f"v{version}")
+    write_log(window, settings.inference_log_root, default_spec(), f"v{version}")
     settings.labelled_root.mkdir(parents=True)
     generate(GeneratorConfig(rows=3000, seed=33)).to_parquet(settings.labelled_root / "b1.parquet")
 
@@ -184,7 +180,9 @@ def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
     assert {"amount", "merchant_category", "score"} <= {c.column for c in res.drifted}
     assert res.retrain.action == RetrainAction.TRIGGERED and res.retrain.flow_run_id == "run-1"
     (decision, data_path) = triggered[0]
-    assert decision.idempotency_key == f"drift-retrain:{config.deployment}:{res.window_id}"
+    assert (
+        decision.idempotency_key == f"drift-retrain:{config.retraining.deployment}:{res.window_id}"
+    )
     assert len(pd.read_parquet(data_path)) == 3000
     assert Path(res.report_html).is_file() and published == [res]
     assert res.problems == []

@@ -145,7 +145,7 @@ def drift_check(stack) -> None:
     """Run drift-check/fraud-detector on the last 3,000 served rows and wait for it."""
     check = stack.prefect(
         "deployment", "run", "drift-check/fraud-detector", "--watch",
-        "--param", "window_rows=3000", "--param", "min_window_rows=1000",
+        "--param", 'window={"rows": 3000}', "--param", 'policy={"min_window_rows": 1000}',
     )  # fmt: skip
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
 

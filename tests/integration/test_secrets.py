@@ -30,8 +30,7 @@ from mlflow.entities import ViewType
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.delivery import registry
-from flows.monitoring.drift import write_inference_log
-from tests.drift_support import free_port
+from tests.drift_support import free_port, write_log
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +175,7 @@ def drifted_window(version: str, home: Path) -> None:
     window["score"] = 1 / (1 + np.exp(-z))
     now = datetime.now(UTC)
     window["timestamp"] = [now - timedelta(seconds=5 * (i + 1)) for i in range(len(window))]
-    write_inference_log(window, home / "inference_log", default_spec(), f"v{version}")
+    write_log(window, home / "inference_log", default_spec(), f"v{version}")
 
 
 def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
@@ -196,8 +195,8 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
     drifted_window(version, stack.home)
     check = stack.prefect(
         "deployment", "run", "drift-check/fraud-detector", "--watch",
-        "--param", "window_rows=2000", "--param", "min_window_rows=1000",
-        "--param", "trigger_retraining=false",
+        "--param", 'window={"rows": 2000}', "--param", 'policy={"min_window_rows": 1000}',
+        "--param", 'retraining={"trigger": false}',
     )  # fmt: skip
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     outputs["drift-check output"] = (check.stdout + check.stderr).encode()

@@ -32,10 +32,11 @@ from flows.alerting.notify import (
     flush_outbox,
 )
 from flows.core.settings import Settings
-from flows.drift_check import DriftCheckConfig, run_drift_check
-from flows.monitoring.drift import REFERENCE_ARTIFACT, Outcome, write_inference_log
+from flows.monitoring.check import DriftCheckConfig, RetrainPolicy, run_drift_check
+from flows.monitoring.reference import REFERENCE_ARTIFACT
 from flows.monitoring.results import drift_email
-from tests.drift_support import Inbox, free_port, result
+from flows.monitoring.verdict import Outcome
+from tests.drift_support import Inbox, free_port, result, write_log
 
 pytestmark = pytest.mark.integration
 
@@ -304,11 +305,11 @@ def test_next_drift_check_sends_the_queued_mail_first(server, tmp_path, monkeypa
     window = generate(GeneratorConfig(rows=200, seed=42))
     window["score"] = 0.1
     window["timestamp"] = [now - timedelta(minutes=i + 1) for i in range(len(window))]
-    write_inference_log(window, settings.inference_log_root, default_spec(), version)
+    write_log(window, settings.inference_log_root, default_spec(), version)
     smtp = server.settings(["ops@example.test"])
 
     def check(when: datetime):
-        config = DriftCheckConfig(trigger_retraining=False)
+        config = DriftCheckConfig(retraining=RetrainPolicy(trigger=False))
         return run_drift_check(settings, config, smtp, now=when, recent_runs=lambda _: [])
 
     server.faults.at["RCPT"] = TEMPORARY["RCPT"]

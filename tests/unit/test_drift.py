@@ -12,30 +12,21 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from data_contracts.inference_log import SCORE_COLUMN
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.monitoring.drift import (
-    JENSEN_SHANNON,
-    SCORE_COLUMN,
-    WASSERSTEIN,
-    ColumnDrift,
-    DriftPolicy,
-    Outcome,
-    Window,
+from flows.monitoring.analysis import (
     analyse,
     column_kinds,
-    decide,
     drift_results,
     find_metric,
-    monitored_columns,
-    not_enough_data,
     prepare_frames,
-    read_inference_log,
-    sample_pair,
-    statistic,
     summary_facts,
-    window_id,
-    write_inference_log,
 )
+from flows.monitoring.sampling import sample_pair
+from flows.monitoring.statistics import JENSEN_SHANNON, WASSERSTEIN, statistic
+from flows.monitoring.verdict import ColumnDrift, DriftPolicy, Outcome, decide, not_enough_data
+from flows.monitoring.window import Window, monitored_columns, read_inference_log, window_id
+from tests.drift_support import write_log
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "evidently_drift_report.json"
 UNTESTABLE = {"distance_from_home_km": "window has no values"}
@@ -185,8 +176,8 @@ def test_inference_log_windows_by_hours_rows_and_version(tmp_path, spec):
     root = tmp_path / "log"
     start = datetime(2026, 3, 1, 0, 5, tzinfo=UTC)
     frame = _log_frame(spec, 432, start, 5)  # 3 days, one row every 10 minutes
-    write_inference_log(frame.iloc[:300], root, spec, model_version="v2")
-    write_inference_log(frame.iloc[300:], root, spec, model_version="3")
+    write_log(frame.iloc[:300], root, spec, model_version="v2")
+    write_log(frame.iloc[300:], root, spec, model_version="3")
     assert sorted(p.name for p in root.iterdir()) == [
         "date=2026-03-01", "date=2026-03-02", "date=2026-03-03"
     ]  # fmt: skip

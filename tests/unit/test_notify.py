@@ -49,7 +49,7 @@ def test_all_clear_and_not_enough_data_subjects():
     assert clear.subject == "[fraud-detector v3] no drift: 0/3 features drifted (0%)"
     assert "No retraining started: not needed" in clear.html
     short = result(drifted=False, triggered=False)
-    from flows.monitoring.drift import DriftPolicy, not_enough_data
+    from flows.monitoring.verdict import DriftPolicy, not_enough_data
 
     short = short.model_copy(
         update={

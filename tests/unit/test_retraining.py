@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.monitoring.drift import Outcome
 from flows.monitoring.retraining import (
     TRIGGER_TAG,
     RecentRun,
@@ -19,6 +18,7 @@ from flows.monitoring.retraining import (
     labelled_batches,
     manual_command,
 )
+from flows.monitoring.verdict import Outcome
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DEP = "train-and-release/fraud-detector"

@@ -1,0 +1,362 @@
+"""One drift check, step by step, as plain functions, and the one wiring of those steps.
+
+queued mail first -> champion's reference -> inference-log window -> sampled Evidently analysis
+-> retraining decision (and trigger) -> reports (home folder + MLflow monitoring run) ->
+published result -> email (outbox when SMTP is down).
+
+:func:`run_drift_check` is the only place the steps are put in order. It takes the steps as a
+:class:`DriftSteps` value: the plain functions by default (tests, no Prefect server needed), the
+Prefect tasks of ``flows.drift_check`` in the flow, so the UI shows every step as a task run and
+the I/O steps retry on their own, while tests and production run the same wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_contracts.spec import FeatureSpec, default_spec
+from flows.alerting import notify
+from flows.core.settings import Settings
+from flows.monitoring import retraining
+from flows.monitoring.analysis import DriftAnalysis, analyse, max_noise
+from flows.monitoring.reference import Reference, load_reference
+from flows.monitoring.reports import log_monitoring_run, save_reports
+from flows.monitoring.results import DriftCheckResult, drift_email
+from flows.monitoring.verdict import DriftPolicy, Outcome
+from flows.monitoring.window import (
+    Window,
+    monitored_columns,
+    read_inference_log,
+    time_range,
+    window_id,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEPLOYMENT = "train-and-release/fraud-detector"
+Sleep = Callable[[float], None]
+
+
+class RetrainPolicy(BaseModel):
+    """Whether and what a drift check may start when drift crosses the threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trigger: bool = Field(True, description="Start train-and-release when drift crosses the line.")
+    deployment: str = Field(DEFAULT_DEPLOYMENT, description="The train-and-release deployment.")
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="No new retraining within this many hours after the last one."
+    )
+
+
+class DriftCheckConfig(BaseModel):
+    """What one drift check looks at, its thresholds and what it may do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = "fraud-detector"
+    window: Window = Window(hours=24)
+    policy: DriftPolicy = DriftPolicy()
+    retraining: RetrainPolicy = RetrainPolicy()
+    labelled_max_rows: int = Field(
+        500_000, ge=1, description="Rows of labelled batches to train on."
+    )
+    only_champion_rows: bool = Field(True, description="Keep window rows served by the champion.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def send_queued_mail(
+    smtp: notify.SmtpSettings, outbox: Path, sleep: Sleep = time.sleep
+) -> list[str]:
+    """Send what earlier runs left in the outbox; return the problems to report (never raises).
+
+    A queued mail the server refuses for good is a problem of this check's report; the outbox
+    must never block the check.
+    """
+    if not smtp.enabled:
+        return []
+    problems = []
+    try:
+        password = notify.resolve_password(smtp)
+        for sent in notify.flush_outbox(smtp, outbox, password, sleep):
+            if sent.status == "failed":  # refused for good: kept in outbox/failed, say so
+                problems.append(f"outbox: {sent.subject!r} refused: {sent.detail}")
+            else:
+                log.info("queued mail %s: %s", sent.status, sent.subject)
+    except Exception as err:
+        problems.append(f"outbox: {type(err).__name__}")
+    return problems
+
+
+def fetch_reference(settings: Settings, model_name: str) -> Reference:
+    """The champion's reference snapshot, downloaded into the work folder."""
+    return load_reference(
+        settings.tracking_uri,
+        model_name,
+        settings.champion_alias,
+        settings.work_dir / "drift" / "reference",
+    )
+
+
+@dataclass(frozen=True)
+class CurrentWindow:
+    """The window's rows (Arrow, converted only once sampled) and its identity."""
+
+    table: pa.Table
+    id: str
+    start: datetime | None
+    end: datetime | None
+
+
+def read_window(
+    settings: Settings,
+    config: DriftCheckConfig,
+    spec: FeatureSpec,
+    champion_version: str,
+    now: datetime,
+) -> CurrentWindow:
+    """The monitored columns of the window, served by the champion unless configured otherwise."""
+    table = read_inference_log(
+        settings.inference_log_root,
+        config.window,
+        now=now,
+        model_version=champion_version if config.only_champion_rows else None,
+        columns=monitored_columns(spec),
+        as_table=True,
+    )
+    bounds = time_range(table)
+    return CurrentWindow(
+        table=table,
+        id=window_id(table, champion_version),
+        start=bounds[0] if bounds else None,
+        end=bounds[1] if bounds else None,
+    )
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """The retraining decision, the training file assembled for it and what went wrong."""
+
+    decision: retraining.RetrainDecision
+    data_path: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def plan_retraining(
+    settings: Settings,
+    config: DriftCheckConfig,
+    analysis: DriftAnalysis,
+    window: str,
+    now: datetime,
+    recent_runs: Callable[[str], list[retraining.RecentRun]] = retraining.recent_runs,
+) -> RetrainPlan:
+    """Decide about retraining; assemble the labelled training file when retraining is wanted.
+
+    The file is built even when no run is started, so the manual command in the email works as
+    printed. ``recent_runs`` asks the Prefect API only when a trigger is possible.
+    """
+    policy = config.retraining
+    wanted = analysis.verdict.retrain_wanted
+    decision = retraining.decide_retraining(
+        outcome=analysis.verdict.outcome,
+        retrain_wanted=wanted,
+        enabled=policy.trigger,
+        recent=recent_runs(policy.deployment) if wanted and policy.trigger else [],
+        now=now,
+        cooldown=timedelta(hours=policy.cooldown_hours),
+        window=window,
+        deployment=policy.deployment,
+        has_labelled_data=bool(retraining.labelled_batches(settings.labelled_root)),
+    )
+    if not wanted or decision.action == retraining.RetrainAction.NOT_NEEDED:
+        return RetrainPlan(decision)
+    try:
+        data_path = retraining.assemble_training_data(
+            settings.labelled_root,
+            settings.work_dir / "retrain" / f"{config.model_name}-{window}.parquet",
+            config.labelled_max_rows,
+        )
+    except Exception as err:
+        return RetrainPlan(decision, problems=[f"labelled data: {type(err).__name__}: {err}"])
+    return RetrainPlan(decision, data_path)
+
+
+def start_retraining(
+    plan: RetrainPlan,
+    labelled_root: Path,
+    trigger: Callable[
+        [retraining.RetrainDecision, Path], retraining.RetrainDecision
+    ] = retraining.trigger,
+) -> RetrainPlan:
+    """Start the planned run (idempotent per window); a failure is recorded, never raised."""
+    decision = plan.decision
+    try:
+        if plan.data_path is None:
+            raise FileNotFoundError(f"no usable labelled batch in {labelled_root}")
+        decision = trigger(decision, plan.data_path)
+    except Exception as err:
+        failed = decision.model_copy(
+            update={
+                "action": retraining.RetrainAction.FAILED,
+                "reason": f"{type(err).__name__}: {err}",
+                "data_path": str(plan.data_path) if plan.data_path else None,
+            }
+        )
+        problem = f"retraining trigger: {type(err).__name__}: {err}"
+        return RetrainPlan(failed, plan.data_path, [*plan.problems, problem])
+    return RetrainPlan(decision, plan.data_path, plan.problems)
+
+
+def describe_result(
+    config: DriftCheckConfig,
+    reference: Reference,
+    window: CurrentWindow,
+    analysis: DriftAnalysis,
+    plan: RetrainPlan,
+    report_dir: Path,
+    now: datetime,
+    flow_run_url: str | None,
+    problems: list[str],
+) -> DriftCheckResult:
+    """Everything the check found and did, as the flow returns it."""
+    worst = max_noise(analysis.results)
+    data_path = str(plan.data_path) if plan.data_path else None
+    return DriftCheckResult(
+        model_name=config.model_name,
+        champion_version=reference.version,
+        champion_run_id=reference.run_id,
+        checked_at=now,
+        window=config.window.describe(),
+        window_id=window.id,
+        window_start=window.start,
+        window_end=window.end,
+        policy=config.policy,
+        verdict=analysis.verdict,
+        sampling=analysis.sampling,
+        columns=analysis.results,
+        noise_floor_max=worst[1] if worst else None,
+        noise_floor_column=worst[0] if worst else None,
+        retrain=plan.decision,
+        manual_command=retraining.manual_command(config.retraining.deployment, data_path),
+        report_dir=str(report_dir),
+        report_html=str(report_dir / "drift_report.html")
+        if analysis.snapshot is not None
+        else None,
+        flow_run_url=flow_run_url,
+        problems=[*problems, *plan.problems],
+        timings=analysis.timings,
+    )
+
+
+def write_reports(
+    analysis: DriftAnalysis, result: DriftCheckResult, folder: Path
+) -> dict[str, Path]:
+    """The Evidently HTML and JSON and our decision JSON (with the result) in ``folder``."""
+    return save_reports(
+        analysis, folder, {"result": result.model_dump(mode="json", exclude={"columns"})}
+    )
+
+
+def send_report(
+    result: DriftCheckResult,
+    paths: dict[str, Path],
+    smtp: notify.SmtpSettings,
+    outbox: Path,
+    sleep: Sleep = time.sleep,
+) -> notify.Delivery | None:
+    """Mail the report (the HTML attached) when one is due; None when none is.
+
+    No mail for an all-clear unless ``mail_all_clear``. Delivery retries and queues in the outbox
+    itself (see ``flows.alerting.notify``), so this step never raises on SMTP errors.
+    """
+    all_clear = result.verdict.outcome == Outcome.NO_DRIFT
+    if not smtp.enabled or (all_clear and not smtp.mail_all_clear):
+        return None
+    try:
+        password = notify.resolve_password(smtp)
+    except Exception as err:  # the message still goes to the outbox when login fails
+        log.warning("SMTP password could not be resolved: %s", type(err).__name__)
+        password = None
+    attachments = [p for k, p in paths.items() if k == "html"]
+    message = notify.compose_message(drift_email(result), smtp, attachments)
+    return notify.deliver(message, smtp, outbox, password, sleep)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wiring
+
+
+@dataclass(frozen=True)
+class DriftSteps:
+    """The steps :func:`run_drift_check` calls: plain functions, or the flow's tasks."""
+
+    send_queued_mail: Callable[..., list[str]] = send_queued_mail
+    fetch_reference: Callable[..., Reference] = fetch_reference
+    read_window: Callable[..., CurrentWindow] = read_window
+    analyse: Callable[..., DriftAnalysis] = analyse
+    plan_retraining: Callable[..., RetrainPlan] = plan_retraining
+    start_retraining: Callable[..., RetrainPlan] = start_retraining
+    write_reports: Callable[..., dict[str, Path]] = write_reports
+    log_monitoring_run: Callable[..., str] = log_monitoring_run
+    send_report: Callable[..., notify.Delivery | None] = send_report
+
+
+def run_drift_check(
+    settings: Settings,
+    config: DriftCheckConfig,
+    smtp: notify.SmtpSettings,
+    *,
+    spec: FeatureSpec | None = None,
+    now: datetime | None = None,
+    flow_run_url: str | None = None,
+    publish: Callable[[DriftCheckResult], Any] | None = None,
+    recent_runs: Callable[[str], list[retraining.RecentRun]] = retraining.recent_runs,
+    trigger: Callable[[retraining.RetrainDecision, Path], retraining.RetrainDecision] = (
+        retraining.trigger
+    ),
+    sleep: Sleep = time.sleep,
+    steps: DriftSteps = DriftSteps(),
+) -> tuple[DriftCheckResult, notify.Delivery | None]:
+    """One drift check end to end; the email and MLflow never stop it (their problems are reported).
+
+    ``publish`` receives the result before the email goes out (the flow posts its artifact there).
+    Returns the result and what happened to the email (None when none was due).
+    """
+    spec = spec or default_spec()
+    now = now or datetime.now(UTC)
+    problems = steps.send_queued_mail(smtp, settings.outbox_dir, sleep)
+    reference = steps.fetch_reference(settings, config.model_name)
+    window = steps.read_window(settings, config, spec, reference.version, now)
+    analysis = steps.analyse(reference.frame, window.table, spec, config.policy)
+    plan = steps.plan_retraining(settings, config, analysis, window.id, now, recent_runs)
+    if plan.decision.should_trigger:
+        plan = steps.start_retraining(plan, settings.labelled_root, trigger)
+    folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{window.id}"
+    result = describe_result(
+        config, reference, window, analysis, plan, folder, now, flow_run_url, problems
+    )
+    paths = steps.write_reports(analysis, result, folder)
+    try:
+        result = result.model_copy(
+            update={"mlflow_run_id": steps.log_monitoring_run(settings, result, paths)}
+        )
+    except Exception as err:
+        result = result.model_copy(
+            update={"problems": [*result.problems, f"MLflow: {type(err).__name__}: {err}"]}
+        )
+    if publish is not None:
+        publish(result)
+    delivery = steps.send_report(result, paths, smtp, settings.outbox_dir, sleep)
+    return result, delivery

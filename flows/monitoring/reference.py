@@ -1,0 +1,49 @@
+"""The champion's reference snapshot: the rows a drift check compares the window with.
+
+The release logs it in the champion's MLflow run (``REFERENCE_ARTIFACT``, unseen rows with the
+model's ``score``), so the reference follows the champion when it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_contracts.inference_log import SCORE_COLUMN
+
+# written by the release into each training run; moves to data_contracts.artifacts (one
+# definition for the release and the drift check) once that module is committed
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The champion's reference snapshot and where it came from."""
+
+    model_name: str
+    version: str
+    run_id: str
+    frame: pa.Table
+
+
+def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -> Reference:
+    """Download the reference snapshot logged in the run of the version holding ``alias``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, tracking_uri)
+    version = client.get_model_version_by_alias(model_name, alias)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=version.run_id,
+        artifact_path=REFERENCE_ARTIFACT,
+        dst_path=str(dest),
+        tracking_uri=tracking_uri,
+    )
+    frame = pq.read_table(local)
+    if SCORE_COLUMN not in frame.column_names:
+        raise ValueError(f"reference of {model_name} v{version.version} has no {SCORE_COLUMN!r}")
+    return Reference(model_name, str(version.version), str(version.run_id), frame)

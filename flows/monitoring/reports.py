@@ -1,0 +1,64 @@
+"""Where a drift check's reports go: the home folder (Evidently HTML + JSON, our decision JSON)
+and the MLflow monitoring experiment (the same files, tagged with the champion version)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flows.core.settings import Settings
+from flows.monitoring.analysis import DriftAnalysis
+from flows.monitoring.results import DriftCheckResult, mlflow_payload
+
+
+def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -> dict[str, Path]:
+    """Write the Evidently HTML and JSON plus our decision JSON into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if analysis.snapshot is not None:
+        paths["html"] = folder / "drift_report.html"
+        paths["json"] = folder / "drift_report.json"
+        analysis.snapshot.save_html(str(paths["html"]))
+        paths["json"].write_text(json.dumps(analysis.snapshot.dict(), indent=1, default=str))
+    paths["decision"] = folder / "decision.json"
+    decision = {
+        **facts,
+        "verdict": analysis.verdict.model_dump(mode="json"),
+        "sampling": {**analysis.sampling.model_dump(), "statement": analysis.sampling.describe()},
+        "columns": [r.model_dump(mode="json") for r in analysis.results],
+        "summary": analysis.summary,
+    }
+    paths["decision"].write_text(json.dumps(decision, indent=1, default=str))
+    return paths
+
+
+def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:
+    """Log reports, tags (champion version, outcome) and statistics to the monitoring experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.monitoring_experiment)
+    if experiment is None:
+        location = None
+        if settings.uses_local_mlflow:
+            settings.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = settings.artifact_root.resolve().as_uri()
+        experiment_id = client.create_experiment(
+            settings.monitoring_experiment, artifact_location=location
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    payload = mlflow_payload(result)
+    run = client.create_run(
+        experiment_id,
+        tags=payload["tags"],
+        run_name=f"drift-{result.model_name}-v{result.champion_version}-{result.checked_at:%Y%m%dT%H%M}",
+    )
+    run_id = run.info.run_id
+    for key, value in payload["metrics"].items():
+        client.log_metric(run_id, key, value)
+    for path in paths.values():
+        client.log_artifact(run_id, str(path), "drift_report")
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,227 @@
+"""The drift check: its steps as plain functions, their one wiring, the flow's tasks and parameters.
+
+No Prefect server and no MLflow: the wiring runs with stand-in steps; the whole check against
+real servers is in tests/integration/test_drift_email.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from flows import drift_check as flow_module
+from flows.alerting.notify import SmtpSettings
+from flows.core.settings import Settings
+from flows.monitoring import check
+from flows.monitoring.analysis import DriftAnalysis
+from flows.monitoring.check import (
+    CurrentWindow,
+    DriftCheckConfig,
+    DriftSteps,
+    RetrainPlan,
+    RetrainPolicy,
+    plan_retraining,
+    read_window,
+    run_drift_check,
+    send_queued_mail,
+    send_report,
+    start_retraining,
+)
+from flows.monitoring.reference import Reference
+from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
+from flows.monitoring.sampling import Sampling
+from flows.monitoring.verdict import DriftPolicy, DriftVerdict, Outcome
+from flows.monitoring.window import Window
+from tests.drift_support import DEP, result, write_log
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+SMTP_OFF = SmtpSettings(host=None)
+
+
+def analysis(outcome: Outcome = Outcome.DRIFT) -> DriftAnalysis:
+    wanted = outcome == Outcome.DRIFT
+    return DriftAnalysis(
+        verdict=DriftVerdict(outcome=outcome, retrain_wanted=wanted, reasons=["r"]),
+        sampling=Sampling(
+            reference_rows=10, window_rows=10, reference_sampled=10, window_sampled=10, seed=0
+        ),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path / "home"))
+    return Settings()
+
+
+def test_queued_mail_is_skipped_without_smtp_and_never_raises(tmp_path, monkeypatch):
+    assert send_queued_mail(SMTP_OFF, tmp_path) == []
+    smtp = SmtpSettings(host="127.0.0.1", recipients=["ops@example.test"], password_secret="x")
+
+    def broken(_):
+        raise RuntimeError("no secret block")
+
+    monkeypatch.setattr(check.notify, "resolve_password", broken)
+    assert send_queued_mail(smtp, tmp_path) == ["outbox: RuntimeError"]
+
+
+def test_read_window_keeps_the_champions_rows(settings, spec):
+    from data_contracts.synthetic import GeneratorConfig, generate
+
+    frame = generate(GeneratorConfig(rows=40, seed=3))
+    frame["score"] = 0.2
+    frame["timestamp"] = [NOW - timedelta(minutes=i + 1) for i in range(40)]
+    write_log(frame.iloc[:30], settings.inference_log_root, spec, "v2")
+    write_log(frame.iloc[30:], settings.inference_log_root, spec, "v3")
+    config = DriftCheckConfig(window=Window(hours=24))
+    window = read_window(settings, config, spec, "2", NOW)
+    assert window.table.num_rows == 30 and window.id.startswith("v2-")
+    assert window.end == NOW - timedelta(minutes=1)
+    every = read_window(
+        settings, config.model_copy(update={"only_champion_rows": False}), spec, "2", NOW
+    )
+    assert every.table.num_rows == 40
+
+
+def test_plan_asks_prefect_only_when_a_trigger_is_possible(settings):
+    asked: list[str] = []
+
+    def recent(deployment: str) -> list[RecentRun]:
+        asked.append(deployment)
+        return []
+
+    config = DriftCheckConfig()
+    calm = plan_retraining(settings, config, analysis(Outcome.NO_DRIFT), "w", NOW, recent)
+    assert calm.decision.action == RetrainAction.NOT_NEEDED and asked == []
+    off = config.model_copy(update={"retraining": RetrainPolicy(trigger=False)})
+    assert plan_retraining(settings, off, analysis(), "w", NOW, recent).decision.action == (
+        RetrainAction.DISABLED
+    )
+    assert asked == []
+    none = plan_retraining(settings, config, analysis(), "w", NOW, recent)
+    assert asked == [DEP] and none.decision.action == RetrainAction.NO_LABELLED_DATA
+    assert none.data_path is None
+
+
+def test_cooldown_comes_from_the_retrain_policy(settings):
+    ended = RecentRun(
+        id="r1", name="r", state="COMPLETED", end_time=NOW - timedelta(hours=2),
+        tags=("drift-triggered",),
+    )  # fmt: skip
+    short = DriftCheckConfig(retraining=RetrainPolicy(cooldown_hours=1))
+    long = DriftCheckConfig(retraining=RetrainPolicy(cooldown_hours=3))
+    action = {
+        hours: plan_retraining(settings, cfg, analysis(), "w", NOW, lambda _: [ended]).decision
+        for hours, cfg in ((1, short), (3, long))
+    }
+    assert action[3].action == RetrainAction.COOLDOWN
+    assert action[1].action == RetrainAction.NO_LABELLED_DATA
+
+
+def test_a_failed_trigger_is_recorded_not_raised(tmp_path):
+    planned = RetrainPlan(
+        RetrainDecision(action=RetrainAction.TRIGGERED, reason="drift", deployment=DEP),
+        tmp_path / "train.parquet",
+    )
+
+    def down(decision, path):
+        raise LookupError("deployment is not deployed")
+
+    failed = start_retraining(planned, tmp_path, down)
+    assert failed.decision.action == RetrainAction.FAILED
+    assert failed.problems == ["retraining trigger: LookupError: deployment is not deployed"]
+    no_data = start_retraining(replace(planned, data_path=None), tmp_path, down)
+    assert no_data.problems[0].startswith("retraining trigger: FileNotFoundError")
+
+
+def test_no_mail_for_an_all_clear_unless_asked(tmp_path):
+    on = SmtpSettings(host="127.0.0.1", port=1, recipients=["ops@example.test"])
+    assert send_report(result(drifted=False, triggered=False), {}, on, tmp_path) is None
+    assert send_report(result(), {}, SMTP_OFF, tmp_path) is None
+
+
+def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec):
+    calls: list[str] = []
+    table = pa.table({"timestamp": pa.array([NOW], pa.timestamp("us", tz="UTC"))})
+
+    def step(name, value):
+        def run(*args, **kwargs):
+            calls.append(name)
+            if isinstance(value, Exception):
+                raise value
+            return value(*args) if callable(value) else value
+
+        return run
+
+    planned = RetrainPlan(
+        RetrainDecision(action=RetrainAction.TRIGGERED, reason="drift", deployment=DEP),
+        Path("/data/train.parquet"),
+        ["labelled data: slow"],
+    )
+    steps = DriftSteps(
+        send_queued_mail=step("mail-queue", ["outbox: queued one refused"]),
+        fetch_reference=step("reference", Reference("fraud-detector", "3", "run-3", table)),
+        read_window=step("window", CurrentWindow(table, "v3-w", NOW, NOW)),
+        analyse=step("analyse", analysis()),
+        plan_retraining=step("plan", planned),
+        start_retraining=step("trigger", lambda plan, *_: plan),
+        write_reports=step("reports", {}),
+        log_monitoring_run=step("mlflow", ConnectionError("MLflow is down")),
+        send_report=step("mail", None),
+    )
+    published = []
+    res, delivery = run_drift_check(
+        settings, DriftCheckConfig(), SMTP_OFF, spec=spec, now=NOW,
+        publish=published.append, steps=steps,
+    )  # fmt: skip
+    assert calls == [
+        "mail-queue", "reference", "window", "analyse", "plan", "trigger", "reports", "mlflow",
+        "mail",
+    ]  # fmt: skip
+    assert published == [res] and delivery is None
+    assert res.problems == [
+        "outbox: queued one refused",
+        "labelled data: slow",
+        "MLflow: ConnectionError: MLflow is down",
+    ]
+    assert res.window_id == "v3-w" and res.champion_version == "3"
+    assert res.manual_command.endswith("--param data_path=/data/train.parquet --watch")
+
+
+def test_flow_steps_are_tasks_retried_only_on_io():
+    retried = {"load-reference", "read-window", "decide-retraining", "trigger-retraining",
+               "log-monitoring-run"}  # fmt: skip
+    names = set()
+    for field in DriftSteps.__dataclass_fields__:
+        task = getattr(flow_module.TASKS, field)
+        assert task.name and task.fn.__module__ == "flows.drift_check", field
+        assert (task.retries > 0) == (task.name in retried), task.name
+        names.add(task.name)
+    assert {"read-window", "analyse", "write-reports", "send-report"} <= names
+
+
+def test_flow_body_is_thin():
+    source = inspect.getsource(flow_module.drift_check)
+    body = ast.parse(source).body[0].body
+    assert body[-1].end_lineno - body[0].lineno <= 60
+
+
+def test_the_deployment_parameters_are_the_flow_defaults():
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    (drift,) = [d for d in deployments if d["entrypoint"].endswith("drift_check.py:drift_check")]
+    params = flow_module.drift_check.validate_parameters(drift["parameters"])
+    assert params["window"] == Window(hours=24)
+    assert params["policy"] == DriftPolicy()
+    assert params["retraining"] == RetrainPolicy()
+    rows = flow_module.drift_check.validate_parameters({"window": {"rows": 3000}})
+    assert rows["window"] == Window(rows=3000)
+    with pytest.raises(Exception, match="exactly one"):
+        flow_module.drift_check.validate_parameters({"window": {"hours": 1, "rows": 5}})
