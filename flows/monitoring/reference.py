@@ -12,11 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.inference_log import SCORE_COLUMN
-
-# written by the release into each training run; moves to data_contracts.artifacts (one
-# definition for the release and the drift check) once that module is committed
-REFERENCE_ARTIFACT = "reference/reference.parquet"
 
 
 @dataclass(frozen=True)

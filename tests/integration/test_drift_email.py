@@ -18,12 +18,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.notify import SmtpSettings, compose_message, deliver, flush_outbox
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, run_drift_check
-from flows.monitoring.reference import REFERENCE_ARTIFACT
 from flows.monitoring.results import drift_email
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy, Outcome

@@ -21,6 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
+from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.alerting.notify import (
@@ -33,7 +34,6 @@ from flows.alerting.notify import (
 )
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, RetrainPolicy, run_drift_check
-from flows.monitoring.reference import REFERENCE_ARTIFACT
 from flows.monitoring.results import drift_email
 from flows.monitoring.verdict import Outcome
 from tests.drift_support import Inbox, free_port, result, write_log
