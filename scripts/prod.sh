@@ -60,6 +60,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false BENTOML_DO_NOT_TRACK=true DO_NOT_T
 
 log() { printf '[prod] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
+# alive, start_bg, stop_pid, wait_healthy, print_status: by PID, output to log files
+source "$ROOT/scripts/lib/process.sh"
 
 for name in PG_USER DB_PREFIX; do
   [[ "${!name}" =~ ^[a-z_][a-z0-9_]*$ ]] || die "$name='${!name}' must be a lower-case SQL identifier ([a-z_][a-z0-9_]*)"
@@ -200,40 +202,6 @@ pg_down() {
   as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null || true
 }
 
-alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
-
-start_bg() { # start_bg NAME CMD...: own session, output to a log file, PID recorded
-  local name="$1"; shift
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/$name.pid"
-}
-
-stop_pid() { # stop_pid NAME: SIGTERM the process group, wait, then SIGKILL
-  local name="$1" pid_file="$RUN_DIR/$1.pid" pid
-  [[ -f "$pid_file" ]] || return 0
-  pid="$(cat "$pid_file")"
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $name (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop in 20 s; killing it"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$pid_file"
-}
-
-wait_healthy() { # wait_healthy NAME URL SECONDS
-  local name="$1" url="$2"
-  for _ in $(seq 1 $(($3 * 2))); do
-    curl -fsS --max-time 2 "$url" >/dev/null 2>&1 && return 0
-    alive "$name" || { tail -30 "$LOG_DIR/$name.log" >&2; die "$name exited; see $LOG_DIR/$name.log"; }
-    sleep 0.5
-  done
-  die "$name did not become healthy in $3 s; see $LOG_DIR/$name.log"
-}
-
 start_servers() {
   local pg="$PG_USER@127.0.0.1:$PG_PORT"
   if alive prefect-server; then
@@ -254,8 +222,8 @@ start_servers() {
       --artifacts-destination "$ARTIFACTS" --serve-artifacts \
       --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
   fi
-  wait_healthy prefect-server "$PREFECT_URL/health" 180
-  wait_healthy mlflow-server "$MLFLOW_URL/health" 180
+  wait_healthy prefect-server "$PREFECT_URL/health" 180 || exit 1
+  wait_healthy mlflow-server "$MLFLOW_URL/health" 180 || exit 1
 }
 
 stack() { # scripts/stack.sh against this profile's servers
@@ -281,9 +249,7 @@ down() {
 
 status() {
   if pg_ready; then echo "postgresql: running on 127.0.0.1:$PG_PORT ($PG_DIR)"; else echo "postgresql: stopped"; fi
-  for name in prefect-server mlflow-server; do
-    if alive "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
-  done
+  print_status prefect-server mlflow-server
   stack status
   curl -fsS --max-time 2 "$MLFLOW_URL/health" >/dev/null 2>&1 \
     && echo "MLflow: $MLFLOW_URL (healthy)" || echo "MLflow: $MLFLOW_URL (not answering)"

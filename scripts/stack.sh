@@ -59,36 +59,11 @@ BIN="$ROOT/.venv/bin"
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$PREFECT_HOME"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
-
-alive() { # alive NAME: the recorded PID is running
-  local pid_file="$RUN_DIR/$1.pid"
-  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
-}
+# alive, start_bg, stop_pid, wait_healthy, print_status: by PID, output to log files
+source "$ROOT/scripts/lib/process.sh"
 
 healthy() {
   curl -fsS --max-time 2 "${PREFECT_API_URL%/}/health" >/dev/null 2>&1
-}
-
-start_bg() { # start_bg NAME CMD...: own session, output to a log file, PID recorded
-  local name="$1"; shift
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
-  echo $! >"$RUN_DIR/$name.pid"
-}
-
-stop_pid() { # stop_pid NAME: SIGTERM the process group, wait, then SIGKILL
-  local name="$1" pid_file="$RUN_DIR/$1.pid" pid
-  [[ -f "$pid_file" ]] || return 0
-  pid="$(cat "$pid_file")"
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $name (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop in 20 s; killing it"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$pid_file"
 }
 
 up() {
@@ -101,12 +76,7 @@ up() {
     alive prefect-server && stop_pid prefect-server
     log "starting the Prefect server on 127.0.0.1:$PORT (log: $LOG_DIR/prefect-server.log)"
     start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
-    for _ in $(seq 1 120); do
-      healthy && break
-      alive prefect-server || { log "the Prefect server exited; see $LOG_DIR/prefect-server.log"; tail -20 "$LOG_DIR/prefect-server.log" >&2; exit 1; }
-      sleep 0.5
-    done
-    healthy || { log "the Prefect server did not become healthy in 60 s"; exit 1; }
+    wait_healthy prefect-server "${PREFECT_API_URL%/}/health" 60 || exit 1
   fi
   if [[ "$LOCAL_MAIL" == 1 ]] && ! alive mail-catcher; then
     # a complete Maildir: aiosmtpd's Mailbox creates tmp/new/cur only when the folder is absent
@@ -164,12 +134,7 @@ serve() {
   fi
   log "starting bentoml serve (the champion) on http://127.0.0.1:$SERVE_PORT (log: $LOG_DIR/bento.log)"
   (cd "$ROOT" && start_bg bento "$BIN/bentoml" serve --host 127.0.0.1 --port "$SERVE_PORT")
-  for _ in $(seq 1 120); do
-    curl -fsS --max-time 2 "http://127.0.0.1:$SERVE_PORT/readyz" >/dev/null 2>&1 && return 0
-    alive bento || { log "bentoml serve exited; see $LOG_DIR/bento.log"; tail -20 "$LOG_DIR/bento.log" >&2; exit 1; }
-    sleep 0.5
-  done
-  log "the bento did not become ready in 60 s; see $LOG_DIR/bento.log"; exit 1
+  wait_healthy bento "http://127.0.0.1:$SERVE_PORT/readyz" 60 || exit 1
 }
 
 down() {
@@ -183,9 +148,7 @@ down() {
 }
 
 status() {
-  for name in prefect-server prefect-worker prefect-alert-worker mail-catcher bento; do
-    if alive "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
-  done
+  print_status prefect-server prefect-worker prefect-alert-worker mail-catcher bento
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
 }
 

@@ -134,3 +134,50 @@ def test_env_puts_the_tools_on_a_minimal_path(script, tmp_path):
     ]
     assert Path(lines[3]).parent == uv_dir
     assert lines[-1].startswith("API=http://127.0.0.1:")
+
+
+def process_lib(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` in bash after sourcing scripts/lib/process.sh with tmp run and log dirs."""
+    shell = (
+        "set -euo pipefail\n"
+        f"RUN_DIR={tmp_path}/run LOG_DIR={tmp_path}/logs\n"
+        'mkdir -p "$RUN_DIR" "$LOG_DIR"\n'
+        "log() { printf '[test] %s\\n' \"$*\" >&2; }\n"
+        f"source {SCRIPTS / 'lib' / 'process.sh'}\n" + body
+    )
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    return run(["bash", "--noprofile", "--norc", "-c", shell], env, cwd=tmp_path)
+
+
+def test_process_lib_starts_waits_and_stops_by_pid(tmp_path):
+    ready = tmp_path / "ready"
+    result = process_lib(
+        tmp_path,
+        f'start_bg server bash -c "echo to-the-log; sleep 1; touch {ready}; exec sleep 60"\n'
+        f"wait_healthy server file://{ready} 20\n"
+        "print_status server other\n"
+        'pid="$(cat "$RUN_DIR/server.pid")"\n'
+        "stop_pid server\n"
+        'kill -0 "$pid" 2>/dev/null && echo STILL-RUNNING || echo gone\n'
+        "print_status server\n",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("server: running (pid ")
+    assert lines[1:] == ["other: stopped", "gone", "server: stopped"]
+    assert "to-the-log" not in result.stdout + result.stderr  # servers write to their log only
+    assert (tmp_path / "logs" / "server.log").read_text() == "to-the-log\n"
+    assert not (tmp_path / "run" / "server.pid").exists()
+    assert "stopping server (pid" in result.stderr
+
+
+def test_process_lib_reports_a_server_that_exits_while_waited_on(tmp_path):
+    result = process_lib(
+        tmp_path,
+        'start_bg broken bash -c "echo cannot bind the port; exit 3"\n'
+        f"wait_healthy broken file://{tmp_path}/never 20 || echo FAILED\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "FAILED"
+    assert "cannot bind the port" in result.stderr
+    assert f"broken exited; see {tmp_path}/logs/broken.log" in result.stderr
