@@ -68,11 +68,12 @@ test: install ## the whole test suite (unit, then integration against real serve
 test-fast: install ## unit tests only: no servers, seconds
 	$(ROOT)/.venv/bin/pytest -m "not integration"
 
-lint: install ## ruff lint and format check; serving requirements in step with uv.lock; bandit
+lint: install ## ruff lint and format check, bandit, serving requirements in step with uv.lock, import layers
 	$(ROOT)/.venv/bin/ruff check .
-	$(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/ruff format --check .
 	$(ROOT)/.venv/bin/bandit -c pyproject.toml -r flows bento data_contracts scripts benchmarks -ll -ii -q
+	UV="$(UV)" $(PY) scripts/serving_requirements.py --check
+	$(ROOT)/.venv/bin/lint-imports --config "$(ROOT)/pyproject.toml"
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
