@@ -7,7 +7,7 @@ markdown artifact -> email (outbox when SMTP is down).
 Each task is one call of a plain step in :mod:`flows.monitoring.check`; the order of the steps
 is :func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
 steps. Retries only where I/O can fail and a retry is safe: MLflow, the Prefect API, the log
-folder. The mail steps retry and queue inside ``flows.alerting.notify`` (a task retry would send
+folder. The mail steps retry and queue inside ``flows.alerting.outbox`` (a task retry would send
 twice); analysis and reports are not retried.
 """
 
@@ -23,8 +23,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
-from flows.alerting import notify
 from flows.alerting.alerts import alert_on_failure
+from flows.alerting.outbox import Delivery
+from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
 from flows.monitoring import analysis, check, reports
 from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
@@ -38,7 +39,7 @@ IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
 
 @task(name="send-queued-mail", cache_policy=NO_CACHE)
-def send_queued_mail(smtp: notify.SmtpSettings, outbox: Path, sleep: check.Sleep) -> list[str]:
+def send_queued_mail(smtp: SmtpSettings, outbox: Path, sleep: check.Sleep) -> list[str]:
     return check.send_queued_mail(smtp, outbox, sleep)
 
 
@@ -98,10 +99,10 @@ def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict
 def send_report(
     result: DriftCheckResult,
     paths: dict[str, Path],
-    smtp: notify.SmtpSettings,
+    smtp: SmtpSettings,
     outbox: Path,
     sleep: check.Sleep,
-) -> notify.Delivery | None:
+) -> Delivery | None:
     return check.send_report(result, paths, smtp, outbox, sleep)
 
 
@@ -150,7 +151,7 @@ def drift_check(
     config = DriftCheckConfig(
         model_name=model_name or spec.name, window=window, policy=policy, retraining=retraining
     )
-    smtp = notify.SmtpSettings()
+    smtp = SmtpSettings()
     logger.info("mail: %s", smtp.describe() if smtp.enabled else "off (FRAUD_SMTP_HOST unset)")
 
     def publish(result: DriftCheckResult) -> None:

@@ -24,7 +24,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts.spec import FeatureSpec, default_spec
-from flows.alerting import notify
+from flows.alerting import outbox as mail_outbox
+from flows.alerting import smtp as mail
 from flows.core.settings import Settings
 from flows.monitoring import retraining
 from flows.monitoring.analysis import DriftAnalysis, analyse, max_noise
@@ -77,9 +78,7 @@ class DriftCheckConfig(BaseModel):
 # The steps
 
 
-def send_queued_mail(
-    smtp: notify.SmtpSettings, outbox: Path, sleep: Sleep = time.sleep
-) -> list[str]:
+def send_queued_mail(smtp: mail.SmtpSettings, outbox: Path, sleep: Sleep = time.sleep) -> list[str]:
     """Send what earlier runs left in the outbox; return the problems to report (never raises).
 
     A queued mail the server refuses for good is a problem of this check's report; the outbox
@@ -89,8 +88,8 @@ def send_queued_mail(
         return []
     problems = []
     try:
-        password = notify.resolve_password(smtp)
-        for sent in notify.flush_outbox(smtp, outbox, password, sleep):
+        password = mail.resolve_password(smtp)
+        for sent in mail_outbox.flush_outbox(smtp, outbox, password, sleep):
             if sent.status == "failed":  # refused for good: kept in outbox/failed, say so
                 problems.append(f"outbox: {sent.subject!r} refused: {sent.detail}")
             else:
@@ -272,26 +271,26 @@ def write_reports(
 def send_report(
     result: DriftCheckResult,
     paths: dict[str, Path],
-    smtp: notify.SmtpSettings,
+    smtp: mail.SmtpSettings,
     outbox: Path,
     sleep: Sleep = time.sleep,
-) -> notify.Delivery | None:
+) -> mail_outbox.Delivery | None:
     """Mail the report (the HTML attached) when one is due; None when none is.
 
     No mail for an all-clear unless ``mail_all_clear``. Delivery retries and queues in the outbox
-    itself (see ``flows.alerting.notify``), so this step never raises on SMTP errors.
+    itself (see ``flows.alerting.outbox``), so this step never raises on SMTP errors.
     """
     all_clear = result.verdict.outcome == Outcome.NO_DRIFT
     if not smtp.enabled or (all_clear and not smtp.mail_all_clear):
         return None
     try:
-        password = notify.resolve_password(smtp)
+        password = mail.resolve_password(smtp)
     except Exception as err:  # the message still goes to the outbox when login fails
         log.warning("SMTP password could not be resolved: %s", type(err).__name__)
         password = None
     attachments = [p for k, p in paths.items() if k == "html"]
-    message = notify.compose_message(drift_email(result), smtp, attachments)
-    return notify.deliver(message, smtp, outbox, password, sleep)
+    message = mail.compose_message(drift_email(result), smtp, attachments)
+    return mail_outbox.deliver(message, smtp, outbox, password, sleep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,13 +309,13 @@ class DriftSteps:
     start_retraining: Callable[..., RetrainPlan] = start_retraining
     write_reports: Callable[..., dict[str, Path]] = write_reports
     log_monitoring_run: Callable[..., str] = log_monitoring_run
-    send_report: Callable[..., notify.Delivery | None] = send_report
+    send_report: Callable[..., mail_outbox.Delivery | None] = send_report
 
 
 def run_drift_check(
     settings: Settings,
     config: DriftCheckConfig,
-    smtp: notify.SmtpSettings,
+    smtp: mail.SmtpSettings,
     *,
     spec: FeatureSpec | None = None,
     now: datetime | None = None,
@@ -328,7 +327,7 @@ def run_drift_check(
     ),
     sleep: Sleep = time.sleep,
     steps: DriftSteps = DriftSteps(),
-) -> tuple[DriftCheckResult, notify.Delivery | None]:
+) -> tuple[DriftCheckResult, mail_outbox.Delivery | None]:
     """One drift check end to end; the email and MLflow never stop it (their problems are reported).
 
     ``publish`` receives the result before the email goes out (the flow posts its artifact there).

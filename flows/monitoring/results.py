@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.alerting.notify import EmailContent, esc
+from flows.alerting.emails import EmailContent, render
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
 from flows.monitoring.sampling import Sampling
 from flows.monitoring.verdict import ColumnDrift, DriftPolicy, DriftVerdict, Outcome
@@ -134,7 +134,11 @@ def result_markdown(result: DriftCheckResult) -> str:
 
 
 def drift_email(result: DriftCheckResult) -> EmailContent:
-    """Subject with the outcome at a glance; an HTML body a person can decide from."""
+    """Subject with the outcome at a glance; an HTML body a person can decide from.
+
+    The HTML is ``flows/alerting/templates/drift_report.html`` (autoescaped); the plain text
+    alternative is built here.
+    """
     v = result.verdict
     subject = f"[{result.model_name} v{result.champion_version}] {result.headline()}"
     colour = {"drift": "#b00020", "no drift": "#1b5e20"}.get(v.outcome.value, "#8a6d00")
@@ -143,29 +147,19 @@ def drift_email(result: DriftCheckResult) -> EmailContent:
         if not c.drifted and len(rows) >= 5 and v.outcome == Outcome.DRIFT:
             continue
         rows.append(
-            "<tr>"
-            f"<td>{'<b>' + esc(c.column) + '</b>' if c.drifted else esc(c.column)}</td>"
-            f"<td>{esc(c.kind)}</td><td>{esc(c.method)}</td>"
-            f"<td>{_fmt(c.statistic)}</td>"
-            f"<td>{_fmt(c.threshold, 2) if c.threshold is not None else 'n/a'}</td>"
-            f"<td>{'DRIFT' if c.drifted else 'ok'}</td>"
-            f"<td>{_p(c.p_value)} {esc(c.p_value_test or '')}</td>"
-            f"<td>{_fmt(c.noise_floor)}</td>"
-            f"<td>{esc(c.shift or c.note)}</td>"
-            "</tr>"
-        )
-    table = ""
-    if rows:
-        table = (
-            "<table border='1' cellpadding='4' cellspacing='0' style='border-collapse:collapse'>"
-            "<tr><th>column</th><th>kind</th><th>test</th><th>effect size (statistic)</th>"
-            "<th>threshold</th><th>verdict</th><th>p-value</th><th>no-drift noise</th>"
-            "<th>what changed</th></tr>" + "".join(rows) + "</table>"
-            "<p style='font-size:smaller'>The decision is the effect size against its threshold "
-            "(Evidently: normed Wasserstein distance for numbers, Jensen-Shannon distance for "
-            "categories). The p-value (KS or chi-squared on the same samples) only says a shift "
-            "is not chance: at these sample sizes small shifts are significant too. The noise "
-            "column is the statistic between two reference samples of the window's size.</p>"
+            {
+                "column": c.column,
+                "drifted": c.drifted,
+                "kind": c.kind,
+                "method": c.method,
+                "statistic": _fmt(c.statistic),
+                "threshold": _fmt(c.threshold, 2) if c.threshold is not None else "n/a",
+                "verdict": "DRIFT" if c.drifted else "ok",
+                "p_value": _p(c.p_value),
+                "p_value_test": c.p_value_test or "",
+                "noise": _fmt(c.noise_floor),
+                "shift": c.shift or c.note,
+            }
         )
     s = result.sampling
     champion = f"{result.model_name} v{result.champion_version} (run {result.champion_run_id})"
@@ -180,26 +174,16 @@ def drift_email(result: DriftCheckResult) -> EmailContent:
         ("MLflow run", result.mlflow_run_id or "not logged"),
         ("Flow run", result.flow_run_url or "n/a"),
     ]  # fmt: skip
-    facts_html = "".join(
-        f"<tr><th align='left'>{esc(k)}</th><td>{esc(val)}</td></tr>" for k, val in facts
-    )
-    problems = ""
-    if result.problems:
-        problems = (
-            "<h3>Problems</h3><ul>"
-            + "".join(f"<li>{esc(p)}</li>" for p in result.problems)
-            + "</ul>"
-        )
-    html_body = (
-        "<html><body style='font-family:sans-serif'>"
-        f"<h2 style='color:{colour}'>{esc(result.model_name)} v{esc(result.champion_version)}: "
-        f"{esc(result.headline())}</h2>"
-        "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in v.reasons) + "</ul>"
-        f"<h3>What was done</h3><p>{esc(action_text(result))}</p>"
-        f"<p>To retrain by hand:<br><code>{esc(result.manual_command)}</code></p>"
-        f"{'<h3>Columns</h3>' + table if table else ''}"
-        f"<h3>Facts</h3><table cellpadding='3'>{facts_html}</table>{problems}"
-        "<p>The full Evidently report is attached.</p></body></html>"
+    html_body = render(
+        "drift_report.html",
+        result=result,
+        headline=result.headline(),
+        colour=colour,
+        reasons=v.reasons,
+        action=action_text(result),
+        rows=rows,
+        facts=facts,
+        problems=result.problems,
     )
     text_lines = [
         subject,

@@ -21,7 +21,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.alerting.notify import SmtpSettings, compose_message, deliver, flush_outbox
+from flows.alerting.outbox import deliver, flush_outbox
+from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, run_drift_check
 from flows.monitoring.results import drift_email

@@ -145,7 +145,7 @@ def test_failed_release_mails_the_run_the_step_and_the_error(stack, failed_runs)
     assert "flows/training/release.py" in body  # where it was raised
     assert "Champion: untouched" in body
     html = mail.get_body(("html",)).get_content()
-    assert "column &#x27;amount&#x27;: missing from the data" in html
+    assert "column &#39;amount&#39;: missing from the data" in html
 
 
 def test_failed_drift_check_mails_too(stack, failed_runs):

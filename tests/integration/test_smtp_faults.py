@@ -24,14 +24,8 @@ from aiosmtpd.smtp import SMTP
 from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import GeneratorConfig, generate
-from flows.alerting.notify import (
-    ENVELOPE_HEADER,
-    REFUSED_HEADER,
-    SmtpSettings,
-    compose_message,
-    deliver,
-    flush_outbox,
-)
+from flows.alerting.outbox import REFUSED_HEADER, deliver, flush_outbox
+from flows.alerting.smtp import ENVELOPE_HEADER, SmtpSettings, compose_message
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, RetrainPolicy, run_drift_check
 from flows.monitoring.results import drift_email
@@ -188,7 +182,7 @@ def test_permanent_refusal_of_the_message_is_kept_and_reported(
     smtp = server.settings(["ops@example.test"])
     message = compose_message(drift_email(result()), smtp)
     server.faults.at[stage] = answer
-    with caplog.at_level(logging.WARNING, logger="flows.alerting.notify"):
+    with caplog.at_level(logging.WARNING, logger="flows.alerting"):
         delivery = deliver(message, smtp, outbox, None)
     assert delivery.status == "failed" and answer in delivery.detail
     assert server.faults.hits[stage] == 1  # a 5xx is not asked again
@@ -231,7 +225,7 @@ def test_settings_refused_for_good_keep_the_message_queued(server, tmp_path, cap
     smtp = server.settings(["ops@example.test"], sender="wrong@example.test")
     message = compose_message(drift_email(result()), smtp)
     server.faults.at["MAIL"] = "550 5.7.1 Sender address rejected: not allowed to relay"
-    with caplog.at_level(logging.ERROR, logger="flows.alerting.notify"):
+    with caplog.at_level(logging.ERROR, logger="flows.alerting"):
         delivery = deliver(message, smtp, outbox, None)
     assert delivery.status == "queued" and "check the SMTP settings" in delivery.detail
     assert server.faults.hits["MAIL"] == 1

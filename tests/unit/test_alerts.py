@@ -16,20 +16,18 @@ from pydantic import ValidationError
 
 from flows import failure_alert
 from flows.alerting import alerts
-from flows.alerting.alerts import (
+from flows.alerting.failure import (
     Step,
     alert_email,
     build_report,
     champion_note,
     describe_steps,
-    redact_parameters,
-    scrub,
     step_name,
     summarize_task_runs,
-    truncate,
     ui_base_url,
 )
-from flows.alerting.notify import SmtpSettings, compose_message
+from flows.alerting.redaction import redact_parameters, scrub, truncate
+from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.cli import automations
 from flows.cli.automations import HeartbeatSettings, alert_rule, crash_message, crash_rule
 from flows.drift_check import drift_check

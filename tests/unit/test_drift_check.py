@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flows import drift_check as flow_module
-from flows.alerting.notify import SmtpSettings
+from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
 from flows.monitoring import check
 from flows.monitoring.analysis import DriftAnalysis
@@ -69,7 +69,7 @@ def test_queued_mail_is_skipped_without_smtp_and_never_raises(tmp_path, monkeypa
     def broken(_):
         raise RuntimeError("no secret block")
 
-    monkeypatch.setattr(check.notify, "resolve_password", broken)
+    monkeypatch.setattr(check.mail, "resolve_password", broken)
     assert send_queued_mail(smtp, tmp_path) == ["outbox: RuntimeError"]
 
 

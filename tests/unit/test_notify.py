@@ -6,7 +6,9 @@ import logging
 from email import policy
 from email.parser import BytesParser
 
-from flows.alerting.notify import EmailContent, SmtpSettings, compose_message, deliver, flush_outbox
+from flows.alerting.emails import EmailContent
+from flows.alerting.outbox import deliver, flush_outbox
+from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.monitoring.results import drift_email, result_markdown
 from tests.drift_support import free_port, result
 
@@ -122,7 +124,7 @@ def test_temporary_and_permanent_answers_are_told_apart():
         SMTPServerDisconnected,
     )
 
-    from flows.alerting.notify import describe_error, is_permanent, refuses_message
+    from flows.alerting.smtp import describe_error, is_permanent, refuses_message
 
     busy = SMTPRecipientsRefused({"a@example.test": (451, b"try later")})
     gone = SMTPRecipientsRefused({"a@example.test": (550, b"no such user")})
@@ -147,12 +149,8 @@ def test_temporary_and_permanent_answers_are_told_apart():
 
 
 def test_outbox_copy_carries_envelope_and_answer_but_the_original_does_not(tmp_path):
-    from flows.alerting.notify import (
-        ENVELOPE_HEADER,
-        REFUSED_HEADER,
-        header_recipients,
-        write_outbox,
-    )
+    from flows.alerting.outbox import REFUSED_HEADER, write_outbox
+    from flows.alerting.smtp import ENVELOPE_HEADER, header_recipients
 
     smtp = SmtpSettings(host="127.0.0.1", recipients=["a@example.test", "b@example.test"])
     msg = compose_message(EmailContent(subject="s", html="<b>h</b>", text="t"), smtp)
