@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState, RunDeployment
-from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.events.schemas.events import ResourceSpecification
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.alerting.alerts import WATCHED_FLOWS
+# Prefect is imported where the rules are built, so `fraud automations --help` stays fast.
+if TYPE_CHECKING:
+    from prefect.events.schemas.automations import AutomationCore
 
 CRASH_RULE = "fraud: crash silent runs"
 ALERT_RULE = "fraud: alert on silent crashes"
@@ -75,6 +73,13 @@ def crash_message(settings: HeartbeatSettings) -> str:
 
 def crash_rule(settings: HeartbeatSettings) -> AutomationCore:
     """Mark a watched run Crashed when its heartbeats stop before a final state."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    from flows.alerting.alerts import WATCHED_FLOWS
+
     return AutomationCore(
         name=CRASH_RULE,
         description="Flow runs of the fraud pipeline that stopped sending heartbeats.",
@@ -97,6 +102,10 @@ def crash_rule(settings: HeartbeatSettings) -> AutomationCore:
 
 def alert_rule(deployment_id: UUID) -> AutomationCore:
     """Run the ``failure-alert`` deployment for a run the crash rule marked Crashed."""
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
     return AutomationCore(
         name=ALERT_RULE,
         description="Mail the failure alert of runs crashed by the heartbeat rule.",
@@ -138,6 +147,8 @@ def upsert(client, automation: AutomationCore) -> UUID:
 
 def ensure_automations(settings: HeartbeatSettings | None = None) -> dict[str, UUID]:
     """Create or update both automations on the Prefect server in ``PREFECT_API_URL``."""
+    from prefect.client.orchestration import get_client
+
     settings = settings or HeartbeatSettings()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(settings.alert_deployment)
