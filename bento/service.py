@@ -35,6 +35,7 @@ from bento.config import ServingConfig
 from bento.http_app import ServingApp
 from bento.inference_log import InferenceLogWriter
 from bento.logs import configure_json_logging
+from bento.memory import tune_allocator
 from bento.metrics import service_metrics
 from bento.runtime import ModelLoadError, load_runtime, verify_files
 
@@ -129,6 +130,7 @@ class FraudDetector:
         config = ServingConfig.from_env()
         log = configure_json_logging(logging.DEBUG if config.log_requests else logging.INFO)
         _keep_pandas_out()
+        tuned = tune_allocator()
         stored = self.model_ref
         tag = str(stored.tag)
         try:
@@ -173,6 +175,7 @@ class FraudDetector:
                 if config.inference_log_enabled
                 else "off",
                 "labels": dict(runtime.labels),
+                "allocator_tuned": tuned,
             },
         )
 
