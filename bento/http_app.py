@@ -26,7 +26,7 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -67,6 +67,7 @@ Send = Callable[[Message], Awaitable[None]]
 logger = logging.getLogger("fraud.serving")
 THREAD_BATCH_ROWS = 256  # batches at least this long are scored off the event loop
 BODY_BYTES = "fraud.body_bytes"  # scope key: size of the body an endpoint read
+THREAD_BODY_BYTES = 16 * 1024  # batch bodies at least this large are checked off the event loop
 
 
 class _TooLarge(Exception):
@@ -222,12 +223,57 @@ def _envelope_errors(raw: Any, max_records: int) -> list[FieldError]:
     return errors
 
 
+@dataclass
+class _CheckedBatch:
+    """A batch body parsed and checked: the valid records and where they were, or a refusal
+    (``records`` None) with its ``detail``; the error entries are in ``budget``."""
+
+    request_id: str
+    budget: ErrorBudget
+    detail: str = ""
+    records: list[BaseModel] | None = None
+    positions: list[int] = field(default_factory=list)
+    total: int = 0
+
+
+def _check_batch(state: _State, body: bytes, header_id: str | None) -> _CheckedBatch:
+    """Parse a batch body once and check it with bounded work (no I/O: may run in a thread)."""
+    budget = ErrorBudget()
+    raw, parse_error = parse_body(body)
+    if parse_error is not None:
+        budget.add([parse_error])
+        return _CheckedBatch(header_id or _new_request_id(), budget, "invalid batch")
+    request_id = _caller_request_id(raw) or header_id or _new_request_id()
+    envelope = _envelope_errors(raw, state.config.max_batch_records)
+    if envelope:
+        budget.add(envelope)
+        return _CheckedBatch(request_id, budget, "invalid batch")
+    records_raw: list[Any] = raw["records"]
+    total = len(records_raw)
+    checker = state.checker
+    fast = checker.check_all(records_raw)
+    if fast is not None:
+        return _CheckedBatch(request_id, budget, "", fast, list(range(total)), total)
+    records: list[BaseModel] = []
+    positions: list[int] = []
+    for i, item in enumerate(records_raw):
+        checked = checker.check(item, i, describe=not budget.full)
+        if checked.model is None:
+            budget.add(checked.errors, checked.problems)
+            checker.categories.count_raw(item)
+        else:
+            records.append(checked.model)
+            positions.append(i)
+    return _CheckedBatch(request_id, budget, "", records, positions, total)
+
+
 class ServingApp:
     """The mounted ASGI app; :meth:`bind` gives it a loaded model (it answers 503 until then)."""
 
     def __init__(self, lifespan: Callable[[Any], Any] | None = None) -> None:
         self._state: _State | None = None
         self._score_limiter: anyio.CapacityLimiter | None = None
+        self._check_limiter: anyio.CapacityLimiter | None = None
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
         self.memory = MemoryReleaser()
         self.app = _LeanStarlette(
@@ -404,38 +450,23 @@ class ServingApp:
         body, header_id = await self._body(scope, receive, send, state.config.max_body_bytes)
         if body is None:
             return
-        raw, parse_error = parse_body(body)
-        del body  # the parsed body is all that is needed from here on
-        if parse_error is not None:
-            await self._refuse(
-                send, 422, header_id or _new_request_id(), "invalid batch", [parse_error]
+        if len(body) >= THREAD_BODY_BYTES:
+            # large bodies are parsed and checked off the event loop: /readyz and single
+            # predictions keep being answered meanwhile (one such thread at a time)
+            if self._check_limiter is None:
+                self._check_limiter = anyio.CapacityLimiter(1)
+            checked = await anyio.to_thread.run_sync(
+                _check_batch, state, body, header_id, limiter=self._check_limiter
             )
-            return
-        request_id = _caller_request_id(raw) or header_id or _new_request_id()
-        envelope = _envelope_errors(raw, state.config.max_batch_records)
-        if envelope:
-            await self._refuse(send, 422, request_id, "invalid batch", envelope)
-            return
-        records_raw: list[Any] = raw["records"]
-        total = len(records_raw)
-        budget = ErrorBudget()
-        checker = state.checker
-        fast = checker.check_all(records_raw)
-        if fast is not None:
-            records: list[BaseModel] = fast
-            positions = list(range(total))
         else:
-            records, positions = [], []
-            for i, item in enumerate(records_raw):
-                checked = checker.check(item, i, describe=not budget.full)
-                if checked.model is None:
-                    budget.add(checked.errors, checked.problems)
-                    checker.categories.count_raw(item)
-                else:
-                    records.append(checked.model)
-                    positions.append(i)
-        del records_raw, raw
-        errors = budget.errors
+            checked = _check_batch(state, body, header_id)
+        del body
+        request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
+        if checked.records is None:
+            await self._refuse(send, 422, request_id, checked.detail, errors, budget.omitted)
+            return
+        records, positions, total = checked.records, checked.positions, checked.total
+        checker = state.checker
         if not records:
             if state.metrics is not None:
                 state.metrics.count_predictions("predict_batch", 0, 0, total)

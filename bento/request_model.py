@@ -17,6 +17,7 @@ characters before they reach an answer, a log line or a metric.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -294,11 +295,17 @@ class RecordChecker:
                 return None
         if self.categories.features:
             policy = self.categories
-            saved = dict(policy.near_misses)
-            for model in models:
-                if policy.apply(model.__dict__):
-                    policy.near_misses = saved  # counted again by the record-by-record path
+            # apply to copies: a refused batch is checked again record by record
+            values = [dict(model.__dict__) for model in models]
+            counted = policy.take()
+            for v in values:
+                if policy.apply(v):
+                    policy.take()
+                    policy.restore(counted)
                     return None
+            for model, v in zip(models, values, strict=True):
+                model.__dict__.update(v)
+            policy.restore(counted)
         return models
 
     def check(self, raw: Any, index: int | None = None, *, describe: bool = True) -> Checked:
@@ -378,6 +385,7 @@ class CategoryPolicy:
             for f in spec.categorical_features
         ]
         self.near_misses: dict[tuple[str, bool], int] = {}
+        self._lock = threading.Lock()  # batches may be checked in a worker thread
 
     def apply(self, values: dict[str, Any], index: int | None = None) -> list[FieldError]:
         """Normalise ``values`` in place where the spec says so; the problems left."""
@@ -389,7 +397,8 @@ class CategoryPolicy:
             canonical = folded.get(fold_category(value))
             if canonical is not None:
                 key = (name, normalize)
-                self.near_misses[key] = self.near_misses.get(key, 0) + 1
+                with self._lock:
+                    self.near_misses[key] = self.near_misses.get(key, 0) + 1
                 if normalize:
                     values[name] = canonical
                     continue
@@ -404,7 +413,16 @@ class CategoryPolicy:
             probe = {name: raw.get(name) for name, *_ in self.features}
             self.apply(probe)
 
+    def restore(self, counts: dict[tuple[str, bool], int]) -> None:
+        """Add ``counts`` (from :meth:`take`) back."""
+        with self._lock:
+            for key, n in counts.items():
+                self.near_misses[key] = self.near_misses.get(key, 0) + n
+
     def take(self) -> dict[tuple[str, bool], int]:
         """The near misses counted since the last call."""
-        out, self.near_misses = self.near_misses, {}
+        if not self.near_misses:
+            return {}
+        with self._lock:
+            out, self.near_misses = self.near_misses, {}
         return out

@@ -38,6 +38,7 @@ from bento.logs import configure_json_logging
 from bento.memory import tune_allocator
 from bento.metrics import service_metrics
 from bento.runtime import ModelLoadError, load_runtime, verify_files
+from bento.server_limits import install as install_server_limits
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
@@ -109,6 +110,9 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
 
 
 SERVING = ServingApp(lifespan=_freeze_heap)
+# bounded request heads and route-labelled HTTP metrics: must be in place before the worker
+# builds its ASGI app and uvicorn server, which happens after this import (see the module)
+install_server_limits()
 
 
 @bentoml.asgi_app(SERVING.app, path="/")

@@ -45,6 +45,7 @@ from bento.request_model import (
     shown_name,
 )
 from bento.runtime import load_runtime
+from bento.server_limits import UNMATCHED, route_label
 from data_contracts.spec import DEFAULT_MAX_STRING_LENGTH, FeatureSpec, parse_spec
 
 JSON = {"content-type": "application/json"}
@@ -350,3 +351,35 @@ def test_allocator_is_tuned_and_trimmed_on_glibc():
     trim()  # returns whether pages went back; it must simply work
     releaser = MemoryReleaser(threshold=1000, interval=60)
     assert releaser.due(1000) and not releaser.due(999)
+
+
+# --------------------------------------------------------------------------- metrics labels
+
+
+def test_metrics_label_is_the_route_template_or_unmatched(client):
+    """BentoML's app holds its own routes, static files and our app mounted at "/"."""
+    from _bentoml_impl.server.mount import PassiveMount
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def ok(_: Any) -> None:  # never called
+        return None
+
+    routes = [
+        Route("/readyz", ok),
+        Route("/metrics", ok),
+        Mount("/static_content", StaticFiles(directory=str(Path(__file__).parent))),
+        PassiveMount("/", client.app),  # the prediction app
+    ]
+
+    def label(path: str, method: str = "GET") -> str:
+        scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+        return route_label(routes, scope)
+
+    assert label("/readyz") == "/readyz"
+    assert label("/predict", "POST") == "/predict"
+    assert label("/predict") == "/predict"  # wrong method: still the route's series (405)
+    assert label("/predict_batch", "POST") == "/predict_batch"
+    assert label("/static_content/app.js") == "/static_content/{path}"
+    for path in ("/", "/x", "/predict/../../etc", "/" + "p" * 60_000, "/%00"):
+        assert label(path) in (UNMATCHED, "/"), path
