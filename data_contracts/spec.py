@@ -164,10 +164,12 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _categories_fit(self) -> FeatureSpec:
+        if self.max_string_length is None:
+            return self  # the default never refuses a declared category (see max_length)
         for f in self.categorical_features:
             if f.max_length is None and f.categories:
                 longest = max(f.categories, key=len)
-                if len(longest) > self.id_max_length:
+                if len(longest) > self.max_string_length:
                     raise ValueError(
                         f"feature {f.name!r}: category {longest!r} is longer than "
                         f"max_string_length {self.id_max_length}"
@@ -180,8 +182,13 @@ class FeatureSpec(BaseModel):
         return self.max_string_length or DEFAULT_MAX_STRING_LENGTH
 
     def max_length(self, feature: Feature) -> int:
-        """Longest value of a categorical feature a request may carry."""
-        return feature.max_length or self.id_max_length
+        """Longest value of a categorical feature a request may carry (the default grows to
+        fit the feature's longest category)."""
+        if feature.max_length is not None:
+            return feature.max_length
+        if self.max_string_length is not None:
+            return self.max_string_length
+        return max([DEFAULT_MAX_STRING_LENGTH, *(len(c) for c in feature.categories or ())])
 
     @property
     def feature_names(self) -> list[str]:
