@@ -402,19 +402,22 @@ class ServingApp:
         body, header_id = await self._body(scope, receive, send, state.config.max_record_bytes)
         if body is None:
             return
+        rejection: ValidationError | None
         try:
-            record = state.record_model.model_validate_json(body)
-            values = record.__dict__
+            values = state.record_model.model_validate_json(body).__dict__
             policy_errors = state.checker.categories.apply(values)
         except ValidationError as err:
-            record, policy_errors = None, []
-            rejection: ValidationError | None = err
+            policy_errors, rejection = [], err
         else:
             rejection = None
-        if record is None or policy_errors:
+        if rejection is not None or policy_errors:
             if state.metrics is not None:
                 state.metrics.count_predictions("predict", 0, 0, 1)
-            await self._refuse_record(send, state, body, header_id, rejection, policy_errors)
+            if rejection is not None:
+                await self._refuse_record(send, state, body, header_id, rejection)
+            else:  # valid, but a normalised category is still unknown
+                request_id = values[REQUEST_ID] or header_id or _new_request_id()
+                await self._refuse(send, 422, request_id, "invalid transaction", policy_errors)
             return
         request_id = values[REQUEST_ID] or header_id or _new_request_id()
         runtime = state.runtime
@@ -533,8 +536,7 @@ class ServingApp:
         state: _State,
         body: bytes,
         header_id: str | None,
-        rejection: ValidationError | None,
-        policy_errors: list[FieldError],
+        rejection: ValidationError,
     ) -> None:
         """Answer a refused ``/predict`` body: parsed once more (it is at most
         ``max_record_bytes``) and described with bounded work."""
@@ -548,10 +550,8 @@ class ServingApp:
             if checked.model is None:
                 budget.add(checked.errors, checked.problems)
                 state.checker.categories.count_raw(raw)
-            elif rejection is not None:  # JSON mode refused what Python mode accepts
+            else:  # JSON mode refused what Python mode accepts: its own words, bounded
                 budget.add(describe_errors(rejection), rejection.error_count())
-            else:
-                budget.add(policy_errors)
         await self._refuse(
             send, 422, request_id, "invalid transaction", budget.errors, budget.omitted
         )
