@@ -17,8 +17,10 @@ without these functions (musl, macOS) all of this does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -77,15 +79,27 @@ def trim() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
+def collect_and_trim() -> bool:
+    """A full garbage collection (cycles still holding request buffers, such as exceptions
+    with their frames), then :func:`trim`."""
+    gc.collect()
+    return trim()
+
+
 class MemoryReleaser:
     """Trims the heap after large requests, off the event loop and at most once per interval."""
 
-    def __init__(self, threshold: int = 1 << 20, interval: float = 1.0) -> None:
+    def __init__(
+        self, threshold: int = 1 << 20, interval: float = 1.0, settle_s: float = 5.0
+    ) -> None:
         self.threshold = threshold
         self.interval = interval
+        self.settle_s = settle_s
         self.trims = 0
         self._last = 0.0
         self._running = threading.Lock()
+        self._settle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
 
     def due(self, handled_bytes: int) -> bool:
         """True when a request that handled ``handled_bytes`` should be followed by a trim."""
@@ -97,10 +111,26 @@ class MemoryReleaser:
         )
 
     async def after(self, handled_bytes: int) -> None:
-        """Trim in a worker thread when :meth:`due` (call it after the answer is sent)."""
-        if not self.due(handled_bytes):
+        """Trim in a worker thread when :meth:`due` (call it after the answer is sent), and
+        once more, with a garbage collection, ``settle_s`` after the last large request."""
+        if handled_bytes < self.threshold or _libc() is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._settle is not None:
+            self._settle.cancel()
+        self._settle = loop.call_later(self.settle_s, self._start_settle, loop)
+        if self.due(handled_bytes):
+            await self._run(trim)
+
+    def _start_settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self._run(collect_and_trim))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, work: Any) -> None:
+        if self._running.locked():
             return
         with self._running:
             self._last = time.monotonic()
-            await anyio.to_thread.run_sync(trim)
+            await anyio.to_thread.run_sync(work)
             self.trims += 1
