@@ -392,7 +392,7 @@ class CategoryPolicy:
         errors: list[FieldError] = []
         for name, known, folded, normalize, closed in self.features:
             value = values.get(name)
-            if value is None or value in known or not isinstance(value, str):
+            if not isinstance(value, str) or value in known:  # raw values may be any JSON
                 continue
             canonical = folded.get(fold_category(value))
             if canonical is not None:
