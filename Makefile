@@ -13,7 +13,7 @@ FRAUD := $(ROOT)/.venv/bin/fraud
 ROWS ?= 200000
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-drift drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ bench-serve: install ## bento vs the FastAPI baseline: req/s, p99, batch records
 bench-soak: install ## the bento at its measured capacity for 60 s: non-2xx, RSS growth, p50/p99 (wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m benchmarks.serve.soak
+
+bench-hostile: install ## one bento worker under issue 14's hostile requests + normal scoring for 60 s: p99, RSS, /metrics, 5xx
+	$(PY) -m benchmarks.serve.hostile
 
 bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
 	$(PY) -m benchmarks.drift.bench

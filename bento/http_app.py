@@ -7,9 +7,16 @@ batches run in a worker thread) and answer with pre-serialised JSON. Everything 
 (``/healthz``, ``/readyz``, ``/metrics``, the OpenAPI page, lifecycle) is BentoML's.
 
 Batch policy: **partial scoring**. Valid records are scored; invalid ones are listed in
-``errors`` by index with every field problem, and their ``predictions`` entry is null. A batch
+``errors`` by index with their field problems, and their ``predictions`` entry is null. A batch
 whose structure is wrong (not an object, no ``records``, too many records, unknown top-level
-keys) or in which no record is valid is refused with 422 and every error listed.
+keys) or in which no record is valid is refused with 422.
+
+Hostile bodies (issue 14): a body is parsed once, by pydantic-core's JSON parser (``/predict``
+validates straight from the bytes and parses again only to describe a refusal); whatever the
+parser refuses, nesting deeper than 200 levels included, is a 422 naming the problem, never a
+5xx. The work and the answer for a refused body are bounded (see :mod:`bento.request_model`):
+at most 20 entries per record and 200 per answer, with ``errors_omitted`` saying how many more
+problems were found; a record with more than 20 unknown keys is refused without validation.
 """
 
 from __future__ import annotations
@@ -19,31 +26,46 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from bento.config import ServingConfig
 from bento.inference_log import InferenceLogWriter
+from bento.memory import MemoryReleaser
 from bento.metrics import ServiceMetrics
 from bento.request_model import (
     MAX_ID_LENGTH,
+    MAX_JSON_DEPTH,
+    MAX_UNKNOWN_KEYS,
     REQUEST_ID,
     TRANSACTION_ID,
     BatchPrediction,
+    ErrorBudget,
     ErrorResponse,
     FieldError,
     Prediction,
+    RecordChecker,
     build_batch_model,
     build_request_model,
     describe_errors,
+    shown_name,
 )
 from bento.runtime import ModelRuntime
+from data_contracts.artifacts import (
+    DECISION_FIELD,
+    PREDICTIONS_FIELD,
+    RECORDS_FIELD,
+    SCORE_FIELD,
+    THRESHOLD_FIELD,
+    VERSION_FIELD,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,6 +74,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("fraud.serving")
 THREAD_BATCH_ROWS = 256  # batches at least this long are scored off the event loop
+BODY_BYTES = "fraud.body_bytes"  # scope key: size of the body an endpoint read
+THREAD_BODY_BYTES = 16 * 1024  # batch bodies at least this large are checked off the event loop
 
 
 class _TooLarge(Exception):
@@ -65,6 +89,7 @@ class _State:
     runtime: ModelRuntime
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
+    checker: RecordChecker
     writer: InferenceLogWriter | None
     metrics: ServiceMetrics | None
     config: ServingConfig
@@ -126,13 +151,130 @@ def _new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def _caller_request_id(body: bytes) -> str | None:
-    """The ``request_id`` of a body that failed validation, when it has a usable one."""
-    try:
-        value = json.loads(body).get(REQUEST_ID)
-    except (ValueError, AttributeError):
-        return None
+def _caller_request_id(raw: Any) -> str | None:
+    """The ``request_id`` of a parsed body that failed validation, when it has a usable one."""
+    value = raw.get(REQUEST_ID) if isinstance(raw, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH else None
+
+
+def parse_body(body: bytes) -> tuple[Any, FieldError | None]:
+    """The body parsed by pydantic-core's JSON parser (the one validation uses: the same
+    duplicate-key and number rules), or the reason it is not JSON. Never raises."""
+    try:
+        return from_json(body), None
+    except ValueError as err:
+        reason = str(err)
+    except Exception as err:  # whatever the parser raises is the caller's 422
+        reason = f"{type(err).__name__}: {err}"
+    if "recursion limit" in reason:
+        reason = f"JSON nested deeper than {MAX_JSON_DEPTH} levels ({reason})"
+    return None, FieldError(field="body", problem="invalid JSON", message=reason[:300])
+
+
+def _envelope_errors(raw: Any, max_records: int) -> list[FieldError]:
+    """What is wrong with a batch body around its records (bounded: unknown top-level keys
+    are listed up to MAX_UNKNOWN_KEYS, with their number)."""
+    if not isinstance(raw, dict):
+        kind = "null" if raw is None else type(raw).__name__
+        return [FieldError(field="body", problem="wrong type", message=f"expected an object with "
+                           f"'records', not {kind}")]  # fmt: skip
+    errors: list[FieldError] = []
+    unknown = [k for k in raw if k not in (RECORDS_FIELD, REQUEST_ID)]
+    for key in unknown[:MAX_UNKNOWN_KEYS]:
+        errors.append(
+            FieldError(
+                field=shown_name(key),
+                problem="unknown field",
+                message="Extra inputs are not permitted",
+            )
+        )
+    if len(unknown) > MAX_UNKNOWN_KEYS:
+        more = len(unknown) - MAX_UNKNOWN_KEYS
+        errors.append(
+            FieldError(field="body", problem="too many problems", message=f"{more} more unknown "
+                       "top-level keys are not listed")
+        )  # fmt: skip
+    records = raw.get(RECORDS_FIELD)
+    if RECORDS_FIELD not in raw:
+        errors.append(FieldError(field=RECORDS_FIELD, problem="missing", message="Field required"))
+    elif not isinstance(records, list):
+        errors.append(
+            FieldError(field=RECORDS_FIELD, problem="wrong type", message="Input should be a list")
+        )
+    elif not records:
+        errors.append(
+            FieldError(
+                field=RECORDS_FIELD,
+                problem="no records",
+                message="List should have at least 1 item",
+            )
+        )
+    elif len(records) > max_records:
+        errors.append(
+            FieldError(
+                field=RECORDS_FIELD,
+                problem="too many records",
+                message=f"List should have at most {max_records} items, not {len(records)}",
+            )
+        )
+    request_id = raw.get(REQUEST_ID)
+    if request_id is not None and not isinstance(request_id, str):
+        errors.append(
+            FieldError(field=REQUEST_ID, problem="wrong type", message="Input should be a string")
+        )
+    elif request_id is not None and len(request_id) > MAX_ID_LENGTH:
+        errors.append(
+            FieldError(
+                field=REQUEST_ID,
+                problem="too long",
+                message=f"String should have at most {MAX_ID_LENGTH} characters",
+            )
+        )
+    return errors
+
+
+@dataclass
+class _CheckedBatch:
+    """A batch body parsed and checked: the valid records and where they were, or a refusal
+    (``records`` None) with its ``detail``; the error entries are in ``budget``."""
+
+    request_id: str
+    budget: ErrorBudget
+    detail: str = ""
+    records: list[BaseModel] | None = None
+    positions: list[int] = field(default_factory=list)
+    total: int = 0
+
+
+def _check_batch(state: _State, body: bytes, header_id: str | None) -> _CheckedBatch:
+    """Parse a batch body once and check it with bounded work (no I/O: may run in a thread)."""
+    budget = ErrorBudget()
+    raw, parse_error = parse_body(body)
+    if parse_error is not None:
+        budget.add([parse_error])
+        return _CheckedBatch(header_id or _new_request_id(), budget, "invalid batch")
+    request_id = _caller_request_id(raw) or header_id or _new_request_id()
+    envelope = _envelope_errors(raw, state.config.max_batch_records)
+    if envelope:
+        budget.add(envelope)
+        return _CheckedBatch(request_id, budget, "invalid batch")
+    records_raw: list[Any] = raw[RECORDS_FIELD]
+    total = len(records_raw)
+    checker = state.checker
+    fast = checker.check_all(records_raw)
+    if fast is not None:
+        return _CheckedBatch(request_id, budget, "", fast, list(range(total)), total)
+    records: list[BaseModel] = []
+    positions: list[int] = []
+    for i, item in enumerate(records_raw):
+        checked = checker.check(item, i, describe=not budget.full)
+        if checked.model is None:
+            budget.add(checked.errors, checked.problems)
+            checker.categories.count_raw(item)
+        else:
+            records.append(checked.model)
+            positions.append(i)
+    return _CheckedBatch(request_id, budget, "", records, positions, total)
 
 
 class ServingApp:
@@ -141,13 +283,19 @@ class ServingApp:
     def __init__(self, lifespan: Callable[[Any], Any] | None = None) -> None:
         self._state: _State | None = None
         self._score_limiter: anyio.CapacityLimiter | None = None
+        self._check_limiter: anyio.CapacityLimiter | None = None
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
+        self.memory = MemoryReleaser()
         self.app = _LeanStarlette(
             lifespan=lifespan,
             routes=[
-                Route("/predict", _Endpoint(self._predict), methods=["POST"]),
-                Route("/predict_batch", _Endpoint(self._predict_batch), methods=["POST"]),
-                Route("/docs.json", _Endpoint(self._openapi), methods=["GET"]),
+                Route("/predict", _Endpoint(self._predict, self.memory), methods=["POST"]),
+                Route(
+                    "/predict_batch",
+                    _Endpoint(self._predict_batch, self.memory),
+                    methods=["POST"],
+                ),
+                Route("/docs.json", _Endpoint(self._openapi, self.memory), methods=["GET"]),
             ],
         )
 
@@ -165,6 +313,7 @@ class ServingApp:
             runtime=runtime,
             record_model=record_model,
             batch_model=build_batch_model(record_model, config.max_batch_records),
+            checker=RecordChecker(record_model, runtime.spec),
             writer=writer,
             metrics=metrics,
             config=config,
@@ -184,25 +333,36 @@ class ServingApp:
 
     # -- shared checks --------------------------------------------------------------------
     async def _refuse(
-        self, send: Send, status: int, request_id: str, detail: str, errors: list[FieldError]
+        self,
+        send: Send,
+        status: int,
+        request_id: str,
+        detail: str,
+        errors: list[FieldError],
+        omitted: int = 0,
     ) -> None:
+        """Answer an error; ``errors`` is already bounded, ``omitted`` problems not listed."""
         state = self._state
         if state is not None and state.metrics is not None:
             if status == 422:
                 state.metrics.count_field_errors((e.field, e.problem) for e in errors)
+                state.metrics.count_omitted_errors(omitted)
+                state.metrics.count_near_misses(state.checker.categories.take())
             else:
                 state.metrics.rejected_requests.labels(status=str(status)).inc()
         logger.info(
             "request refused: %s",
             detail,
             extra={
-                "request_id": request_id,
+                REQUEST_ID: request_id,
                 "status": status,
                 "errors": [e.model_dump(exclude_none=True) for e in errors[:20]],
-                "error_count": len(errors),
+                "error_count": len(errors) + omitted,
             },
         )
-        payload = ErrorResponse(request_id=request_id, detail=detail, errors=errors)
+        payload = ErrorResponse(
+            request_id=request_id, detail=detail, errors=errors, errors_omitted=omitted
+        )
         await _send_json(
             send, status, payload.model_dump_json(exclude_none=True).encode(), request_id
         )
@@ -240,6 +400,7 @@ class ServingApp:
         except ValueError:
             await self._refuse(send, 400, request_id, "invalid Content-Length header", [])
             return None, None
+        scope[BODY_BYTES] = len(body)
         return body, header_id
 
     # -- endpoints ------------------------------------------------------------------------
@@ -251,16 +412,23 @@ class ServingApp:
         body, header_id = await self._body(scope, receive, send, state.config.max_record_bytes)
         if body is None:
             return
+        rejection: ValidationError | None
         try:
-            record = state.record_model.model_validate_json(body)
+            values = state.record_model.model_validate_json(body).__dict__
+            policy_errors = state.checker.categories.apply(values)
         except ValidationError as err:
-            errors = describe_errors(err)
+            policy_errors, rejection = [], err
+        else:
+            rejection = None
+        if rejection is not None or policy_errors:
             if state.metrics is not None:
                 state.metrics.count_predictions("predict", 0, 0, 1)
-            request_id = _caller_request_id(body) or header_id or _new_request_id()
-            await self._refuse(send, 422, request_id, "invalid transaction", errors)
+            if rejection is not None:
+                await self._refuse_record(send, state, body, header_id, rejection)
+            else:  # valid, but a normalised category is still unknown
+                request_id = values[REQUEST_ID] or header_id or _new_request_id()
+                await self._refuse(send, 422, request_id, "invalid transaction", policy_errors)
             return
-        values = record.__dict__
         request_id = values[REQUEST_ID] or header_id or _new_request_id()
         runtime = state.runtime
         score = runtime.score_one(values)
@@ -269,18 +437,21 @@ class ServingApp:
             state.writer.append_row(values, score, int(fraud), request_id, values[TRANSACTION_ID])
         if state.metrics is not None:
             state.metrics.count_one(fraud, score)
+            near = state.checker.categories.take()
+            if near:
+                state.metrics.count_near_misses(near)
         if state.config.log_requests:
             logger.debug(
                 "scored",
-                extra={"request_id": request_id, "score": score, "is_fraud": fraud},
+                extra={"request_id": request_id, "score": score, DECISION_FIELD: fraud},
             )
         payload = {
-            "request_id": request_id,
-            "transaction_id": values[TRANSACTION_ID],
-            "fraud_probability": score,
-            "is_fraud": fraud,
-            "threshold": runtime.threshold,
-            "model_version": runtime.model_version,
+            REQUEST_ID: request_id,
+            TRANSACTION_ID: values[TRANSACTION_ID],
+            SCORE_FIELD: score,
+            DECISION_FIELD: fraud,
+            THRESHOLD_FIELD: runtime.threshold,
+            VERSION_FIELD: runtime.model_version,
         }
         await _send_json(send, 200, json.dumps(payload).encode(), request_id)
 
@@ -292,27 +463,30 @@ class ServingApp:
         body, header_id = await self._body(scope, receive, send, state.config.max_body_bytes)
         if body is None:
             return
-        errors: list[FieldError] = []
-        try:
-            batch = state.batch_model.model_validate_json(body)
-            records = batch.records  # type: ignore[attr-defined]
-            request_id = batch.request_id or header_id or _new_request_id()  # type: ignore[attr-defined]
-            positions = list(range(len(records)))
-            total = len(records)
-        except ValidationError as err:
-            errors = describe_errors(err, batch=True)
-            request_id = _caller_request_id(body) or header_id or _new_request_id()
-            parsed = self._valid_records(state, body, errors)
-            if parsed is None:
-                if state.metrics is not None:
-                    bad = len({e.index for e in errors if e.index is not None})
-                    state.metrics.count_predictions("predict_batch", 0, 0, bad)
-                await self._refuse(
-                    send, 422, request_id, "invalid batch: no record was scored", errors
-                )
-                return
-            records, positions, total, request_id = parsed
-            request_id = request_id or header_id or _new_request_id()
+        if len(body) >= THREAD_BODY_BYTES:
+            # large bodies are parsed and checked off the event loop: /readyz and single
+            # predictions keep being answered meanwhile (one such thread at a time)
+            if self._check_limiter is None:
+                self._check_limiter = anyio.CapacityLimiter(1)
+            checked = await anyio.to_thread.run_sync(
+                _check_batch, state, body, header_id, limiter=self._check_limiter
+            )
+        else:
+            checked = _check_batch(state, body, header_id)
+        del body
+        request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
+        if checked.records is None:
+            await self._refuse(send, 422, request_id, checked.detail, errors, budget.omitted)
+            return
+        records, positions, total = checked.records, checked.positions, checked.total
+        checker = state.checker
+        if not records:
+            if state.metrics is not None:
+                state.metrics.count_predictions("predict_batch", 0, 0, total)
+            await self._refuse(
+                send, 422, request_id, "invalid batch: no record was scored", errors, budget.omitted
+            )
+            return
         runtime = state.runtime
         dicts = [r.__dict__ for r in records]
         columns = {name: [d[name] for d in dicts] for name in runtime.spec.feature_names}
@@ -342,43 +516,55 @@ class ServingApp:
             state.metrics.observe_scores(scores)
             if errors:
                 state.metrics.count_field_errors((e.field, e.problem) for e in errors)
+                state.metrics.count_omitted_errors(budget.omitted)
+            near = checker.categories.take()
+            if near:
+                state.metrics.count_near_misses(near)
         predictions: list[dict[str, Any] | None] = [None] * total
         for pos, score, fraud in zip(positions, scores_list, decisions.tolist(), strict=True):
-            predictions[pos] = {"fraud_probability": score, "is_fraud": fraud}
+            predictions[pos] = {SCORE_FIELD: score, DECISION_FIELD: fraud}
         if errors:
             logger.info(
                 "batch partly refused",
                 extra={"request_id": request_id, "rejected": rejected, "scored": len(records)},
             )
         payload = {
-            "request_id": request_id,
-            "model_version": runtime.model_version,
-            "threshold": runtime.threshold,
+            REQUEST_ID: request_id,
+            VERSION_FIELD: runtime.model_version,
+            THRESHOLD_FIELD: runtime.threshold,
             "scored": len(records),
             "rejected": rejected,
-            "predictions": predictions,
+            PREDICTIONS_FIELD: predictions,
             "errors": [e.model_dump() for e in errors],
+            "errors_omitted": budget.omitted,
         }
         await _send_json(send, 200, json.dumps(payload).encode(), request_id)
 
-    @staticmethod
-    def _valid_records(
-        state: _State, body: bytes, errors: list[FieldError]
-    ) -> tuple[list[BaseModel], list[int], int, str | None] | None:
-        """The records that passed when only some failed; None when nothing can be scored."""
-        if not errors or any(e.index is None for e in errors):
-            return None  # the batch itself is malformed
-        raw = json.loads(body)
-        records_raw = raw["records"]
-        bad = {e.index for e in errors}
-        positions = [i for i in range(len(records_raw)) if i not in bad]
-        if not positions:
-            return None
-        # re-validate the good records from JSON, with exactly the same rules
-        subset = json.dumps([records_raw[i] for i in positions]).encode()
-        good = state.batch_model.model_validate_json(b'{"records":' + subset + b"}").records  # type: ignore[attr-defined]
-        request_id = raw.get("request_id")
-        return good, positions, len(records_raw), request_id
+    async def _refuse_record(
+        self,
+        send: Send,
+        state: _State,
+        body: bytes,
+        header_id: str | None,
+        rejection: ValidationError,
+    ) -> None:
+        """Answer a refused ``/predict`` body: parsed once more (it is at most
+        ``max_record_bytes``) and described with bounded work."""
+        raw, parse_error = parse_body(body)
+        request_id = _caller_request_id(raw) or header_id or _new_request_id()
+        budget = ErrorBudget()
+        if parse_error is not None:
+            budget.add([parse_error])
+        else:
+            checked = state.checker.check(raw)
+            if checked.model is None:
+                budget.add(checked.errors, checked.problems)
+                state.checker.categories.count_raw(raw)
+            else:  # JSON mode refused what Python mode accepts: its own words, bounded
+                budget.add(describe_errors(rejection), rejection.error_count())
+        await self._refuse(
+            send, 422, request_id, "invalid transaction", budget.errors, budget.omitted
+        )
 
     # -- OpenAPI --------------------------------------------------------------------------
     async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -403,8 +589,13 @@ class _LeanStarlette(Starlette):
 class _Endpoint:
     """An ASGI endpoint object (Starlette routes call objects like this without wrapping)."""
 
-    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Scope, Receive, Send], Awaitable[None]],
+        memory: MemoryReleaser,
+    ) -> None:
         self.handler = handler
+        self.memory = memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -414,6 +605,8 @@ class _Endpoint:
             logger.exception("prediction failed", extra={"request_id": request_id})
             payload = ErrorResponse(request_id=request_id, detail="internal error")
             await _send_json(send, 500, payload.model_dump_json().encode(), request_id)
+        # the handler's buffers are gone: give their pages back after a large request
+        await self.memory.after(scope.get(BODY_BYTES, 0))
 
 
 def add_prediction_paths(spec: dict[str, Any], state: _State) -> dict[str, Any]:
@@ -449,6 +642,7 @@ def add_prediction_paths(spec: dict[str, Any], state: _State) -> dict[str, Any]:
                         "content": content("ErrorResponse"),
                     },
                     "413": {"description": "Body too large", "content": content("ErrorResponse")},
+                    "431": {"description": "Request headers too large (no JSON body)"},
                     "415": {"description": "Not JSON", "content": content("ErrorResponse")},
                     "422": {"description": "Invalid input", "content": content("ErrorResponse")},
                     "503": {

@@ -31,6 +31,7 @@ class ServiceMetrics:
     log_lost: Any
     model_info: Any
     known_fields: frozenset[str]
+    category_near_misses: Any = None
 
     def count_one(self, fraud: bool, score: float) -> None:
         """Count one scored ``/predict`` record and observe its score (hot path)."""
@@ -59,6 +60,20 @@ class ServiceMetrics:
         for field, problem in errors:
             label = field if field in self.known_fields else OTHER_FIELD
             self.validation_errors.labels(field=label, problem=problem).inc()
+
+    def count_omitted_errors(self, n: int) -> None:
+        """Count problems found but not listed in an answer (no field is known for them)."""
+        if n:
+            self.validation_errors.labels(field=OTHER_FIELD, problem="not listed").inc(n)
+
+    def count_near_misses(self, counts: dict[tuple[str, bool], int]) -> None:
+        """Count values that matched a category only after folding case and outer spaces."""
+        if self.category_near_misses is None:
+            return
+        for (feature, normalised), n in counts.items():
+            label = feature if feature in self.known_fields else OTHER_FIELD
+            action = "normalised" if normalised else "kept"
+            self.category_near_misses.labels(feature=label, action=action).inc(n)
 
 
 def observe_many(histogram: Any, values: np.ndarray) -> None:
@@ -121,5 +136,12 @@ def service_metrics(feature_names: tuple[str, ...]) -> ServiceMetrics:
             ["model_version", "tag", "sha256", "spec_hash"],
             multiprocess_mode="max",
         ),
-        known_fields=frozenset(feature_names) | {"transaction_id", "request_id", "records", "body"},
+        known_fields=frozenset(feature_names)
+        | {"transaction_id", "request_id", "records", "body", "record"},
+        category_near_misses=Counter(
+            "fraud_category_near_misses",
+            "Categorical values equal to a known category only after folding case and outer "
+            "whitespace, by feature and action (normalised by the spec, or kept as sent).",
+            ["feature", "action"],
+        ),
     )

@@ -35,8 +35,10 @@ from bento.config import ServingConfig
 from bento.http_app import ServingApp
 from bento.inference_log import InferenceLogWriter
 from bento.logs import configure_json_logging
+from bento.memory import tune_allocator
 from bento.metrics import service_metrics
 from bento.runtime import ModelLoadError, load_runtime, verify_files
+from bento.server_limits import install as install_server_limits
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
@@ -108,6 +110,9 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
 
 
 SERVING = ServingApp(lifespan=_freeze_heap)
+# bounded request heads and route-labelled HTTP metrics: must be in place before the worker
+# builds its ASGI app and uvicorn server, which happens after this import (see the module)
+install_server_limits()
 
 
 @bentoml.asgi_app(SERVING.app, path="/")
@@ -129,6 +134,7 @@ class FraudDetector:
         config = ServingConfig.from_env()
         log = configure_json_logging(logging.DEBUG if config.log_requests else logging.INFO)
         _keep_pandas_out()
+        tuned = tune_allocator()
         stored = self.model_ref
         tag = str(stored.tag)
         try:
@@ -173,6 +179,7 @@ class FraudDetector:
                 if config.inference_log_enabled
                 else "off",
                 "labels": dict(runtime.labels),
+                "allocator_tuned": tuned,
             },
         )
 

@@ -20,6 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Categorical features are fed to ONNX as strings, which cannot be null: a missing category is
 # replaced by this token in both training and serving (see ``model_frame``).
 MISSING_CATEGORY = "__missing__"
+# Longest categorical value or transaction id a serving request may carry, unless the spec says
+# otherwise (``max_string_length``, or ``max_length`` on one feature).
+DEFAULT_MAX_STRING_LENGTH = 128
+# Options added after specs were first hashed: left out of the canonical JSON while unset, so a
+# spec that does not use them keeps the hash it was registered with.
+_OPTIONAL_SPEC_KEYS = ("max_string_length",)
+_OPTIONAL_FEATURE_KEYS = ("max_length", "normalize_categories")
+
+
+def fold_category(value: str) -> str:
+    """The form in which two categories count as the same: case-folded, outer spaces removed."""
+    return value.strip().casefold()
 
 
 class FeatureKind(StrEnum):
@@ -44,6 +56,11 @@ class Feature(BaseModel):
     max: float | None = None
     categories: tuple[str, ...] | None = None
     allow_unknown_categories: bool = False
+    # categorical only: longest value accepted when serving (None: the spec's max_string_length)
+    max_length: int | None = Field(None, ge=1)
+    # categorical only: map a value that differs from a known category only by case or outer
+    # whitespace onto that category when serving (None/false: such values are only counted)
+    normalize_categories: bool | None = None
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> Feature:
@@ -54,9 +71,28 @@ class Feature(BaseModel):
                 raise ValueError(f"feature {self.name!r}: {MISSING_CATEGORY!r} is reserved")
             if self.min is not None or self.max is not None:
                 raise ValueError(f"feature {self.name!r}: min/max apply to numbers only")
+            if self.max_length is not None:
+                longest = max(self.categories, key=len)
+                if len(longest) > self.max_length:
+                    raise ValueError(
+                        f"feature {self.name!r}: category {longest!r} is longer than "
+                        f"max_length {self.max_length}"
+                    )
+            if self.normalize_categories:
+                folded = [fold_category(c) for c in self.categories]
+                if len(set(folded)) != len(folded):
+                    raise ValueError(
+                        f"feature {self.name!r}: normalize_categories needs categories that "
+                        "differ by more than case or outer whitespace"
+                    )
         else:
             if self.categories is not None:
                 raise ValueError(f"feature {self.name!r}: categories apply to categorical only")
+            if self.max_length is not None or self.normalize_categories is not None:
+                raise ValueError(
+                    f"feature {self.name!r}: max_length and normalize_categories apply to "
+                    "categorical features only"
+                )
             if self.kind == FeatureKind.BOOLEAN and (self.min is not None or self.max is not None):
                 raise ValueError(f"feature {self.name!r}: min/max do not apply to booleans")
             if self.min is not None and self.max is not None and self.min > self.max:
@@ -103,6 +139,8 @@ class FeatureSpec(BaseModel):
     event_time_column: str | None = None
     label: LabelSpec
     features: tuple[Feature, ...]
+    # longest categorical value and transaction id accepted when serving (None: the default)
+    max_string_length: int | None = Field(None, ge=1)
 
     @field_validator("features")
     @classmethod
@@ -123,6 +161,34 @@ class FeatureSpec(BaseModel):
                 raise ValueError(f"column {name!r} is declared twice")
             seen.add(name)
         return self
+
+    @model_validator(mode="after")
+    def _categories_fit(self) -> FeatureSpec:
+        if self.max_string_length is None:
+            return self  # the default never refuses a declared category (see max_length)
+        for f in self.categorical_features:
+            if f.max_length is None and f.categories:
+                longest = max(f.categories, key=len)
+                if len(longest) > self.max_string_length:
+                    raise ValueError(
+                        f"feature {f.name!r}: category {longest!r} is longer than "
+                        f"max_string_length {self.id_max_length}"
+                    )
+        return self
+
+    @property
+    def id_max_length(self) -> int:
+        """Longest transaction id (and default longest category) a request may carry."""
+        return self.max_string_length or DEFAULT_MAX_STRING_LENGTH
+
+    def max_length(self, feature: Feature) -> int:
+        """Longest value of a categorical feature a request may carry (the default grows to
+        fit the feature's longest category)."""
+        if feature.max_length is not None:
+            return feature.max_length
+        if self.max_string_length is not None:
+            return self.max_string_length
+        return max([DEFAULT_MAX_STRING_LENGTH, *(len(c) for c in feature.categories or ())])
 
     @property
     def feature_names(self) -> list[str]:
@@ -146,7 +212,16 @@ class FeatureSpec(BaseModel):
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON: sorted keys, no whitespace; the input of the hash."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        # options added later stay out while unset: older specs keep their hash
+        for key in _OPTIONAL_SPEC_KEYS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        for feature in data["features"]:
+            for key in _OPTIONAL_FEATURE_KEYS:
+                if feature.get(key) is None:
+                    feature.pop(key, None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         """A stable sha256 of the spec's content (first 16 hex digits), used as its identity."""

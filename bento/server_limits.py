@@ -1,0 +1,227 @@
+"""Limits of the serving port that BentoML 1.4 does not expose: bounded request heads with a
+read timeout, and HTTP metrics labelled by route instead of by raw path (issue 14).
+
+This is the one module that reaches into BentoML's and uvicorn's internals; :func:`install`
+is called when the service module is imported, before the worker builds its ASGI app and its
+uvicorn server (both happen after the import, in the same process).
+
+**Request heads.** ``bentoml serve`` runs uvicorn with its httptools protocol, which has no
+limit on the request line and headers (a 100 MB header was read, taking seconds of CPU) and no
+timeout for reading them. uvicorn's ``h11_max_incomplete_event_size`` applies to its h11
+protocol only, and BentoML passes neither it nor a protocol choice to uvicorn. So
+:class:`BoundedHeadProtocol` (httptools, as before) answers **431** and closes the connection
+once a request head passes ``FRAUD_MAX_HEADER_BYTES`` (16 KiB), and **408** when a started
+head is not complete within ``FRAUD_HEADER_TIMEOUT_S`` (10 s). It is installed as uvicorn's
+``auto`` and ``httptools`` protocols.
+
+**Metrics.** BentoML's ``RunnerTrafficMetricsMiddleware`` labels its request series with
+``scope["path"]``: every distinct URL a client sends became new series on ``/metrics``.
+:class:`RouteLabelledMetrics` gives that middleware the matching route's template instead
+(``/predict``, ``/static_content/{path}``), or ``unmatched``, and hands the real path on to the
+app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from starlette.routing import BaseRoute, Match, Mount
+
+UNMATCHED = "unmatched"
+REAL_PATH = "fraud.real_path"  # scope key carrying the request's path past the metrics
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+
+
+# --------------------------------------------------------------------------- metrics labels
+
+
+def route_label(routes: list[BaseRoute], scope: dict[str, Any]) -> str:
+    """The template of the route ``scope`` matches (method aside), or ``unmatched``.
+
+    Mounted apps are searched too; a mount at ``/`` adds nothing to its routes' templates.
+    """
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            inner = getattr(route.app, "routes", None)
+            prefix = route.path
+            if inner:
+                label = route_label(inner, {**scope, **child})
+                if label != UNMATCHED:
+                    return prefix + label if prefix not in ("", "/") else label
+                continue
+            return f"{prefix}/{{path}}"
+        return str(getattr(route, "path", UNMATCHED))
+    return UNMATCHED
+
+
+def _restore_path(app: Any) -> Any:
+    """The app behind the metrics middleware, given back the request's real path."""
+
+    async def restored(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        real = scope.pop(REAL_PATH, None)
+        if real is not None:
+            scope["path"] = real
+        await app(scope, receive, send)
+
+    return restored
+
+
+def route_labelled(base: type) -> type:
+    """A subclass of BentoML's traffic metrics middleware that labels by route template."""
+
+    class RouteLabelledMetrics(base):  # type: ignore[misc, valid-type]
+        """BentoML's traffic metrics, labelled by route template or ``unmatched``."""
+
+        def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(_restore_path(app), *args, **kwargs)
+
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] in ("http", "websocket") and scope["path"] != "/metrics":
+                routes = getattr(scope.get("app"), "routes", None) or []
+                label = route_label(routes, scope)
+                if label != scope["path"]:
+                    scope = {**scope, "path": label, REAL_PATH: scope["path"]}
+            await super().__call__(scope, receive, send)
+
+    return RouteLabelledMetrics
+
+
+# --------------------------------------------------------------------------- request heads
+
+
+def _limits(environ: dict[str, str] | os._Environ[str] | None = None) -> tuple[int, float]:
+    env = os.environ if environ is None else environ
+    size = int(env.get("FRAUD_MAX_HEADER_BYTES") or DEFAULT_MAX_HEADER_BYTES)
+    timeout = float(env.get("FRAUD_HEADER_TIMEOUT_S") or DEFAULT_HEADER_TIMEOUT_S)
+    if size < 1024 or not timeout > 0:
+        raise ValueError("FRAUD_MAX_HEADER_BYTES must be >= 1024 and FRAUD_HEADER_TIMEOUT_S > 0")
+    return size, timeout
+
+
+def bounded_head_protocol() -> type:
+    """uvicorn's httptools protocol with a bounded request head and a head read timeout."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    max_bytes, timeout = _limits()
+
+    class HeadTooLarge(Exception):
+        pass
+
+    class BoundedHeadProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        """Answers 431 to a request head over the limit, 408 to one read too slowly."""
+
+        max_head_bytes = max_bytes
+        head_timeout_s = timeout
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_bytes = 0  # bytes read since the head began
+            self._head_seen = 0  # bytes of request line and headers parsed
+            self._too_large = False
+            self._in_head = False
+            self._head_timer: asyncio.TimerHandle | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            super().data_received(data)
+            # a head arriving in many reads: counted as it comes, before it is complete
+            if self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head_bytes:
+                    self._refuse(431, "Request header fields too large")
+
+        def send_400_response(self, msg: str) -> None:
+            # HeadTooLarge from a parser callback reaches uvicorn as a parser error
+            if self._too_large:
+                self._refuse(431, "Request header fields too large")
+            else:
+                super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            self._head_bytes = self._head_seen = 0
+            self._too_large = False
+            self._stop_head_timer()
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._check_size(len(url))
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self._check_size(len(name) + len(value) + 4)
+
+        def _check_size(self, n: int) -> None:
+            # a head arriving in one read: counted by the parser's callbacks
+            self._head_seen += n
+            if self._head_seen > self.max_head_bytes:
+                self._too_large = True
+                raise HeadTooLarge  # httptools turns it into a parser error: send_400_response
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._stop_head_timer()
+            super().on_headers_complete()
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head and not self.transport.is_closing():
+                self._refuse(408, "Request header read timeout")
+
+        def _refuse(self, status: int, reason: str) -> None:
+            self._in_head = False
+            self._stop_head_timer()
+            if self.transport.is_closing():
+                return
+            body = reason.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, reason.encode(), len(body), body)
+            )
+            self.transport.close()
+
+    return BoundedHeadProtocol
+
+
+BoundedHeadProtocol: type | None = None
+
+
+# --------------------------------------------------------------------------- install
+
+
+def install() -> None:
+    """Make this process's uvicorn use :class:`BoundedHeadProtocol` and BentoML's metrics
+    middleware label by route. Idempotent; called on import of the service module."""
+    global BoundedHeadProtocol
+    import uvicorn.config
+    from bentoml._internal.server.http import instruments
+
+    if BoundedHeadProtocol is None:
+        BoundedHeadProtocol = bounded_head_protocol()
+    target = f"{__name__}:BoundedHeadProtocol"
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = target
+    uvicorn.config.HTTP_PROTOCOLS["httptools"] = target
+    base = instruments.RunnerTrafficMetricsMiddleware
+    if not getattr(base, "_fraud_route_labelled", False):
+        labelled = route_labelled(base)
+        labelled._fraud_route_labelled = True  # type: ignore[attr-defined]
+        instruments.RunnerTrafficMetricsMiddleware = labelled  # type: ignore[misc]
