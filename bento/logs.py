@@ -1,34 +1,47 @@
-"""JSON log lines: one object per record, with the request id when there is one."""
+"""JSON log lines: one object per record, with the request id when there is one.
+
+The formatting is python-json-logger's (already in the serving image, as a BentoML dependency);
+this module only chooses the field names (``time``, ``level``, ``logger``, ``message``, the
+record's extras, ``exception``) and where the lines go.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
-# LogRecord attributes that are not user extras
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-# decorations BentoML adds for its text format
-_STANDARD |= {"levelname_bracketed", "trace_msg"}
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+# decorations BentoML adds to records for its text format: not extras of ours
+_BENTOML_DECORATIONS = ("levelname_bracketed", "trace_msg")
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object: time, level, logger, message, extras, exception."""
+class JsonFormatter(_LibraryJsonFormatter):
+    """One JSON object per record: time (UTC, ms), level, logger, message, extras, exception."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception"},
+            reserved_attrs=[*RESERVED_ATTRS, *_BENTOML_DECORATIONS],
+            json_default=str,
+            json_ensure_ascii=True,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """Put the record's time first, as ISO 8601 in UTC with milliseconds."""
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        super().add_fields(log_data, record, message_dict)
+        for key in [k for k in log_data if k.startswith("_")]:
+            del log_data[key]
 
 
 def configure_json_logging(level: int = logging.INFO) -> logging.Logger:

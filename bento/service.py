@@ -30,7 +30,7 @@ from typing import Any
 
 import bentoml
 
-from bento import store
+from bento import internals, store
 from bento.config import ServingConfig
 from bento.http_app import ServingApp
 from bento.inference_log import InferenceLogWriter
@@ -38,7 +38,6 @@ from bento.logs import configure_json_logging
 from bento.memory import tune_allocator
 from bento.metrics import service_metrics
 from bento.runtime import ModelLoadError, load_runtime, verify_files
-from bento.server_limits import install as install_server_limits
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
@@ -51,8 +50,6 @@ def _model_reference() -> bentoml.models.BentoModel:
     ``BENTOML_HOME``, the project's store under ``FRAUD_HOME`` is used, so that a plain
     ``bentoml serve`` finds the champion.
     """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
     from bentoml.exceptions import NotFound
 
     packed: list[str] | None = None
@@ -60,14 +57,14 @@ def _model_reference() -> bentoml.models.BentoModel:
     if root is not None:
         packed = store.packed_model_tags(root)
     elif not os.environ.get("BENTOML_HOME"):
-        BentoMLContainer.model_store.set(ModelStore(str(store.fraud_home() / "bentoml" / "models")))
+        internals.use_model_store(store.fraud_home() / "bentoml" / "models")
     tag = store.resolve_model_tag(packed_tags=packed)
     try:
         stored = bentoml.models.get(tag)
     except NotFound as err:
         raise store.ModelNotFoundError(
             f"model {tag} is not in the BentoML model store "
-            f"{BentoMLContainer.model_store.get()._fs.getsyspath('/')}: import it with the "
+            f"{internals.model_store_path()}: import it with the "
             "release flow, or point BENTOML_HOME at the store that holds it"
         ) from err
     # integrity first, in every process that imports the service (CLI, build, workers)
@@ -112,7 +109,7 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
 SERVING = ServingApp(lifespan=_freeze_heap)
 # bounded request heads and route-labelled HTTP metrics: must be in place before the worker
 # builds its ASGI app and uvicorn server, which happens after this import (see the module)
-install_server_limits()
+internals.install()
 
 
 @bentoml.asgi_app(SERVING.app, path="/")

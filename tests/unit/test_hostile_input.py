@@ -31,8 +31,10 @@ from serving_support import (
 from starlette.testclient import TestClient
 
 from bento.config import ServingConfig
-from bento.http_app import ServingApp, parse_body
+from bento.http_app import ServingApp
+from bento.internals import UNMATCHED, route_label
 from bento.memory import MemoryReleaser, trim, tune_allocator
+from bento.request_body import parse_body
 from bento.request_model import (
     MAX_ERRORS_PER_RECORD,
     MAX_ERRORS_PER_REQUEST,
@@ -45,7 +47,6 @@ from bento.request_model import (
     shown_name,
 )
 from bento.runtime import load_runtime
-from bento.server_limits import UNMATCHED, route_label
 from data_contracts.spec import DEFAULT_MAX_STRING_LENGTH, FeatureSpec, parse_spec
 
 JSON = {"content-type": "application/json"}

@@ -1,9 +1,12 @@
-"""Limits of the serving port that BentoML 1.4 does not expose: bounded request heads with a
-read timeout, and HTTP metrics labelled by route instead of by raw path (issue 14).
+"""Every reach into BentoML's and uvicorn's internals in the serving code, in one module.
 
-This is the one module that reaches into BentoML's and uvicorn's internals; :func:`install`
-is called when the service module is imported, before the worker builds its ASGI app and its
-uvicorn server (both happen after the import, in the same process).
+BentoML 1.4 exposes neither limits on the serving port (bounded request heads with a read
+timeout), nor HTTP metrics labelled by route instead of by raw path, nor a model store at a
+path of our choosing. :func:`install` is called when the service module is imported, before
+the worker builds its ASGI app and its uvicorn server (both happen after the import, in the same
+process); :func:`use_model_store` and :func:`model_store_path` serve the checkout's own store.
+An upgrade of BentoML or uvicorn re-runs ``tests/integration/test_hostile.py`` and
+``tests/integration/test_serve.py``, which exercise every function here.
 
 **Request heads.** ``bentoml serve`` runs uvicorn with its httptools protocol, which has no
 limit on the request line and headers (a 100 MB header was read, taking seconds of CPU) and no
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from starlette.routing import BaseRoute, Match, Mount
@@ -225,3 +229,25 @@ def install() -> None:
         labelled = route_labelled(base)
         labelled._fraud_route_labelled = True  # type: ignore[attr-defined]
         instruments.RunnerTrafficMetricsMiddleware = labelled  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- model store
+
+
+def use_model_store(path: Path) -> None:
+    """Make ``bentoml.models.get`` read the model store at ``path`` (the checkout's own store).
+
+    BentoML reads its store from ``BENTOML_HOME`` only; a checkout's ``bentoml serve`` serves the
+    project's store under ``FRAUD_HOME`` without asking the user to set it.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    BentoMLContainer.model_store.set(ModelStore(str(path)))
+
+
+def model_store_path() -> str:
+    """The folder of the model store ``bentoml.models.get`` reads (for error messages)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.model_store.get()._fs.getsyspath("/"))

@@ -1,0 +1,158 @@
+"""A request body parsed once and a batch checked with bounded work: no I/O, no ASGI.
+
+Parsing uses pydantic-core's JSON parser (the one validation uses: the same duplicate-key and
+number rules); whatever it refuses, nesting deeper than ``MAX_JSON_DEPTH`` levels included, is a
+field error for a 422, never an exception. :func:`check_batch` may run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import from_json
+
+from bento.request_model import (
+    MAX_ID_LENGTH,
+    MAX_JSON_DEPTH,
+    MAX_UNKNOWN_KEYS,
+    REQUEST_ID,
+    ErrorBudget,
+    FieldError,
+    RecordChecker,
+    shown_name,
+)
+from data_contracts.artifacts import RECORDS_FIELD
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def caller_request_id(raw: Any) -> str | None:
+    """The ``request_id`` of a parsed body that failed validation, when it has a usable one."""
+    value = raw.get(REQUEST_ID) if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH else None
+
+
+def parse_body(body: bytes) -> tuple[Any, FieldError | None]:
+    """The body parsed by pydantic-core's JSON parser (the one validation uses: the same
+    duplicate-key and number rules), or the reason it is not JSON. Never raises."""
+    try:
+        return from_json(body), None
+    except ValueError as err:
+        reason = str(err)
+    except Exception as err:  # whatever the parser raises is the caller's 422
+        reason = f"{type(err).__name__}: {err}"
+    if "recursion limit" in reason:
+        reason = f"JSON nested deeper than {MAX_JSON_DEPTH} levels ({reason})"
+    return None, FieldError(field="body", problem="invalid JSON", message=reason[:300])
+
+
+def envelope_errors(raw: Any, max_records: int) -> list[FieldError]:
+    """What is wrong with a batch body around its records (bounded: unknown top-level keys
+    are listed up to MAX_UNKNOWN_KEYS, with their number)."""
+    if not isinstance(raw, dict):
+        kind = "null" if raw is None else type(raw).__name__
+        return [FieldError(field="body", problem="wrong type", message=f"expected an object with "
+                           f"'records', not {kind}")]  # fmt: skip
+    errors: list[FieldError] = []
+    unknown = [k for k in raw if k not in (RECORDS_FIELD, REQUEST_ID)]
+    for key in unknown[:MAX_UNKNOWN_KEYS]:
+        errors.append(
+            FieldError(
+                field=shown_name(key),
+                problem="unknown field",
+                message="Extra inputs are not permitted",
+            )
+        )
+    if len(unknown) > MAX_UNKNOWN_KEYS:
+        more = len(unknown) - MAX_UNKNOWN_KEYS
+        errors.append(
+            FieldError(field="body", problem="too many problems", message=f"{more} more unknown "
+                       "top-level keys are not listed")
+        )  # fmt: skip
+    records = raw.get(RECORDS_FIELD)
+    if RECORDS_FIELD not in raw:
+        errors.append(FieldError(field=RECORDS_FIELD, problem="missing", message="Field required"))
+    elif not isinstance(records, list):
+        errors.append(
+            FieldError(field=RECORDS_FIELD, problem="wrong type", message="Input should be a list")
+        )
+    elif not records:
+        errors.append(
+            FieldError(
+                field=RECORDS_FIELD,
+                problem="no records",
+                message="List should have at least 1 item",
+            )
+        )
+    elif len(records) > max_records:
+        errors.append(
+            FieldError(
+                field=RECORDS_FIELD,
+                problem="too many records",
+                message=f"List should have at most {max_records} items, not {len(records)}",
+            )
+        )
+    request_id = raw.get(REQUEST_ID)
+    if request_id is not None and not isinstance(request_id, str):
+        errors.append(
+            FieldError(field=REQUEST_ID, problem="wrong type", message="Input should be a string")
+        )
+    elif request_id is not None and len(request_id) > MAX_ID_LENGTH:
+        errors.append(
+            FieldError(
+                field=REQUEST_ID,
+                problem="too long",
+                message=f"String should have at most {MAX_ID_LENGTH} characters",
+            )
+        )
+    return errors
+
+
+@dataclass
+class CheckedBatch:
+    """A batch body parsed and checked: the valid records and where they were, or a refusal
+    (``records`` None) with its ``detail``; the error entries are in ``budget``."""
+
+    request_id: str
+    budget: ErrorBudget
+    detail: str = ""
+    records: list[BaseModel] | None = None
+    positions: list[int] = field(default_factory=list)
+    total: int = 0
+
+
+def check_batch(
+    checker: RecordChecker, max_records: int, body: bytes, header_id: str | None
+) -> CheckedBatch:
+    """Parse a batch body once and check it with bounded work (no I/O: may run in a thread)."""
+    budget = ErrorBudget()
+    raw, parse_error = parse_body(body)
+    if parse_error is not None:
+        budget.add([parse_error])
+        return CheckedBatch(header_id or new_request_id(), budget, "invalid batch")
+    request_id = caller_request_id(raw) or header_id or new_request_id()
+    envelope = envelope_errors(raw, max_records)
+    if envelope:
+        budget.add(envelope)
+        return CheckedBatch(request_id, budget, "invalid batch")
+    records_raw: list[Any] = raw[RECORDS_FIELD]
+    total = len(records_raw)
+    fast = checker.check_all(records_raw)
+    if fast is not None:
+        return CheckedBatch(request_id, budget, "", fast, list(range(total)), total)
+    records: list[BaseModel] = []
+    positions: list[int] = []
+    for i, item in enumerate(records_raw):
+        checked = checker.check(item, i, describe=not budget.full)
+        if checked.model is None:
+            budget.add(checked.errors, checked.problems)
+            checker.categories.count_raw(item)
+        else:
+            records.append(checked.model)
+            positions.append(i)
+    return CheckedBatch(request_id, budget, "", records, positions, total)
