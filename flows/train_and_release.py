@@ -24,13 +24,14 @@ from data_contracts.schemas import ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.alerting.alerts import alert_on_failure
 from flows.core.settings import Settings
+from flows.core.tables import file_digest, load_table
 from flows.delivery import audit, champion, outcome, registry, tracking
 from flows.delivery.errors import PackagingError
 from flows.delivery.locks import promotion_lock_name
 from flows.delivery.packaging import PackagedVersion, package_version
 from flows.training import release
-from flows.training.data_io import file_digest, load_table, write_quarantine
 from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
+from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
 from flows.training.train import Splits, TrainParams, split
 

@@ -150,7 +150,7 @@ def assemble_training_data(folder: Path, dest: Path, max_rows: int) -> Path | No
     Returns None when no batch has landed. The file name carries nothing secret; it is passed
     to train-and-release as ``data_path``.
     """
-    from flows.training.data_io import load_table
+    from flows.core.tables import load_table
 
     frames, rows = [], 0
     for path in labelled_batches(folder):

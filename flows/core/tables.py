@@ -1,14 +1,11 @@
-"""Reading training tables and writing quarantine files."""
+"""Reading data tables (CSV or Parquet) and their identity: shared by training and monitoring."""
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-
-from data_contracts.schemas import ValidationResult
 
 READERS = {".parquet": pd.read_parquet, ".pq": pd.read_parquet, ".csv": pd.read_csv}
 
@@ -31,16 +28,3 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def write_quarantine(result: ValidationResult, folder: Path, data_digest: str) -> Path | None:
-    """Write the quarantined rows (with reasons) to a timestamped Parquet file; None if none."""
-    if result.quarantined_rows == 0:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = folder / f"quarantine-{data_digest}-{stamp}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    result.quarantine.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
