@@ -65,7 +65,7 @@ mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 test: install ## the whole test suite (unit, then integration against real servers)
 	$(ROOT)/.venv/bin/pytest
 
-test-fast: install ## unit tests only: no servers, seconds
+test-fast: install ## unit tests only: no servers, a few minutes at most
 	$(ROOT)/.venv/bin/pytest -m "not integration"
 
 lint: install ## ruff lint and format check, bandit, serving requirements in step with uv.lock, import layers
@@ -116,8 +116,8 @@ run-prod: data docker up-prod ## the main job against the production profile
 	@scripts/prod.sh stack release --param data_path="$(DATA)"
 	@scripts/prod.sh stack summary
 
-test-prod: install ## the integration tests against the production profile (PostgreSQL servers)
-	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m integration
+test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
+	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack"
 
 clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

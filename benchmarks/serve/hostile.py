@@ -56,7 +56,7 @@ from benchmarks.serve.bench import (
     write_bodies,
 )
 from benchmarks.serve.soak import error_lines
-from tests.serving_support import (
+from tests.support.hostile import (
     deep_array,
     deep_field_record,
     deep_record_batch,

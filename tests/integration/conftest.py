@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.core.http import free_port
 from flows.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,10 +30,15 @@ if PROFILE not in {"embedded", "prod"}:
     raise ValueError(f"FRAUD_TEST_PROFILE={PROFILE!r}: expected 'embedded' or 'prod'")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server stack ``stack``: what the production profile changes.
+
+    ``make test-prod`` runs only these on PostgreSQL; the other integration tests (bentoml serve,
+    Docker images, SMTP, in-process Prefect) start no stack and would only repeat themselves.
+    """
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
 
 
 def _script(

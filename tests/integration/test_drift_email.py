@@ -23,13 +23,14 @@ from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.outbox import deliver, flush_outbox
 from flows.alerting.smtp import SmtpSettings, compose_message
+from flows.core.http import free_port
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, run_drift_check
 from flows.monitoring.results import drift_email
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import Window
-from tests.drift_support import Inbox, free_port, result, write_log
+from tests.support.drift import Inbox, result, write_log
 
 pytestmark = pytest.mark.integration
 SECRET = "pa55-w0rd-never-logged"

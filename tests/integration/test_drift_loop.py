@@ -25,9 +25,10 @@ from aiosmtpd.controller import Controller
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
+from flows.core.http import free_port
 from flows.delivery import registry
 from flows.delivery.smoke import request_records
-from tests.drift_support import Inbox, free_port
+from tests.support.drift import Inbox
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,65 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from serving_support import TinyModel, call, stop_process_group, train_tiny_model
 
-from tests.drift_support import free_port
+from tests.support.serving import (
+    BENTOML,
+    ROOT,
+    BentoServer,
+    TinyModel,
+    call,
+    serve_env,
+    start_bento,
+    train_tiny_model,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-BENTOML = [sys.executable, "-m", "bentoml"]
-
-
-@dataclass
-class Serve:
-    """A ``bentoml serve`` process in its own session, logging to a file."""
-
-    proc: subprocess.Popen
-    base: str
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM its process group (by its own PID), wait, escalate if needed."""
-        return stop_process_group(self.proc)
-
-
-def serve_env(home: Path, bentoml_home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
-    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true",
-               FRAUD_HOME=str(home), NO_PROXY="127.0.0.1,localhost", **extra)  # fmt: skip
-    return env
-
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., BentoServer]]:
     """Start ``bentoml serve ARGS``; every process started is stopped at teardown."""
-    started: list[Serve] = []
+    started: list[BentoServer] = []
 
-    def start(*args: str, env: dict[str, str], cwd: Path = ROOT) -> Serve:
-        port = free_port()
-        log = tmp_path / f"serve-{len(started)}.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [*BENTOML, "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
-                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        started.append(Serve(proc, f"http://127.0.0.1:{port}", log))
+    def start(*args: str, env: dict[str, str], cwd: Path = ROOT) -> BentoServer:
+        started.append(start_bento(env, tmp_path / f"serve-{len(started)}.log", *args, cwd=cwd))
         return started[-1]
 
     try:
@@ -78,7 +50,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
             server.stop()
 
 
-def readiness(server: Serve, timeout: float = 120) -> list[int]:
+def readiness(server: BentoServer, timeout: float = 120) -> list[int]:
     """Poll ``/readyz`` until it answers 200 or the process exits; the statuses seen."""
     seen: list[int] = []
     deadline = time.monotonic() + timeout
@@ -141,7 +113,7 @@ def test_model_altered_in_the_store_after_release_never_becomes_ready(
     ) in log, log[-3000:]
 
 
-def metric(server: Serve, name: str) -> float:
+def metric(server: BentoServer, name: str) -> float:
     """Sum of a counter over its label sets in ``/metrics``."""
     status, text = call(f"{server.base}/metrics")
     assert status == 200
@@ -149,7 +121,7 @@ def metric(server: Serve, name: str) -> float:
     return sum(float(v) for v in values)
 
 
-def wait_for(what: Callable[[], bool], server: Serve, timeout: float = 30) -> None:
+def wait_for(what: Callable[[], bool], server: BentoServer, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not what():
         if time.monotonic() > deadline:

@@ -10,14 +10,9 @@ against the same server.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -32,13 +27,18 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from serving_support import TinyModel, stop_process_group, train_tiny_model
 
-from tests.drift_support import free_port
+from tests.support.serving import (
+    BentoServer,
+    TinyModel,
+    model_env,
+    start_bento,
+    train_tiny_model,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH = 25  # small batches keep generated bodies (and the run) short
 # generated requests per (operation, mode): 4 x 260 = 1,040 on the prediction endpoints
 EXAMPLES = 260
@@ -52,14 +52,14 @@ CHECKS = [
 
 @dataclass
 class Served:
-    proc: subprocess.Popen
-    base: str
-    log: Path
+    """The fuzzed server and a session that talks to it on loopback only."""
+
+    server: BentoServer
     session: requests.Session
 
-    def stop(self) -> int:
-        """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
-        return stop_process_group(self.proc)
+    @property
+    def base(self) -> str:
+        return self.server.base
 
 
 @pytest.fixture(scope="module")
@@ -70,49 +70,18 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("fuzz-home")
-    port = free_port()
-    log = home / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
-    env.update(
-        BENTOML_HOME=str(tiny.bentoml_home),
-        BENTOML_DO_NOT_TRACK="true",
-        FRAUD_HOME=str(home),
-        FRAUD_MODEL_TAG=tiny.tag,
-        FRAUD_INFERENCE_LOG_DIR=str(home / "inference_log"),
-        FRAUD_MAX_BATCH_RECORDS=str(MAX_BATCH),
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = model_env(home, tiny, FRAUD_MAX_BATCH_RECORDS=str(MAX_BATCH))
+    server = start_bento(env, home / "serve.log")
     session = requests.Session()
     session.trust_env = False  # loopback only, never through a proxy
-    srv = Served(proc, f"http://127.0.0.1:{port}", log, session)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if session.get(f"{srv.base}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # not listening or still starting up
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready in 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield srv
+        wait_ready(server)
+        yield Served(server, session)
     finally:
-        code = srv.stop()
+        code = server.stop()
         session.close()
-        assert code == 0, f"bentoml serve exited {code}:\n{log.read_text()[-3000:]}"
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+        assert code == 0, f"bentoml serve exited {code}:\n{server.text()[-3000:]}"
+    assert "Traceback" not in server.text(), server.text()[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -20,23 +20,21 @@ import random
 import socket
 import statistics
 import string
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from serving_support import (
-    TinyModel,
+
+from tests.support.hostile import (
     deep_array,
     deep_field_record,
     deep_record_batch,
     empty_records_batch,
     key_flood_batch,
-    train_tiny_model,
 )
-from test_serve import BENTOML, ROOT, Server, free_port, serve_env
+from tests.support.serving import BentoServer, TinyModel, model_env, running_bento, train_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -52,39 +50,16 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory) -> Iterator[Server]:
+def server(tiny, tmp_path_factory) -> Iterator[BentoServer]:
     home = tmp_path_factory.mktemp("hostile-home")
-    port = free_port()
-    log = home / "serve.log"
-    env = serve_env(home, tiny) | {"FRAUD_HEADER_TIMEOUT_S": "2"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*BENTOML, "serve", "--host", HOST, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    srv = Server(proc, f"http://{HOST}:{port}", log, home / "inference_log")
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if request(port_of(srv), "GET", "/readyz").status == 200:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"not ready in 90 s:\n{log.read_text()[-3000:]}")
+    with running_bento(
+        model_env(home, tiny, FRAUD_HEADER_TIMEOUT_S="2"), home / "serve.log"
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
-        text = log.read_text()
-        assert "Traceback" not in text, text[-3000:]
+    assert "Traceback" not in srv.text(), srv.text()[-3000:]
 
 
-def port_of(server: Server) -> int:
+def port_of(server: BentoServer) -> int:
     return int(server.base.rsplit(":", 1)[1])
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from flows.core.http import free_port
 from flows.delivery import audit
-from tests.drift_support import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

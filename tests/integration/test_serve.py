@@ -3,56 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from serving_support import TinyModel, call, stop_process_group, train_tiny_model
+
+from flows.core.http import free_port
+from tests.support.serving import (
+    BENTOML,
+    ROOT,
+    BentoServer,
+    TinyModel,
+    call,
+    model_env,
+    running_bento,
+    train_tiny_model,
+)
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-BENTOML = [sys.executable, "-m", "bentoml"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    base: str
-    log: Path
-    inference_log: Path
-
-    def stop(self) -> int:
-        """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
-        return stop_process_group(self.proc)
-
-
-def serve_env(home: Path, model: TinyModel) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
-    env.update(
-        BENTOML_HOME=str(model.bentoml_home),
-        BENTOML_DO_NOT_TRACK="true",
-        FRAUD_HOME=str(home),
-        FRAUD_MODEL_TAG=model.tag,
-        FRAUD_INFERENCE_LOG_DIR=str(home / "inference_log"),
-        FRAUD_INFERENCE_LOG_FLUSH_S="3600",  # records can only reach disk by the shutdown flush
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +32,12 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory) -> Iterator[Server]:
+def server(tiny, tmp_path_factory) -> Iterator[BentoServer]:
     home = tmp_path_factory.mktemp("home")
-    port = free_port()
-    log = home / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=serve_env(home, tiny),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    srv = Server(proc, f"http://127.0.0.1:{port}", log, home / "inference_log")
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if call(f"{srv.base}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"not ready in 90 s:\n{log.read_text()[-3000:]}")
+    # records can only reach disk by the shutdown flush
+    env = model_env(home, tiny, FRAUD_INFERENCE_LOG_FLUSH_S="3600")
+    with running_bento(env, home / "serve.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_predict_matches_offline_onnx(server, tiny):
@@ -172,8 +119,7 @@ def test_corrupt_model_stops_start_up(tiny, tmp_path):
     name, _, version = tiny.tag.partition(":")
     with (home / "models" / name / version / "model.onnx").open("ab") as fh:
         fh.write(b"tampered")
-    env = serve_env(tmp_path, tiny)
-    env["BENTOML_HOME"] = str(home)
+    env = model_env(tmp_path, tiny, BENTOML_HOME=str(home))
     proc = subprocess.run(
         [*BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
         cwd=ROOT,

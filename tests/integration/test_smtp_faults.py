@@ -26,11 +26,12 @@ from data_contracts.spec import default_spec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.alerting.outbox import REFUSED_HEADER, deliver, flush_outbox
 from flows.alerting.smtp import ENVELOPE_HEADER, SmtpSettings, compose_message
+from flows.core.http import free_port
 from flows.core.settings import Settings
 from flows.monitoring.check import DriftCheckConfig, RetrainPolicy, run_drift_check
 from flows.monitoring.results import drift_email
 from flows.monitoring.verdict import Outcome
-from tests.drift_support import Inbox, free_port, result, write_log
+from tests.support.drift import Inbox, result, write_log
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from flows.cli import automations
 from flows.cli.automations import HeartbeatSettings, alert_rule, crash_message, crash_rule
 from flows.drift_check import drift_check
 from flows.train_and_release import train_and_release
-from tests.drift_support import result
+from tests.support.drift import result
 
 PASSWORD = "s3cr3t-smtp-pa55"
 DB_URL = "postgresql+psycopg2://mlflow:dbpass@db.internal:5432/mlflow"

@@ -26,7 +26,7 @@ from flows.monitoring.sampling import sample_pair
 from flows.monitoring.statistics import JENSEN_SHANNON, WASSERSTEIN, statistic
 from flows.monitoring.verdict import ColumnDrift, DriftPolicy, Outcome, decide, not_enough_data
 from flows.monitoring.window import Window, monitored_columns, read_inference_log, window_id
-from tests.drift_support import write_log
+from tests.support.drift import write_log
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "evidently_drift_report.json"
 UNTESTABLE = {"distance_from_home_km": "window has no values"}

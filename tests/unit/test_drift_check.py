@@ -39,7 +39,7 @@ from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecisio
 from flows.monitoring.sampling import Sampling
 from flows.monitoring.verdict import DriftPolicy, DriftVerdict, Outcome
 from flows.monitoring.window import Window
-from tests.drift_support import DEP, result, write_log
+from tests.support.drift import DEP, result, write_log
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

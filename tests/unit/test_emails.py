@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from flows.alerting.emails import render
 from flows.alerting.failure import FailureReport, Step, alert_email
 from flows.monitoring.results import drift_email
-from tests.drift_support import result
+from tests.support.drift import result
 
 EVIL = "<script>alert(1)</script>"
 

@@ -18,16 +18,6 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from pydantic_core import from_json
-from serving_support import (
-    TinyModel,
-    deep_array,
-    deep_field_record,
-    deep_record_batch,
-    empty_records_batch,
-    key_flood_batch,
-    train_tiny_model,
-    unknown_keys,
-)
 from starlette.testclient import TestClient
 
 from bento.config import ServingConfig
@@ -48,6 +38,15 @@ from bento.request_model import (
 )
 from bento.runtime import load_runtime
 from data_contracts.spec import DEFAULT_MAX_STRING_LENGTH, FeatureSpec, parse_spec
+from tests.support.hostile import (
+    deep_array,
+    deep_field_record,
+    deep_record_batch,
+    empty_records_batch,
+    key_flood_batch,
+    unknown_keys,
+)
+from tests.support.serving import TinyModel, train_tiny_model
 
 JSON = {"content-type": "application/json"}
 N_FIELDS = 23  # 21 features + transaction_id + request_id

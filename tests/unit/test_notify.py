@@ -9,8 +9,9 @@ from email.parser import BytesParser
 from flows.alerting.emails import EmailContent
 from flows.alerting.outbox import deliver, flush_outbox
 from flows.alerting.smtp import SmtpSettings, compose_message
+from flows.core.http import free_port
 from flows.monitoring.results import drift_email, result_markdown
-from tests.drift_support import free_port, result
+from tests.support.drift import result
 
 SECRET = "s3cr3t-pa55"
 

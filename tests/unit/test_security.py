@@ -24,7 +24,6 @@ from onnx.external_data_helper import (
     set_external_data,
     uses_external_data,
 )
-from serving_support import TinyModel, train_tiny_model
 from starlette.testclient import TestClient
 
 from bento.config import ServingConfig
@@ -38,6 +37,7 @@ from bento.runtime import (
 )
 from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
 from data_contracts.artifacts import SPEC_FILE
+from tests.support.serving import TinyModel, train_tiny_model
 
 BENTO_DIR = Path(__file__).resolve().parents[2] / "bento"
 MAX_BATCH = 20

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from serving_support import TinyModel, train_tiny_model
 from starlette.testclient import TestClient
 
 from bento.inference_log import hash_transaction_id
+from tests.support.serving import TinyModel, train_tiny_model
 
 MAX_BATCH = 50
 

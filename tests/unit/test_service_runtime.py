@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_support import train_tiny_model
 
 from bento.runtime import FeatureEncoder, ModelLoadError, example_record, load_runtime
 from bento.store import ModelNotFoundError, bento_root, resolve_model_tag, sha256_file
 from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
 from data_contracts.artifacts import SPEC_FILE, write_champion_pointer
+from tests.support.serving import train_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureKind, FeatureSpec
 from data_contracts.synthetic import GeneratorConfig, generate
+from flows.core.http import free_port
 from flows.delivery.store import import_model
 from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session
 from flows.training.train import TrainParams, fit
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "fraud-detector"
 THRESHOLD = 0.5
 
@@ -128,42 +135,87 @@ def stop_process_group(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
-# --------------------------------------------------------------------------- hostile bodies
-# The reproductions of issue 14, shared by tests/integration/test_hostile.py and
-# benchmarks/serve/hostile.py. Deep bodies are built as bytes: json.dumps itself recurses.
+# --------------------------------------------------------------------------- bentoml serve
 
-_KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+BENTOML = [sys.executable, "-m", "bentoml"]
 
 
-def unknown_keys(n: int = 1000) -> dict[str, None]:
-    """``n`` distinct unknown two-letter keys (``aa``, ``ab``, ...), each with ``null``."""
-    keys = (a + b for a in _KEY_ALPHABET for b in _KEY_ALPHABET)
-    return {k: None for k, _ in zip(keys, range(n), strict=False)}
+@dataclass
+class BentoServer:
+    """A ``bentoml serve`` process in its own session on 127.0.0.1, logging to a file."""
+
+    proc: subprocess.Popen
+    base: str
+    log: Path
+    inference_log: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM the server's process group (its own PID), wait, escalate if needed."""
+        return stop_process_group(self.proc)
 
 
-def key_flood_batch(records: int, keys: int = 1000) -> bytes:
-    """A batch of ``records`` records, each nothing but ``keys`` unknown keys (1.8 MB at 150)."""
-    one = json.dumps(unknown_keys(keys))
-    return ('{"records": [' + ", ".join([one] * records) + "]}").encode()
+def serve_env(home: Path, bentoml_home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without the pipeline's settings, pointed at one store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true",
+               FRAUD_HOME=str(home), NO_PROXY="127.0.0.1,localhost")  # fmt: skip
+    env.update(extra)  # an extra setting wins over the defaults above
+    return env
 
 
-def empty_records_batch(records: int = 10_000) -> bytes:
-    """``{"records": [{}, {}, ...]}``: every record misses every field (40 KB at 10,000)."""
-    return b'{"records": [' + b", ".join([b"{}"] * records) + b"]}"
+def model_env(home: Path, model: TinyModel, **extra: str) -> dict[str, str]:
+    """:func:`serve_env` serving ``model``, with its inference log under ``home``."""
+    defaults = {
+        "FRAUD_MODEL_TAG": model.tag,
+        "FRAUD_INFERENCE_LOG_DIR": str(home / "inference_log"),
+    }
+    return serve_env(home, model.bentoml_home, **(defaults | extra))
 
 
-def deep_array(depth: int) -> bytes:
-    """``[[[...]]]`` nested ``depth`` deep."""
-    return b"[" * depth + b"]" * depth
+def start_bento(
+    env: dict[str, str], log: Path, *args: str, cwd: Path = ROOT, host: str = "127.0.0.1"
+) -> BentoServer:
+    """Start ``bentoml serve ARGS`` on a free loopback port; output to ``log``, not ours."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*BENTOML, "serve", *args, "--host", host, "--port", str(port)],
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    inference_log = env.get("FRAUD_INFERENCE_LOG_DIR")
+    return BentoServer(
+        proc, f"http://{host}:{port}", log, Path(inference_log) if inference_log else None
+    )
 
 
-def deep_field_record(record: dict[str, Any], field: str, depth: int) -> bytes:
-    """``record`` with ``field`` replaced by an array nested ``depth`` deep."""
-    marker = "__deep_marker__"
-    text = json.dumps({**record, field: marker}).encode()
-    return text.replace(f'"{marker}"'.encode(), deep_array(depth))
+def wait_ready(server: BentoServer, timeout: float = 90) -> None:
+    """Return once ``/readyz`` answers 200; fail the test (with the log) on exit or timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited {server.proc.returncode}:\n{server.text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            if call(f"{server.base}/readyz")[0] == 200:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"not ready in {timeout:.0f} s:\n{server.text()[-3000:]}")
 
 
-def deep_record_batch(record: dict[str, Any], depth: int) -> bytes:
-    """A batch of one valid record followed by one record nested ``depth`` deep."""
-    return b'{"records": [' + json.dumps(record).encode() + b", " + deep_array(depth) + b"]}"
+@contextlib.contextmanager
+def running_bento(
+    env: dict[str, str], log: Path, *args: str, cwd: Path = ROOT
+) -> Iterator[BentoServer]:
+    """A ready ``bentoml serve`` for the ``with`` block, stopped by PID afterwards."""
+    server = start_bento(env, log, *args, cwd=cwd)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        server.stop()

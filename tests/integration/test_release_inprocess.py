@@ -20,6 +20,8 @@ from flows.training.gate import GatePolicy
 from flows.training.onnx_export import onnx_predict_proba, onnx_session, sha256
 from flows.training.train import TrainParams
 
+pytestmark = pytest.mark.integration  # an in-process Prefect test server
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "data_contracts" / "examples"
 FAST = TrainParams(max_iter=60)
 NO_IMAGE = {"build_image": False}  # the image path is tested in tests/integration/test_image.py

@@ -19,6 +19,8 @@ from flows.delivery.store import bento_store, model_store
 from flows.train_and_release import train_and_release
 from flows.training.train import TrainParams
 
+pytestmark = pytest.mark.integration  # an in-process Prefect test server
+
 MODEL = "fraud-detector"
 FAST = TrainParams(max_iter=60)
 CRIPPLED = TrainParams(max_iter=30, cripple=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -20,12 +19,6 @@ from flows.monitoring.statistics import JENSEN_SHANNON, WASSERSTEIN
 from flows.monitoring.verdict import ColumnDrift, DriftPolicy, decide
 
 DEP = "train-and-release/fraud-detector"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_log(
