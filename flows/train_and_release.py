@@ -81,7 +81,13 @@ def snapshot(
 def champion_score(
     settings: Settings, model_name: str, holdout: pd.DataFrame, spec: FeatureSpec
 ) -> ChampionScore | None:
-    return release.score_current_champion(settings, model_name, holdout, spec)
+    champion = registry.fetch_champion(settings, model_name)
+    if champion is None:
+        return None
+    return release.score_champion(
+        str(champion.version.version), champion.model_bytes, champion.threshold,
+        champion.spec, champion.spec_hash, holdout, spec,
+    )  # fmt: skip
 
 
 @task(name="f1-gate", cache_policy=NO_CACHE)

@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict
 from flows.alerting.emails import EmailContent, render
 from flows.alerting.outbox import Delivery
 from flows.alerting.redaction import redact_parameters, scrub, truncate
+from flows.core.settings import PROJECT_ROOT
 
 RELEASE_FLOW = "train-and-release"
 DRIFT_FLOW = "drift-check"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _RUN_SUFFIX = re.compile(r"-(?:[0-9a-f]{3}|\d+)$")
 
 

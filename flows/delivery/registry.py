@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess  # nosec B404 # fixed git argv, never a shell
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,13 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from data_contracts.artifacts import ONNX_FILE, SPEC_FILE
+from data_contracts.artifacts import (
+    META_SHA256,
+    META_SPEC_HASH,
+    META_THRESHOLD,
+    ONNX_FILE,
+    SPEC_FILE,
+)
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import PROJECT_ROOT, Settings
 from flows.training.onnx_export import sha256
@@ -117,7 +124,7 @@ def download_model(version: ModelVersion, dest: Path) -> ChampionModel:
     model_bytes = (local / ONNX_FILE).read_bytes()
     meta = mlflow.models.Model.load(str(local)).metadata or {}
     digest = sha256(model_bytes)
-    if meta.get("sha256") and meta["sha256"] != digest:
+    if meta.get(META_SHA256) and meta[META_SHA256] != digest:
         raise ValueError(
             f"model {version.name} v{version.version}: ONNX sha256 {digest} does not match the "
             f"registered {meta['sha256']}"
@@ -125,9 +132,9 @@ def download_model(version: ModelVersion, dest: Path) -> ChampionModel:
     return ChampionModel(
         version=version,
         model_bytes=model_bytes,
-        threshold=float(meta["threshold"]),
+        threshold=float(meta[META_THRESHOLD]),
         spec=json.loads((local / SPEC_IN_MODEL).read_text()),
-        spec_hash=str(meta["spec_hash"]),
+        spec_hash=str(meta[META_SPEC_HASH]),
         sha256=digest,
     )
 
@@ -148,9 +155,9 @@ def log_onnx_model(
     spec_path = work_dir / SPEC_FILE
     spec_path.write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     metadata = {
-        "sha256": sha256(model_bytes),
-        "threshold": threshold,
-        "spec_hash": spec.spec_hash(),
+        META_SHA256: sha256(model_bytes),
+        META_THRESHOLD: threshold,
+        META_SPEC_HASH: spec.spec_hash(),
         "feature_names": spec.feature_names,
         **extra_metadata,
     }
@@ -237,3 +244,14 @@ def set_version_tags(
     client = configure(settings)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
+
+
+def fetch_champion(settings: Settings, model_name: str) -> ChampionModel | None:
+    """The model's current champion, downloaded and verified, or None when there is none yet."""
+    client = configure(settings)
+    version = current_champion(client, model_name, settings.champion_alias)
+    if version is None:
+        return None
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
+        return download_model(version, Path(tmp))

@@ -5,19 +5,16 @@ tracking and registration are in :mod:`flows.delivery.tracking`.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
 from sklearn.pipeline import Pipeline
 
 from data_contracts.schemas import LABEL_INT, ValidationResult, validate_frame
 from data_contracts.spec import FeatureSpec, default_spec, load_spec, parse_spec
-from flows.core.settings import Settings
-from flows.delivery import registry
 from flows.training.gate import ChampionScore, GatePolicy
 from flows.training.onnx_export import (
     ParityReport,
@@ -110,21 +107,28 @@ def export_with_parity(
 
 
 def score_champion(
-    version: ModelVersion, holdout: pd.DataFrame, spec: FeatureSpec, work_dir: Path
+    version: str,
+    model_bytes: bytes,
+    threshold: float,
+    champion_spec: dict[str, Any],
+    spec_hash: str,
+    holdout: pd.DataFrame,
+    spec: FeatureSpec,
 ) -> ChampionScore:
-    """Score the champion afresh from its ONNX artifact on the candidate's holdout."""
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        champion = registry.download_model(version, Path(tmp))
-    champion_spec = parse_spec(champion.spec)
-    base = {"version": str(version.version), "spec_hash": champion.spec_hash}
-    missing = [f for f in champion_spec.feature_names if f not in holdout.columns]
-    if champion_spec.label.name != spec.label.name or missing:
-        return ChampionScore(
-            **base, f1=None, note=f"its spec {champion.spec_hash} needs columns {missing}"
-        )
-    scores = onnx_predict_proba(onnx_session(champion.model_bytes), holdout, champion_spec)
+    """Score the champion afresh, from its ONNX bytes, on the candidate's holdout.
+
+    The delivery side fetches the champion from the registry; this step only scores it, with
+    the champion's own spec and threshold. A champion whose spec needs columns the holdout lacks
+    (or another label) gets no F1 and a note saying why.
+    """
+    parsed = parse_spec(champion_spec)
+    base = {"version": str(version), "spec_hash": spec_hash}
+    missing = [f for f in parsed.feature_names if f not in holdout.columns]
+    if parsed.label.name != spec.label.name or missing:
+        return ChampionScore(**base, f1=None, note=f"its spec {spec_hash} needs columns {missing}")
+    scores = onnx_predict_proba(onnx_session(model_bytes), holdout, parsed)
     y = holdout[LABEL_INT].to_numpy(dtype=np.int64)
-    return ChampionScore(**base, f1=evaluate(y, scores, champion.threshold).f1)
+    return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1)
 
 
 def reference_snapshot(
@@ -166,15 +170,3 @@ def resolve_inputs(
         hint = " (generate it with `make data`)" if not data_path else ""
         raise FileNotFoundError(f"data file {path} does not exist{hint}")
     return path, spec
-
-
-def score_current_champion(
-    settings: Settings, model_name: str, holdout: pd.DataFrame, spec: FeatureSpec
-) -> ChampionScore | None:
-    """Score the model's current champion on the holdout, or None when there is none yet."""
-    client = registry.configure(settings)
-    version = registry.current_champion(client, model_name, settings.champion_alias)
-    if version is None:
-        return None
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    return score_champion(version, holdout, spec, settings.work_dir)
