@@ -229,6 +229,13 @@ def _deliver(
     raise AssertionError("a failed promotion raises")  # pragma: no cover - result() raised
 
 
+def _stopped_artifact(name: str, path: Path, quarantine: Path | None, err: Exception) -> None:
+    """The release-decision artifact of a run the data contract stopped."""
+    facts = {"data": str(path), "quarantine file": str(quarantine or "none")}
+    _decision_artifact(name, f"{name}: stopped by the data contract", decision=None, metrics=None,
+                       champion=None, facts=facts, stopped=f"```\n{err}\n```")  # fmt: skip
+
+
 @flow(
     name="train-and-release",
     log_prints=True,
@@ -275,15 +282,10 @@ def train_and_release(
     quarantine = save_quarantine(result, settings.quarantine_dir, digest)
     step(result.summary() + (f"\nquarantine file: {quarantine}" if quarantine else ""))
 
-    def stopped(err: Exception) -> dict[str, Any]:
-        facts = {"data": str(path), "quarantine file": str(quarantine or "none")}
-        return {"decision": None, "metrics": None, "champion": None, "facts": facts,
-                "stopped": f"```\n{err}\n```"}  # fmt: skip
-
     try:
         release.enforce_contract(result, policy)
     except release.ContractViolation as err:
-        _decision_artifact(name, f"{name}: stopped by the data contract", **stopped(err))
+        _stopped_artifact(name, path, quarantine, err)
         raise
     splits = split_data(result.valid, spec, holdout_fraction, validation_fraction)
     step(f"split {tracking.split_sizes(splits)}; training {params.classifier}")
