@@ -129,6 +129,7 @@ def bounded_head_protocol() -> type:
             self._head_seen = 0  # bytes of request line and headers parsed
             self._too_large = False
             self._in_head = False
+            self._began_in_read = False  # a head began during the current read
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -143,10 +144,15 @@ def bounded_head_protocol() -> type:
         def data_received(self, data: bytes) -> None:
             if self.transport.is_closing():
                 return
+            self._began_in_read = False
             super().data_received(data)
-            # a head arriving in many reads: counted as it comes, before it is complete
+            # a head arriving in many reads: counted as it comes, before it is complete; in the
+            # read where it began, only what the parser took as head (the read may also hold
+            # the previous pipelined request's body)
             if self._in_head and not self.transport.is_closing():
-                self._head_bytes += len(data)
+                self._head_bytes = (
+                    self._head_seen if self._began_in_read else self._head_bytes + len(data)
+                )
                 if self._head_bytes > self.max_head_bytes:
                     self._refuse(431, "Request header fields too large")
 
@@ -160,6 +166,7 @@ def bounded_head_protocol() -> type:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head = True
+            self._began_in_read = True
             self._head_bytes = self._head_seen = 0
             self._too_large = False
             self._stop_head_timer()

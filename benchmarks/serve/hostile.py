@@ -60,8 +60,10 @@ from tests.support.hostile import (
     deep_array,
     deep_field_record,
     deep_record_batch,
+    empty_records_at_cap,
     empty_records_batch,
     key_flood_batch,
+    nested_lists_in_a_field,
 )
 
 HOST = "127.0.0.1"
@@ -223,6 +225,8 @@ def cases(record: dict[str, Any], header_mb: int) -> list[tuple[str, Callable[[i
         "key flood: 150 records x 1,000 keys": ("/predict_batch", key_flood_batch(150)),
         "key flood: 600 records x 1,000 keys": ("/predict_batch", key_flood_batch(600)),
         "10,000 empty records": ("/predict_batch", empty_records_batch(10_000)),
+        "empty records filling the 16 MiB cap": ("/predict_batch", empty_records_at_cap()),
+        "lists filling a field to the cap": ("/predict_batch", nested_lists_in_a_field(record)),
         "deep body [x1000 on /predict": ("/predict", deep_array(1000)),
         "deep field (5,000) on /predict": ("/predict", deep_field_record(record, "amount", 5000)),
         "deep batch record (5,000)": ("/predict_batch", deep_record_batch(record, 5000)),

@@ -12,7 +12,8 @@
 Idempotent when retried: if an earlier attempt of the same move got the alias moved and then
 failed (e.g. writing the audit record), the retry finds the alias on its version, publishes
 again (harmless) and writes the audit record only if it is still missing, instead of refusing
-its own move.
+its own move. An alias found on the version through *another* recorded move (the newest audit
+record points there and is not this move) is refused like any other move of the champion.
 """
 
 from __future__ import annotations
@@ -75,18 +76,28 @@ class MoveResult:
     resumed: bool  # a retry finished a move an earlier attempt had started
 
 
-def _audited(client: object, request: MoveRequest) -> bool:
-    """Whether the newest audit record of the model is exactly this move."""
-    moves = audit.history(client, request.model_name)  # type: ignore[arg-type]
-    if not moves:
-        return False
-    last = moves[-1]
-    return (last.action, last.from_version, last.to_version, last.actor) == (
+def _newest_move(client: object, model_name: str) -> audit.AliasMove | None:
+    moves = audit.history(client, model_name)  # type: ignore[arg-type]
+    return moves[-1] if moves else None
+
+
+def _is(move: audit.AliasMove | None, request: MoveRequest) -> bool:
+    """Whether ``move`` is the audit record of exactly this move."""
+    return move is not None and (move.action, move.from_version, move.to_version, move.actor) == (
         request.action,
         request.expected,
         request.version,
         request.actor,
     )
+
+
+def unaudited_move(client: object, model_name: str, version: str) -> tuple[bool, str | None]:
+    """Whether the alias on ``version`` got there without its audit record (an earlier attempt
+    moved it and failed before auditing), and the champion the audit log last recorded."""
+    last = _newest_move(client, model_name)
+    if last is None or last.to_version != version:
+        return True, last.to_version if last else None
+    return False, last.to_version
 
 
 def move_champion(
@@ -111,6 +122,15 @@ def move_champion(
         current = registry.current_champion(client, name, alias)
         current_version = str(current.version) if current else None
         resumed = current_version == version and request.expected != version
+        last = _newest_move(client, name) if resumed else None
+        if resumed and last is not None and last.to_version == version and not _is(last, request):
+            # someone else's recorded move put the alias here: not ours to finish
+            raise ChampionMoved(
+                f"{name} v{version} not moved by this {request.action}: the champion moved "
+                f"to it already ({last.line()})",
+                current_version,
+                request.expected,
+            )
         if resumed:
             publish_champion(settings, tag, image=request.image, repository=repository)
         else:
@@ -124,7 +144,7 @@ def move_champion(
                     err.add_note(problem)
                 raise
         run_id = None
-        if not (resumed and _audited(client, request)):
+        if not (resumed and _is(last, request)):
             run_id = audit.record_move(
                 client,
                 settings,

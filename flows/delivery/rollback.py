@@ -25,7 +25,7 @@ from data_contracts.artifacts import image_tag, latest_image_tag, pointer_path, 
 from flows.core.settings import Settings
 from flows.delivery import audit, container, locks, registry
 from flows.delivery.build import build_bento, has_bento
-from flows.delivery.champion import ChampionMoved, Lock, MoveRequest, move_champion
+from flows.delivery.champion import ChampionMoved, Lock, MoveRequest, move_champion, unaudited_move
 from flows.delivery.container import ImageFacts
 from flows.delivery.store import import_registered_version
 
@@ -177,6 +177,11 @@ def rollback(
     target = get_version(client, model_name, version)
     before = registry.current_champion(client, model_name, alias)
     before_version = str(before.version) if before else None
+    if before_version == version:
+        # an earlier rollback may have moved the alias and failed before auditing: finish it
+        unaudited, audited_champion = unaudited_move(client, model_name, version)
+        if unaudited:
+            before_version = audited_champion
     check_eligible(target, before_version)
 
     repository = repository or settings.image_repository(model_name)

@@ -44,3 +44,17 @@ def deep_field_record(record: dict[str, Any], field: str, depth: int) -> bytes:
 def deep_record_batch(record: dict[str, Any], depth: int) -> bytes:
     """A batch of one valid record followed by one record nested ``depth`` deep."""
     return b'{"records": [' + json.dumps(record).encode() + b", " + deep_array(depth) + b"]}"
+
+
+def empty_records_at_cap(cap: int = 16 * 1024 * 1024) -> bytes:
+    """As many empty records as fit under the body cap (5.6 million at 16 MiB)."""
+    n = (cap - 20) // 3
+    return b'{"records": [' + b",".join([b"{}"] * n) + b"]}"
+
+
+def nested_lists_in_a_field(record: dict[str, object], cap: int = 16 * 1024 * 1024) -> bytes:
+    """One record whose ``amount`` is a list of empty lists filling the body cap."""
+    head = json.dumps({**record, "amount": "__lists__"}).encode()
+    n = (cap - len(head) - 20) // 3
+    lists = b"[" + b",".join([b"[]"] * n) + b"]"
+    return b'{"records": [' + head.replace(b'"__lists__"', lists) + b"]}"

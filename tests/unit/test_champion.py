@@ -284,3 +284,40 @@ def test_discard_of_a_failed_version_follows_its_own_models_champion(settings, l
     assert (models / CREDIT / "latest").read_text() == "v1"
     assert (models / FRAUD / "latest").read_text() == "v1"
     assert publish.read_champion(settings, FRAUD) == f"{FRAUD}:v1"
+
+
+def test_rerunning_a_rollback_whose_audit_failed_finishes_it(settings, lock, monkeypatch):
+    """Through the rollback command path: the alias moved, the audit write failed; running the
+    same rollback again writes the missing record instead of saying 'nothing to do'."""
+    register(settings, FRAUD, 2)
+    release(settings, FRAUD, "1", None, lock)
+    release(settings, FRAUD, "2", "1", lock, actor="flow-run:r2")
+    calls = _flaky_audit(monkeypatch)
+    with pytest.raises(ConnectionError):
+        roll_back(settings, FRAUD, "1", lock)
+    assert alias(settings, FRAUD) == "1"
+    assert len(audit.history(registry.configure(settings), FRAUD)) == 2  # the record is missing
+
+    finished = roll_back(settings, FRAUD, "1", lock)
+    assert (finished.from_version, finished.to_version) == ("2", "1")
+    assert calls == ["1", "1"]
+    last = audit.history(registry.configure(settings), FRAUD)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", "2", "1")
+    # now audited: a third run has nothing to do
+    with pytest.raises(rollback.RollbackRefused, match="already the champion"):
+        roll_back(settings, FRAUD, "1", lock)
+
+
+def test_a_move_someone_else_recorded_to_the_same_version_is_not_taken_as_ours(settings, lock):
+    """Two operators rolling 2 -> 1 at once: the second finds the alias on v1 with the first
+    one's audit record, and is refused instead of writing a second, false record."""
+    register(settings, FRAUD, 2)
+    release(settings, FRAUD, "1", None, lock)
+    release(settings, FRAUD, "2", "1", lock, actor="flow-run:r2")
+    first = MoveRequest(FRAUD, "1", "2", "rollback", "bad model", "alice", image=False)
+    second = MoveRequest(FRAUD, "1", "2", "rollback", "bad model", "bob", image=False)
+    move_champion(settings, first, lock=lock)
+    before = served(settings, FRAUD)
+    with pytest.raises(ChampionMoved, match="moved to it already"):
+        move_champion(settings, second, lock=lock)
+    assert served(settings, FRAUD) == before

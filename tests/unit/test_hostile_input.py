@@ -24,7 +24,7 @@ from bento.config import ServingConfig
 from bento.http_app import ServingApp
 from bento.internals import UNMATCHED, route_label
 from bento.memory import MemoryReleaser, trim, tune_allocator
-from bento.request_body import parse_body
+from bento.request_body import check_batch, count_values, parse_body, value_limit
 from bento.request_model import (
     MAX_ERRORS_PER_RECORD,
     MAX_ERRORS_PER_REQUEST,
@@ -386,3 +386,24 @@ def test_metrics_label_is_the_route_template_or_unmatched(client):
     assert label("/static_content/app.js") == "/static_content/{path}"
     for path in ("/", "/x", "/predict/../../etc", "/" + "p" * 60_000, "/%00"):
         assert label(path) in (UNMATCHED, "/"), path
+
+
+def test_a_batch_of_too_many_values_is_refused_before_parsing(spec, record):
+    checker = RecordChecker(build_request_model(spec), spec)
+    limit = value_limit(100, len(checker.allowed))
+    flood = b'{"records": [' + b",".join([b"{}"] * (limit + 1)) + b"]}"
+    assert count_values(flood) > limit
+    checked = check_batch(checker, 100, flood, "req-1")
+    assert checked.records is None
+    assert checked.request_id == "req-1"
+    (error,) = checked.budget.errors
+    assert (error.field, error.problem) == ("body", "too many values")
+    assert f"{limit:,}" in error.message
+
+
+def test_an_honest_full_batch_stays_far_below_the_value_limit(spec, record):
+    checker = RecordChecker(build_request_model(spec), spec)
+    full = json.dumps({"records": [record] * 100, "request_id": "r"}).encode()
+    assert count_values(full) * 3 < value_limit(100, len(checker.allowed))
+    checked = check_batch(checker, 100, full, None)
+    assert checked.records is not None and len(checked.records) == 100

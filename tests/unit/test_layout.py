@@ -1,0 +1,38 @@
+"""The layout stays as the README's 'Where things are' describes it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# the only modules that may import bentoml._internal: one on each side of the process boundary
+INTERNALS = {"bento/internals.py", "flows/delivery/store.py"}
+ENTRY_FLOWS = {"__init__.py", "train_and_release.py", "drift_check.py", "failure_alert.py"}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_bentoml_internals_are_reached_from_one_module_per_side():
+    users = {
+        str(path.relative_to(ROOT))
+        for folder in ("bento", "flows", "data_contracts")
+        for path in (ROOT / folder).rglob("*.py")
+        if any(name.startswith("bentoml._internal") for name in _imports(path))
+    }
+    assert users == INTERNALS
+
+
+def test_only_entry_flows_sit_at_the_top_of_flows():
+    top = {p.name for p in (ROOT / "flows").glob("*.py")}
+    assert top == ENTRY_FLOWS
+    stages = {p.name for p in (ROOT / "flows").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert stages == {"core", "training", "delivery", "monitoring", "alerting", "cli"}
