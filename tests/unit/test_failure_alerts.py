@@ -158,7 +158,7 @@ def test_alert_names_run_step_error_and_never_the_password_or_db_url():
         exc=exc,
         ui_url="http://127.0.0.1:4200",
     )
-    assert report.raised_at and "tests/unit/test_alerts.py" in report.raised_at
+    assert report.raised_at and "tests/unit/test_failure_alerts.py" in report.raised_at
     assert "enforce" in report.raised_at
     smtp = SmtpSettings(
         host="127.0.0.1", user="monitor", password=PASSWORD, recipients=["ops@example.test"]
