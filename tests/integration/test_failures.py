@@ -110,6 +110,12 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def subject_of(message: EmailMessage) -> str:
+    """The Subject as a mail client shows it: a subject that fits on one folded line is sent
+    as ``Subject:`` CRLF SP ``text``, which Python's parser reads back with a leading space."""
+    return str(message["Subject"]).strip()
+
+
 def text_of(message: EmailMessage) -> str:
     return message.get_body(("plain",)).get_content()
 
@@ -135,7 +141,7 @@ def test_failed_release_mails_the_run_the_step_and_the_error(stack, failed_runs)
     run = failed_runs["release"]
     assert run.state.is_failed(), run.state
     mail = wait_for_mail(stack, lambda m: f"'{run.name}'" in m["Subject"], timeout=60)
-    assert mail["Subject"].startswith(f"[fraud alert] train-and-release FAILED: run '{run.name}'")
+    assert subject_of(mail).startswith(f"[fraud alert] train-and-release FAILED: run '{run.name}'")
     assert "release.enforce_contract(result, policy)" in mail["Subject"]
     assert "after write-quarantine" in mail["Subject"]
     body = text_of(mail)
@@ -152,7 +158,7 @@ def test_failed_drift_check_mails_too(stack, failed_runs):
     run = failed_runs["drift"]
     assert run.state.is_failed(), run.state
     mail = wait_for_mail(stack, lambda m: f"'{run.name}'" in m["Subject"], timeout=60)
-    assert mail["Subject"].startswith(f"[fraud alert] drift-check FAILED: run '{run.name}'")
+    assert subject_of(mail).startswith(f"[fraud alert] drift-check FAILED: run '{run.name}'")
     body = text_of(mail)
     assert "Registered Model with name=fraud-detector not found" in body
     assert "drift-check/fraud-detector" in body and str(run.id) in body
@@ -254,7 +260,7 @@ def test_killed_worker_run_is_crashed_mailed_and_the_champion_stays(stack, faile
     assert crashed.state.message.startswith(f"Unresponsive: no heartbeat for {SILENCE} s")
 
     mail = wait_for_mail(stack, lambda m: f"'{victim.name}'" in m["Subject"], timeout=180)
-    assert mail["Subject"].startswith(
+    assert subject_of(mail).startswith(
         f"[fraud alert] train-and-release CRASHED: run '{victim.name}'"
     )
     assert "(interrupted)" in mail["Subject"]
