@@ -1,12 +1,14 @@
-"""Every reach into BentoML's and uvicorn's internals in the serving code, in one module.
+"""Every reach into BentoML's and uvicorn's internals, in one module.
 
 BentoML 1.4 exposes neither limits on the serving port (bounded request heads with a read
-timeout), nor HTTP metrics labelled by route instead of by raw path, nor a model store at a
-path of our choosing. :func:`install` is called when the service module is imported, before
-the worker builds its ASGI app and its uvicorn server (both happen after the import, in the same
-process); :func:`use_model_store` and :func:`model_store_path` serve the checkout's own store.
-An upgrade of BentoML or uvicorn re-runs ``tests/integration/test_hostile.py`` and
-``tests/integration/test_serve.py``, which exercise every function here.
+timeout), nor HTTP metrics labelled by route instead of by raw path, nor a model or bento store
+at a path of our choosing. :func:`install` is called when the service module is imported, before
+the worker builds its ASGI app and its uvicorn server (both happen after the import, in the
+same process); :func:`use_model_store` and :func:`model_store_path` serve the checkout's own
+store; :func:`model_store_at` and :func:`bento_store_at` are how the flows import models and
+list bentos. An upgrade of BentoML or uvicorn re-runs ``tests/integration/test_hostile.py``,
+``tests/integration/test_serve.py`` and ``tests/unit/test_delivery_steps.py``, which exercise
+every function here.
 
 **Request heads.** ``bentoml serve`` runs uvicorn with its httptools protocol, which has no
 limit on the request line and headers (a 100 MB header was read, taking seconds of CPU) and no
@@ -248,9 +250,8 @@ def use_model_store(path: Path) -> None:
     project's store under ``FRAUD_HOME`` without asking the user to set it.
     """
     from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
 
-    BentoMLContainer.model_store.set(ModelStore(str(path)))
+    BentoMLContainer.model_store.set(model_store_at(path))
 
 
 def model_store_path() -> str:
@@ -258,3 +259,21 @@ def model_store_path() -> str:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return str(BentoMLContainer.model_store.get()._fs.getsyspath("/"))
+
+
+def model_store_at(folder: Path) -> Any:
+    """A BentoML model store object for ``folder`` (the flows import and list models with it).
+
+    BentoML has no public API for a store at a path other than ``BENTOML_HOME``, and one
+    process of the flows may work on several homes.
+    """
+    from bentoml._internal.models.model import ModelStore
+
+    return ModelStore(folder)
+
+
+def bento_store_at(folder: Path) -> Any:
+    """A BentoML bento store object for ``folder``."""
+    from bentoml._internal.bento.bento import BentoStore
+
+    return BentoStore(folder)

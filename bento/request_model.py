@@ -13,6 +13,9 @@ keys, and lists at most :data:`MAX_ERRORS_PER_RECORD` problems per record;
 :class:`ErrorBudget` caps the entries of one answer at :data:`MAX_ERRORS_PER_REQUEST` and says
 how many were left out. Unknown key names are escaped and cut to :data:`MAX_NAME_SHOWN`
 characters before they reach an answer, a log line or a metric.
+
+A little over the project's 400-line guide: the models, the checker and the error budget
+decide together what a refusal says, and the unit tests compare them side by side.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The BentoML model store: import a registered version as ``<model>:v<N>``, and its labels.
 
-The stores are reached through :func:`model_store` and :func:`bento_store`, the only two places
-in the flows that touch ``bentoml._internal`` (BentoML has no public API for a store at a path
-other than ``BENTOML_HOME``, and one process may serve several homes).
+The stores are reached through :func:`model_store` and :func:`bento_store`, built by
+:mod:`bento.internals`, the one module that reaches into BentoML's internals (BentoML has no
+public API for a store at a path other than ``BENTOML_HOME``, and one process may serve several
+homes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bento import internals
 from data_contracts.artifacts import (
     META_MODEL_VERSION,
     META_SHA256,
@@ -47,16 +49,12 @@ class StoredModel:
 
 def model_store(bentoml_home: Path) -> Any:
     """The BentoML model store under ``bentoml_home``."""
-    from bentoml._internal.models.model import ModelStore
-
-    return ModelStore(bentoml_home / "models")
+    return internals.model_store_at(bentoml_home / "models")
 
 
 def bento_store(bentoml_home: Path) -> Any:
     """The BentoML bento store under ``bentoml_home``."""
-    from bentoml._internal.bento.bento import BentoStore
-
-    return BentoStore(bentoml_home / "bentos")
+    return internals.bento_store_at(bentoml_home / "bentos")
 
 
 def store_labels(model_name: str, version: str | int, tags: Mapping[str, str]) -> dict[str, str]:
