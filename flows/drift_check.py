@@ -16,18 +16,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows.alerting.alerts import alert_on_failure
 from flows.alerting.outbox import Delivery
 from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
-from flows.monitoring import analysis, check, reports
+from flows.monitoring import analysis, check, reference, reports
 from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
 from flows.monitoring.reference import Reference
 from flows.monitoring.results import DriftCheckResult, result_markdown
@@ -43,7 +45,18 @@ def send_queued_mail(smtp: SmtpSettings, outbox: Path, sleep: check.Sleep) -> li
     return check.send_queued_mail(smtp, outbox, sleep)
 
 
-@task(name="load-reference", cache_policy=NO_CACHE, **IO_RETRIES)
+def retry_unless_missing(task: Any, task_run: Any, state: State) -> bool:
+    """Retry the registry's I/O errors, not its answer that there is no such model or alias."""
+    err = state.data if isinstance(state.data, BaseException) else None
+    return not (err is not None and reference.is_missing(err))
+
+
+@task(
+    name="load-reference",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_missing,
+    **IO_RETRIES,
+)
 def fetch_reference(settings: Settings, model_name: str) -> Reference:
     return check.fetch_reference(settings, model_name)
 

@@ -44,3 +44,14 @@ def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -
     if SCORE_COLUMN not in frame.column_names:
         raise ValueError(f"reference of {model_name} v{version.version} has no {SCORE_COLUMN!r}")
     return Reference(model_name, str(version.version), str(version.run_id), frame)
+
+
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def is_missing(err: BaseException) -> bool:
+    """Whether ``err`` is the registry saying the model or its alias does not exist: a fact,
+    not an outage, so retrying it only delays the failure (and its alert)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code in MISSING_CODES

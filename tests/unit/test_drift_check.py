@@ -225,3 +225,17 @@ def test_the_deployment_parameters_are_the_flow_defaults():
     assert rows["window"] == Window(rows=3000)
     with pytest.raises(Exception, match="exactly one"):
         flow_module.drift_check.validate_parameters({"window": {"hours": 1, "rows": 5}})
+
+
+def test_a_missing_model_or_alias_is_not_retried_but_an_outage_is():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+    from prefect.states import Failed
+
+    missing = MlflowException("Registered Model with name=x not found", RESOURCE_DOES_NOT_EXIST)
+    outage = MlflowException("API request failed", TEMPORARILY_UNAVAILABLE)
+    retry = flow_module.retry_unless_missing
+    assert retry(None, None, Failed(data=missing)) is False
+    assert retry(None, None, Failed(data=outage)) is True
+    assert retry(None, None, Failed(data=ConnectionError("reset"))) is True
+    assert flow_module.TASKS.fetch_reference.retry_condition_fn is retry
