@@ -13,6 +13,9 @@ Targets (issue "Serve the champion as a bento"): single-row throughput >= 1.5x t
 with zero non-2xx at c=8 and c=64, p99 at c=8 <= 25 ms, batch >= 100,000 records/s,
 serving RSS <= 350 MB. Absolute figures depend on the machine and on what else runs on it:
 compare the ratios, and look at the load average printed with them.
+
+One script on purpose (about 490 lines): the bento, the baseline and their shared load driver
+are measured in one session, so their ratio is taken on the same machine state.
 """
 
 from __future__ import annotations

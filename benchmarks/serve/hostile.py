@@ -23,6 +23,9 @@ Targets (issue 14): no 5xx; any one request <= about 1 s and its answer <= about
 back within 20% of idle ``--settle`` seconds after the burst; ``/metrics`` not growing with the
 paths clients send. Absolute figures depend on the machine; the server logs to a file and is
 stopped by PID. Run it from another checkout (``git worktree``) to measure older code.
+
+One script on purpose (about 490 lines): the reproductions, the mix, the probes and the
+report share the server they measure, and a benchmark is read top to bottom.
 """
 
 from __future__ import annotations
