@@ -11,6 +11,9 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := $(ROOT)/.venv/bin/python
 FRAUD := $(ROOT)/.venv/bin/fraud
 ROWS ?= 200000
+# pytest-xdist processes for `make test` and `make test-prod` (whole modules per process): the
+# integration tests mostly wait on servers, so two overlap well even on two cores
+WORKERS ?= 2
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
 .PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
@@ -62,8 +65,8 @@ mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --workers 1 --backend-store-uri "sqlite:///$(FRAUD_HOME)/mlflow/mlflow.db"
 
-test: install ## the whole test suite (unit, then integration against real servers)
-	$(ROOT)/.venv/bin/pytest
+test: install ## the whole test suite (unit and integration against real servers; WORKERS=2 processes)
+	$(ROOT)/.venv/bin/pytest -n $(WORKERS) --dist loadfile
 
 test-fast: install ## unit tests only: no servers, a few minutes at most
 	$(ROOT)/.venv/bin/pytest -m "not integration"
@@ -117,7 +120,7 @@ run-prod: data docker up-prod ## the main job against the production profile
 	@scripts/prod.sh stack summary
 
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
-	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack"
+	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack" -n $(WORKERS) --dist loadfile
 
 clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

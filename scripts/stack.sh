@@ -85,8 +85,8 @@ up() {
     start_bg mail-catcher "$BIN/python" -m aiosmtpd -n -l "127.0.0.1:$FRAUD_SMTP_PORT" \
       -c aiosmtpd.handlers.Mailbox "$FRAUD_HOME/mail"
   fi
-  "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
-    || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+  # both pools in one process: each `prefect work-pool` call pays seconds of import time
+  "$BIN/fraud" work-pools "$POOL" "$ALERT_POOL" >/dev/null
   if alive prefect-worker; then
     log "worker already running (pid $(cat "$RUN_DIR/prefect-worker.pid"))"
   else
@@ -94,8 +94,6 @@ up() {
     start_bg prefect-worker env PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$FRAUD_HEARTBEAT_SECONDS" \
       "$BIN/prefect" worker start --pool "$POOL" --type process
   fi
-  "$BIN/prefect" work-pool inspect "$ALERT_POOL" >/dev/null 2>&1 \
-    || "$BIN/prefect" work-pool create "$ALERT_POOL" --type process >/dev/null
   if ! alive prefect-alert-worker; then
     log "starting the failure-alert worker on pool $ALERT_POOL (log: $LOG_DIR/prefect-alert-worker.log)"
     start_bg prefect-alert-worker "$BIN/prefect" worker start --pool "$ALERT_POOL" --type process
@@ -139,9 +137,10 @@ serve() {
 
 down() {
   stop_pid bento
-  # workers take up to 20 s to stop: both at once
-  stop_pid prefect-alert-worker &
-  stop_pid prefect-worker
+  # a Prefect process worker does not finish its own shutdown after SIGTERM (it forwards a
+  # SIGINT to itself and then waits on its event loop): 5 s of grace, then SIGKILL, both at once
+  stop_pid prefect-alert-worker 5 &
+  stop_pid prefect-worker 5
   wait
   stop_pid prefect-server
   stop_pid mail-catcher

@@ -24,6 +24,30 @@ if "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
     atexit.register(shutil.rmtree, _storage, ignore_errors=True)
 
 
+def _tier(item: pytest.Item) -> int:
+    """0: uses a server stack (the longest modules), 1: other integration tests, 2: unit."""
+    if "stack" in getattr(item, "fixturenames", ()):
+        return 0
+    return 1 if item.get_closest_marker("integration") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest tiers first, each module kept together and in its order.
+
+    ``make test`` runs on two pytest-xdist workers with whole modules as work units: handing
+    out the longest modules first keeps one worker from starting a long stack module while the
+    other has nothing left to do. The order is a pure function of the collection, as xdist
+    requires of every worker.
+    """
+    first_index: dict[str, int] = {}
+    tier: dict[str, int] = {}
+    for index, item in enumerate(items):
+        module = item.nodeid.split("::")[0]
+        first_index.setdefault(module, index)
+        tier[module] = min(tier.get(module, 2), _tier(item))
+    items.sort(key=lambda i: (tier[i.nodeid.split("::")[0]], first_index[i.nodeid.split("::")[0]]))
+
+
 @pytest.fixture(scope="session")
 def spec() -> FeatureSpec:
     return default_spec()

@@ -82,6 +82,13 @@ COMMANDS: tuple[Command, ...] = (
         "add_arguments",
         "run",
     ),
+    Command(
+        "work-pools",
+        "make sure the named process work pools exist on the Prefect server",
+        "flows.cli.work_pools",
+        "add_arguments",
+        "run",
+    ),
 )
 
 
@@ -100,7 +107,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Operate the fraud-detection pipeline: rollback, history, summary, data, "
-        "traffic and automations.",
+        "traffic, automations and work pools.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

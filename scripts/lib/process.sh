@@ -15,16 +15,16 @@ start_bg() { # start_bg NAME CMD...: own session, output to a log file, PID reco
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-stop_pid() { # stop_pid NAME: SIGTERM the process group, wait up to 20 s, then SIGKILL
-  local name="$1" pid_file="$RUN_DIR/$1.pid" pid
+stop_pid() { # stop_pid NAME [GRACE]: SIGTERM the process group, wait GRACE s (20), SIGKILL
+  local name="$1" pid_file="$RUN_DIR/$1.pid" grace="${2:-20}" pid
   [[ -f "$pid_file" ]] || return 0
   pid="$(cat "$pid_file")"
   if kill -0 "$pid" 2>/dev/null; then
     log "stopping $name (pid $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 1 $((grace * 2))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop in 20 s; killing it"
+      log "$name did not stop in $grace s; killing it"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
   fi

@@ -25,6 +25,7 @@ OPTIONS = {
     "generate-data": ["output", "--rows", "--seed", "--invalid-rows", "--amount-scale"],
     "traffic": ["--url", "--rows", "--batch", "--amount-scale", "--broken-feed"],
     "automations": ["PREFECT_API_URL", "FRAUD_HEARTBEAT_SECONDS"],
+    "work-pools": ["POOL", "--type", "PREFECT_API_URL"],
 }
 
 
@@ -131,6 +132,7 @@ def test_the_real_runner_is_used_without_a_seam(tmp_path, capsys):
         ("flows.cli.generate_data", ["--help"], "--invalid-rows"),
         ("flows.cli.traffic", ["--help"], "--url"),
         ("flows.cli.automations", ["--help"], "PREFECT_API_URL"),
+        ("flows.cli.work_pools", ["--help"], "POOL"),
     ],
 )
 def test_python_dash_m_modules_keep_their_command_lines(module, argv, expected, capsys):
