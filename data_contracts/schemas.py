@@ -232,6 +232,35 @@ def type_frame(
     return typed, row_reasons, fatal
 
 
+_POW10 = 10.0 ** np.arange(309)
+
+
+def _times_pow10(x: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """``x * 10**power`` elementwise, through exact powers of ten."""
+    return x * _POW10[np.clip(power, 0, 308)] / _POW10[np.clip(-power, 0, 308)]
+
+
+def _canonical_numbers(values: np.ndarray) -> np.ndarray:
+    """(n, k) floats -> (n, 2k) integers: each finite non-zero x as a 15-digit mantissa m and an
+    exponent e with x ~ m * 10**(e - 14); zero (either sign) as (0, 0); NaN, +inf and -inf as
+    (0, 1001), (0, 1002), (0, 1003)."""
+    finite = np.isfinite(values)
+    nonzero = finite & (values != 0)
+    base = np.where(nonzero, values, 0.0)
+    exp = np.floor(np.log10(np.where(nonzero, np.abs(values), 1.0))).astype(np.int64)
+    mant = np.rint(_times_pow10(base, 14 - exp))
+    # log10 can be one off next to a power of ten: renormalise to exactly 15 digits
+    over = np.abs(mant) >= 1e15
+    mant, exp = np.where(over, np.rint(mant / 10.0), mant), np.where(over, exp + 1, exp)
+    under = nonzero & (np.abs(mant) < 1e14)
+    mant = np.where(under, np.rint(_times_pow10(base, 15 - exp)), mant)
+    exp = np.where(under, exp - 1, exp)
+    special = np.select([np.isnan(values), values == np.inf, values == -np.inf], [1, 2, 3], 0)
+    exp = np.where(finite, np.where(nonzero, exp, 0), 1000 + special)
+    mant = np.where(finite, mant, 0.0).astype(np.int64)
+    return np.concatenate([mant, exp], axis=1)
+
+
 def _text_digest(text: str) -> int:
     """A stable 64-bit digest of one text value, never 0 (0 stands for a missing value)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") or 1
@@ -241,9 +270,10 @@ def content_ids(typed: pd.DataFrame, spec: FeatureSpec, labels: pd.Series) -> pd
     """Stable row ids for a table without an id column: content hash plus occurrence number.
 
     The hash (blake2b, 16 hex digits) covers the row's typed values of every spec column, in
-    canonical form: numbers as little-endian float64 (one NaN, no negative zero), the event time
-    as UTC nanoseconds, the label as 1/0, each category as a digest of its text. So the same
-    row gets the same id whether read from CSV or Parquet, with ``1`` or ``1.0``, in any order.
+    canonical form: numbers rounded to 15 significant digits (so a value parsed one bit apart by
+    another reader, or written by another tool, hashes the same), the event time as UTC
+    nanoseconds, the label as 1/0, each category as a digest of its text. So the same row gets
+    the same id whether read from CSV or Parquet, with ``1`` or ``1.0``, in any order.
     ``-<k>`` counts earlier identical rows in file order, so legitimate repeats stay distinct.
     """
     n = len(typed)
@@ -254,10 +284,8 @@ def content_ids(typed: pd.DataFrame, spec: FeatureSpec, labels: pd.Series) -> pd
         fixed.append(ns.view(np.uint8).reshape(n, 8))
     numeric = [f.name for f in spec.numeric_features]
     if numeric:
-        values = np.array(typed[numeric].to_numpy(dtype="<f8"), order="C", copy=True)
-        values[np.isnan(values)] = np.nan  # one NaN bit pattern
-        values += 0.0  # -0.0 becomes 0.0
-        fixed.append(values.view(np.uint8).reshape(n, 8 * len(numeric)))
+        values = typed[numeric].to_numpy(dtype=np.float64)
+        fixed.append(np.ascontiguousarray(_canonical_numbers(values).astype("<i8")).view(np.uint8))
     for f in spec.categorical_features:
         # each distinct text (None apart) stands for its own 8-byte digest: stable, vectorised
         codes, uniques = pd.factorize(typed[f.name], use_na_sentinel=True)
