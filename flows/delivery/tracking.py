@@ -83,7 +83,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
             {f"train.{k}": v_ for k, v_ in record.params.model_dump().items()}
             | {f"gate.{k}": v_ for k, v_ in record.policy.model_dump().items()}
             | {"data.path": record.data_path, "data.digest": record.data_digest}
-            | split_and_data_params(record)
+            | split_params(record.split_policy)
         )
         mlflow.log_metrics(
             {
@@ -116,7 +116,9 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "gate.outcome": record.decision.outcome,
                 "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
                 "quarantine.file": record.quarantine_path or "none",
-                **split_and_data_tags(record),
+                **split_and_data_tags(
+                    record.split_kind, record.split_boundaries, record.data_checks
+                ),
             }
         )
         if record.data_checks is not None:
@@ -173,21 +175,24 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
         )
 
 
-def split_and_data_params(record: ReleaseRecord) -> dict[str, str]:
+def split_params(policy: SplitPolicy | None) -> dict[str, str]:
     """MLflow params of the split policy as asked (``split.kind`` may be ``auto``)."""
-    if record.split_policy is None:
+    if policy is None:
         return {}
-    policy = record.split_policy.model_dump(mode="json")
-    return {f"split.{k}": "none" if v is None else str(v) for k, v in policy.items()}
+    return {
+        f"split.{k}": "none" if v is None else str(v)
+        for k, v in policy.model_dump(mode="json").items()
+    }
 
 
-def split_and_data_tags(record: ReleaseRecord) -> dict[str, str]:
-    """MLflow tags of the split as used (kind and each part's first and last event time) and
-    of the data checks (features that likely leak the label)."""
-    tags = {"split.kind": record.split_kind}
-    tags |= {f"split.{k}": v for k, v in record.split_boundaries.items()}
-    if record.data_checks is not None:
-        tags["data_checks.likely_leaks"] = ", ".join(record.data_checks.leaky) or "none"
+def split_and_data_tags(
+    kind: str, boundaries: dict[str, str], report: DataCheckReport | None
+) -> dict[str, str]:
+    """MLflow tags of the split as used (its kind and each part's first and last event time)
+    and of the data checks (features that likely leak the label)."""
+    tags = {"split.kind": kind} | {f"split.{k}": v for k, v in boundaries.items()}
+    if report is not None:
+        tags["data_checks.likely_leaks"] = ", ".join(report.leaky) or "none"
     return tags
 
 
