@@ -111,17 +111,16 @@ def release_markdown(
 
 
 def split_table(splits: Splits) -> list[str]:
-    """Markdown lines: the split kind, and each part's rows, positives and event-time period."""
+    """Markdown lines: the split kind, and each part's rows, positives and event-time period
+    (the period columns only when the spec has an event-time column)."""
     b = splits.boundaries
-    lines = [
-        f"| {splits.kind} split | rows | positives | first event | last event |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    head = f"| {splits.kind} split | rows | positives |"
+    lines = [head + (" first event | last event |" if b else ""), "| --- " * (5 if b else 3) + "|"]
     for name in PARTS:
         part = getattr(splits, name)
         positives = int(part[LABEL_INT].sum()) if LABEL_INT in part else 0
-        lines.append(
-            f"| {name} | {len(part):,} | {positives:,} | {b.get(f'{name}_min', 'n/a')} "
-            f"| {b.get(f'{name}_max', 'n/a')} |"
-        )
+        row = f"| {name} | {len(part):,} | {positives:,} |"
+        if b:
+            row += f" {b.get(f'{name}_min', 'n/a')} | {b.get(f'{name}_max', 'n/a')} |"
+        lines.append(row)
     return [*lines, ""]

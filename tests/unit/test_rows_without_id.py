@@ -16,6 +16,7 @@ from data_contracts.schemas import LABEL_INT, validate_frame
 from data_contracts.spec import DERIVED_ID_COLUMN, FeatureSpec, load_spec, parse_spec
 from flows.training.data_checks import check_training_data
 from flows.training.release import train_candidate
+from flows.training.reporting import split_table
 from flows.training.splitting import SplitPolicy, apply_split
 from flows.training.train import TrainParams
 
@@ -134,6 +135,9 @@ def test_an_id_less_table_releases():
     assert candidate.metrics.roc_auc > 0.6
     y = splits.holdout[LABEL_INT].to_numpy()
     assert candidate.metrics.positives == int(np.sum(y))
+    table = "\n".join(split_table(splits))
+    assert "| hash split | rows | positives |\n" in table and "first event" not in table
+    assert f"| holdout | {len(splits.holdout):,} | {int(np.sum(y)):,} |" in table
 
 
 def test_a_request_without_an_id_is_served_by_an_id_less_spec(id_less, small_data):
