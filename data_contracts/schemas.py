@@ -13,6 +13,7 @@ without being reported.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,13 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from data_contracts.spec import MISSING_CATEGORY, Feature, FeatureKind, FeatureSpec
+from data_contracts.spec import (
+    DERIVED_ID_COLUMN,
+    MISSING_CATEGORY,
+    Feature,
+    FeatureKind,
+    FeatureSpec,
+)
 
 REASON_COLUMN = "_quarantine_reason"
 ROW_COLUMN = "_source_row"
@@ -78,7 +85,7 @@ def label_as_int(series: pd.Series, spec: FeatureSpec) -> pd.Series:
 def training_schema(spec: FeatureSpec) -> pa.DataFrameSchema:
     """Schema of labelled training data after typing: id, event time, label and features."""
     columns: dict[str, pa.Column] = {
-        spec.id_column: pa.Column(
+        spec.row_id_column: pa.Column(
             "object", nullable=False, unique=True, report_duplicates="exclude_first"
         ),
         LABEL_INT: pa.Column(
@@ -158,7 +165,8 @@ def type_frame(
     required = [f.name for f in spec.features]
     if labelled:
         required = (
-            [spec.id_column, spec.label.name]
+            ([spec.id_column] if spec.id_column else [])
+            + [spec.label.name]
             + ([spec.event_time_column] if spec.event_time_column else [])
             + required
         )
@@ -191,7 +199,7 @@ def type_frame(
             fail((raw.notna() & parsed.isna()).to_numpy(), feature.name, "a number", raw)
             typed[feature.name] = parsed
     if labelled:
-        if spec.id_column in df.columns:
+        if spec.id_column and spec.id_column in df.columns:
             ids = df[spec.id_column].reset_index(drop=True)
             typed[spec.id_column] = (
                 ids.astype(object)
@@ -219,7 +227,78 @@ def type_frame(
             parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
             fail((raw.notna() & parsed.isna()).to_numpy(), spec.event_time_column, "a time", raw)
             typed[spec.event_time_column] = parsed.astype("datetime64[ns, UTC]")
+        if not spec.id_column and not missing:
+            typed[DERIVED_ID_COLUMN] = content_ids(typed, spec, labels)
     return typed, row_reasons, fatal
+
+
+_POW10 = 10.0 ** np.arange(309)
+
+
+def _times_pow10(x: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """``x * 10**power`` elementwise, through exact powers of ten."""
+    return x * _POW10[np.clip(power, 0, 308)] / _POW10[np.clip(-power, 0, 308)]
+
+
+def _canonical_numbers(values: np.ndarray) -> np.ndarray:
+    """(n, k) floats -> (n, 2k) integers: each finite non-zero x as a 15-digit mantissa m and an
+    exponent e with x ~ m * 10**(e - 14); zero (either sign) as (0, 0); NaN, +inf and -inf as
+    (0, 1001), (0, 1002), (0, 1003)."""
+    finite = np.isfinite(values)
+    nonzero = finite & (values != 0)
+    base = np.where(nonzero, values, 0.0)
+    exp = np.floor(np.log10(np.where(nonzero, np.abs(values), 1.0))).astype(np.int64)
+    mant = np.rint(_times_pow10(base, 14 - exp))
+    # log10 can be one off next to a power of ten: renormalise to exactly 15 digits
+    over = np.abs(mant) >= 1e15
+    mant, exp = np.where(over, np.rint(mant / 10.0), mant), np.where(over, exp + 1, exp)
+    under = nonzero & (np.abs(mant) < 1e14)
+    mant = np.where(under, np.rint(_times_pow10(base, 15 - exp)), mant)
+    exp = np.where(under, exp - 1, exp)
+    special = np.select([np.isnan(values), values == np.inf, values == -np.inf], [1, 2, 3], 0)
+    exp = np.where(finite, np.where(nonzero, exp, 0), 1000 + special)
+    mant = np.where(finite, mant, 0.0).astype(np.int64)
+    return np.concatenate([mant, exp], axis=1)
+
+
+def _text_digest(text: str) -> int:
+    """A stable 64-bit digest of one text value, never 0 (0 stands for a missing value)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") or 1
+
+
+def content_ids(typed: pd.DataFrame, spec: FeatureSpec, labels: pd.Series) -> pd.Series:
+    """Stable row ids for a table without an id column: content hash plus occurrence number.
+
+    The hash (blake2b, 16 hex digits) covers the row's typed values of every spec column, in
+    canonical form: numbers rounded to 15 significant digits (so a value parsed one bit apart by
+    another reader, or written by another tool, hashes the same), the event time as UTC
+    nanoseconds, the label as 1/0, each category as a digest of its text. So the same row gets
+    the same id whether read from CSV or Parquet, with ``1`` or ``1.0``, in any order.
+    ``-<k>`` counts earlier identical rows in file order, so legitimate repeats stay distinct.
+    """
+    n = len(typed)
+    fixed: list[np.ndarray] = [labels.fillna(-1).to_numpy(dtype="<i1").reshape(n, 1)]
+    if spec.event_time_column:
+        times = typed[spec.event_time_column]
+        ns = np.where(times.isna(), np.iinfo(np.int64).min, times.array.asi8).astype("<i8")
+        fixed.append(ns.view(np.uint8).reshape(n, 8))
+    numeric = [f.name for f in spec.numeric_features]
+    if numeric:
+        values = typed[numeric].to_numpy(dtype=np.float64)
+        fixed.append(np.ascontiguousarray(_canonical_numbers(values).astype("<i8")).view(np.uint8))
+    for f in spec.categorical_features:
+        # each distinct text (None apart) stands for its own 8-byte digest: stable, vectorised
+        codes, uniques = pd.factorize(typed[f.name], use_na_sentinel=True)
+        # code -1 (None) picks the last entry, 0
+        table = np.array([_text_digest(str(v)) for v in uniques] + [0], dtype="<u8")
+        fixed.append(table[codes].view(np.uint8).reshape(n, 8))
+    block = np.ascontiguousarray(np.hstack([a.view(np.uint8) for a in fixed]))
+    rows = block.view(np.dtype((np.void, block.shape[1]))).ravel().tolist()  # bytes per row
+    digests = pd.Series(
+        [hashlib.blake2b(row, digest_size=8).hexdigest() for row in rows], dtype=object
+    )
+    occurrence = digests.groupby(digests, sort=False).cumcount()
+    return digests + "-" + occurrence.astype(str)
 
 
 def validate_frame(
@@ -234,9 +313,10 @@ def validate_frame(
         c
         for c in df.columns
         if c not in spec.feature_names
-        and c not in {spec.id_column, spec.label.name, spec.event_time_column}
+        and c not in {spec.id_column, spec.label.name, spec.event_time_column} - {None}
     ]
     typed, row_reasons, fatal = type_frame(df, spec, labelled=labelled)
+    ids = None if spec.id_column or not labelled else typed.get(DERIVED_ID_COLUMN)
     if fatal:
         return ValidationResult(
             valid=typed.iloc[0:0],
@@ -275,7 +355,7 @@ def validate_frame(
     valid = typed.loc[keep, contract_cols].reset_index(drop=True)
     return ValidationResult(
         valid=valid,
-        quarantine=_quarantine_frame(df, row_reasons),
+        quarantine=_quarantine_frame(df, row_reasons, ids),
         total_rows=total,
         fatal_errors=fatal,
         dropped_columns=extra,
@@ -283,12 +363,17 @@ def validate_frame(
     )
 
 
-def _quarantine_frame(df: pd.DataFrame, row_reasons: dict[int, list[str]]) -> pd.DataFrame:
-    """The failing rows with their raw values as text, the source row number and the reasons."""
+def _quarantine_frame(
+    df: pd.DataFrame, row_reasons: dict[int, list[str]], ids: pd.Series | None = None
+) -> pd.DataFrame:
+    """The failing rows with their raw values as text, the source row number and the reasons
+    (and, for a table without an id column, each row's derived id)."""
     rows = sorted(row_reasons)
     out = df.iloc[rows].reset_index(drop=True).astype("string")
     out.insert(0, ROW_COLUMN, np.array(rows, dtype=np.int64))
     out.insert(1, REASON_COLUMN, ["; ".join(row_reasons[i]) for i in rows])
+    if ids is not None:
+        out.insert(2, DERIVED_ID_COLUMN, ids.iloc[rows].to_numpy().astype(str))
     return out
 
 

@@ -23,9 +23,14 @@ MISSING_CATEGORY = "__missing__"
 # Longest categorical value or transaction id a serving request may carry, unless the spec says
 # otherwise (``max_string_length``, or ``max_length`` on one feature).
 DEFAULT_MAX_STRING_LENGTH = 128
+# The row id of a spec without ``id_column``: derived from the row's content during validation
+# (see ``data_contracts.schemas.content_ids``). The leading underscore keeps it apart from any
+# declared column (a spec may not declare a column of that name).
+DERIVED_ID_COLUMN = "_row_id"
 # Options added after specs were first hashed: left out of the canonical JSON while unset, so a
-# spec that does not use them keeps the hash it was registered with.
-_OPTIONAL_SPEC_KEYS = ("max_string_length",)
+# spec that does not use them keeps the hash it was registered with. ``id_column`` became
+# optional later: a spec that names one keeps its hash, one without it leaves the key out.
+_OPTIONAL_SPEC_KEYS = ("max_string_length", "id_column")
 _OPTIONAL_FEATURE_KEYS = ("max_length", "normalize_categories")
 
 
@@ -135,7 +140,10 @@ class FeatureSpec(BaseModel):
     )
     version: int = 1
     description: str = ""
-    id_column: str
+    id_column: str | None = Field(
+        None,
+        description="Unique row id; without it each row gets an id derived from its content.",
+    )
     event_time_column: str | None = None
     label: LabelSpec
     features: tuple[Feature, ...]
@@ -152,11 +160,15 @@ class FeatureSpec(BaseModel):
     @model_validator(mode="after")
     def _unique_names(self) -> FeatureSpec:
         names = [f.name for f in self.features]
-        others = [self.id_column, self.label.name]
+        others = [self.label.name]
+        if self.id_column:
+            others.append(self.id_column)
         if self.event_time_column:
             others.append(self.event_time_column)
         seen: set[str] = set()
         for name in names + others:
+            if name == DERIVED_ID_COLUMN:
+                raise ValueError(f"column {name!r} is reserved for the derived row id")
             if name in seen:
                 raise ValueError(f"column {name!r} is declared twice")
             seen.add(name)
@@ -175,6 +187,12 @@ class FeatureSpec(BaseModel):
                         f"max_string_length {self.id_max_length}"
                     )
         return self
+
+    @property
+    def row_id_column(self) -> str:
+        """The column that identifies a training row: ``id_column``, or the derived
+        :data:`DERIVED_ID_COLUMN` (hash of the row's content and its occurrence) without one."""
+        return self.id_column or DERIVED_ID_COLUMN
 
     @property
     def id_max_length(self) -> int:

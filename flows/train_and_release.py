@@ -1,8 +1,9 @@
 """The ``train-and-release`` Prefect flow: thin wiring over plain, unit-tested steps.
 
-load -> validate (quarantine) -> split -> train -> evaluate -> ONNX + parity -> score champion
--> F1 gate -> track in MLflow -> register -> package (bento, image, smoke test) -> move
-``champion`` (:func:`flows.delivery.champion.move_champion`) only when every gate passed.
+load -> validate (quarantine) -> split (id hash or time) -> data checks -> train -> evaluate
+-> ONNX + parity -> score champion -> F1 gate -> track in MLflow -> register -> package
+(bento, image, smoke test) -> move ``champion`` (:func:`flows.delivery.champion.move_champion`)
+only when every gate passed.
 Training steps are in :mod:`flows.training.release`, MLflow tracking in
 :mod:`flows.delivery.tracking`, packaging in :mod:`flows.delivery.packaging`.
 """
@@ -29,11 +30,12 @@ from flows.delivery import audit, champion, outcome, registry, tracking
 from flows.delivery.errors import PackagingError
 from flows.delivery.locks import promotion_lock_name
 from flows.delivery.packaging import PackagedVersion, package_version
-from flows.training import release
+from flows.training import data_checks, release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
 from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
-from flows.training.train import Splits, TrainParams, split
+from flows.training.splitting import SplitError, SplitPolicy, Splits, apply_split, describe
+from flows.training.train import TrainParams
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
@@ -54,8 +56,13 @@ def save_quarantine(result: ValidationResult, folder: Path, digest: str) -> Path
 
 
 @task(name="split", cache_policy=NO_CACHE)
-def split_data(df: pd.DataFrame, spec: FeatureSpec, holdout: float, validation: float) -> Splits:
-    return split(df, spec, holdout, validation)
+def split_data(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Splits:
+    return apply_split(df, spec, policy)
+
+
+@task(name="check-training-data", cache_policy=NO_CACHE)
+def check_data(splits: Splits, spec: FeatureSpec) -> data_checks.DataCheckReport:
+    return data_checks.check_training_data(splits, spec)
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -230,9 +237,10 @@ def _deliver(
 
 
 def _stopped_artifact(name: str, path: Path, quarantine: Path | None, err: Exception) -> None:
-    """The release-decision artifact of a run the data contract stopped."""
+    """The release-decision artifact of a run the data contract or the data checks stopped."""
     facts = {"data": str(path), "quarantine file": str(quarantine or "none")}
-    _decision_artifact(name, f"{name}: stopped by the data contract", decision=None, metrics=None,
+    by = "the data contract" if isinstance(err, release.ContractViolation) else "the data checks"
+    _decision_artifact(name, f"{name}: stopped by {by}", decision=None, metrics=None,
                        champion=None, facts=facts, stopped=f"```\n{err}\n```")  # fmt: skip
 
 
@@ -249,8 +257,7 @@ def train_and_release(
     model_name: str | None = None,
     params: TrainParams = TrainParams(),  # noqa: B008 - pydantic models are immutable
     policy: GatePolicy = GatePolicy(),  # noqa: B008
-    holdout_fraction: float = 0.2,
-    validation_fraction: float = 0.2,
+    split: SplitPolicy = SplitPolicy(),  # noqa: B008
     reference_rows: int = 200_000,
     build_image: bool = True,
 ) -> State:
@@ -261,9 +268,11 @@ def train_and_release(
         spec_path: YAML or JSON feature spec; default: the card-fraud spec.
         model_name: registered model name; default: the spec's ``name``.
         params: classifier hyper-parameters (``cripple`` trains a deliberately bad model).
-        policy: gate thresholds (F1 floor, champion tolerance, parity, quarantine limit).
-        holdout_fraction: share of each class in the frozen holdout.
-        validation_fraction: share of the rest used to tune the threshold.
+        policy: gate thresholds (F1 floor, champion tolerance, parity, quarantine limit,
+            ``block_on_leakage``).
+        split: how rows are divided (``kind`` auto/hash/time, ``holdout_fraction``,
+            ``validation_fraction``, ``holdout_after``); auto holds out the most recent period
+            when the spec has an event-time column.
         reference_rows: size of the drift reference snapshot logged with the model.
         build_image: containerize and smoke-test the bento before promotion; switch off only
             on machines without Docker (the run summary then says IMAGE NOT BUILT).
@@ -284,11 +293,16 @@ def train_and_release(
 
     try:
         release.enforce_contract(result, policy)
-    except release.ContractViolation as err:
+        data_checks.check_label_varies(result.valid, spec)
+        splits = split_data(result.valid, spec, split)
+        checked = check_data(splits, spec)
+        data_checks.enforce_leakage(checked, policy.block_on_leakage)
+    except (release.ContractViolation, SplitError, data_checks.TrainingDataError) as err:
         _stopped_artifact(name, path, quarantine, err)
         raise
-    splits = split_data(result.valid, spec, holdout_fraction, validation_fraction)
-    step(f"split {tracking.split_sizes(splits)}; training {params.classifier}")
+    for warning in checked.warnings:
+        logger.warning(warning)
+    step(f"{describe(splits)}; training {params.classifier}")
     candidate = train(splits, spec, params)
     step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")
     exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
@@ -301,6 +315,7 @@ def train_and_release(
         raw_rows=len(raw), validation=result, quarantine=quarantine, splits=splits,
         candidate=candidate, exported=exported, champion=champion_now, decision=decision,
         reference=snapshot(splits, candidate, spec, reference_rows),
+        split_policy=split, data_report=checked,
     )  # fmt: skip
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
@@ -310,7 +325,7 @@ def train_and_release(
     def report(outcome_text: str, refused: str | None = None) -> None:
         _decision_artifact(name, f"{name} v{version}: {outcome_text}", decision=decision,
                            metrics=candidate.metrics, champion=champion_now, facts=facts,
-                           refused=refused)  # fmt: skip
+                           refused=refused, splits=splits, warnings=checked.warnings)  # fmt: skip
 
     unchanged = decision.promote and champion_now is not None and champion_now.version == version
     refused = None

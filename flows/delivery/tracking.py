@@ -26,9 +26,11 @@ from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
 from flows.delivery import registry
+from flows.training.data_checks import DataCheckReport
 from flows.training.gate import ChampionScore, Decision, GatePolicy
 from flows.training.release import ExportedModel, TrainedCandidate
 from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.splitting import SplitPolicy
 from flows.training.train import Splits, TrainParams
 
 
@@ -53,6 +55,10 @@ class ReleaseRecord:
     reference: pd.DataFrame | None = None
     flow_run_id: str | None = None
     y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    split_policy: SplitPolicy | None = None
+    split_kind: str = "hash"
+    split_boundaries: dict[str, str] = field(default_factory=dict)
+    data_checks: DataCheckReport | None = None
 
 
 def start_run(settings: Settings, model_name: str, flow_run_id: str | None) -> str:
@@ -77,6 +83,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
             {f"train.{k}": v_ for k, v_ in record.params.model_dump().items()}
             | {f"gate.{k}": v_ for k, v_ in record.policy.model_dump().items()}
             | {"data.path": record.data_path, "data.digest": record.data_digest}
+            | split_params(record.split_policy)
         )
         mlflow.log_metrics(
             {
@@ -109,8 +116,21 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "gate.outcome": record.decision.outcome,
                 "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
                 "quarantine.file": record.quarantine_path or "none",
+                **split_and_data_tags(
+                    record.split_kind, record.split_boundaries, record.data_checks
+                ),
             }
         )
+        if record.data_checks is not None:
+            mlflow.log_dict(
+                {
+                    "single_feature_roc_auc": record.data_checks.separation,
+                    "leakage_threshold": record.data_checks.threshold,
+                    "likely_leaks": list(record.data_checks.leaky),
+                    "warnings": record.data_checks.warnings,
+                },
+                "data_checks.json",
+            )
         dataset = mlflow.data.from_pandas(
             raw.head(1000),
             source=record.data_path,
@@ -153,6 +173,27 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "holdout_f1": m.f1,
             },
         )
+
+
+def split_params(policy: SplitPolicy | None) -> dict[str, str]:
+    """MLflow params of the split policy as asked (``split.kind`` may be ``auto``)."""
+    if policy is None:
+        return {}
+    return {
+        f"split.{k}": "none" if v is None else str(v)
+        for k, v in policy.model_dump(mode="json").items()
+    }
+
+
+def split_and_data_tags(
+    kind: str, boundaries: dict[str, str], report: DataCheckReport | None
+) -> dict[str, str]:
+    """MLflow tags of the split as used (its kind and each part's first and last event time)
+    and of the data checks (features that likely leak the label)."""
+    tags = {"split.kind": kind} | {f"split.{k}": v for k, v in boundaries.items()}
+    if report is not None:
+        tags["data_checks.likely_leaks"] = ", ".join(report.leaky) or "none"
+    return tags
 
 
 def release_key(record: ReleaseRecord) -> str:
@@ -234,8 +275,11 @@ def build_record(
     champion: ChampionScore | None,
     decision: Decision,
     reference: pd.DataFrame | None,
+    split_policy: SplitPolicy | None = None,
+    data_report: DataCheckReport | None = None,
 ) -> ReleaseRecord:
-    """The :class:`ReleaseRecord` of a run, with the split sizes, holdout labels and commit."""
+    """The :class:`ReleaseRecord` of a run, with the split sizes, kind and periods, the holdout
+    labels and the commit."""
     return ReleaseRecord(
         spec=spec,
         params=params,
@@ -253,6 +297,10 @@ def build_record(
         git_commit=registry.git_commit(),
         y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
         reference=reference,
+        split_policy=split_policy,
+        split_kind=splits.kind,
+        split_boundaries=dict(splits.boundaries),
+        data_checks=data_report,
     )
 
 

@@ -24,6 +24,11 @@ class GatePolicy(BaseModel):
     max_quarantine_share: float = Field(
         0.05, ge=0, le=1, description="Stop the run when more rows than this fail the contract."
     )
+    block_on_leakage: bool = Field(
+        False,
+        description="Stop before training when a feature alone separates the classes almost "
+        "perfectly (likely leakage); otherwise the release only warns.",
+    )
 
 
 class ChampionScore(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -12,7 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
+from data_contracts.schemas import LABEL_INT
 from flows.training.gate import ChampionScore, Decision
+from flows.training.splitting import PARTS, Splits
 from flows.training.train import Metrics
 
 
@@ -58,8 +61,11 @@ def release_markdown(
     facts: dict[str, Any],
     stopped: str | None = None,
     refused: str | None = None,
+    splits: Splits | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The Prefect artifact of a train-and-release run: outcome first, then the numbers."""
+    """The Prefect artifact of a train-and-release run: outcome first, then the numbers
+    (with the split used and its periods, and the data checks' warnings)."""
     if stopped:
         head = f"## {model_name}: STOPPED before training\n\n{stopped}\n"
     elif refused:
@@ -72,6 +78,7 @@ def release_markdown(
         if decision is not None:
             head += "\n" + "\n".join(f"- {r}" for r in decision.reasons) + "\n"
     lines = [head]
+    lines += [f"**WARNING: {w}**\n" for w in warnings]
     if str(facts.get("image", "")).startswith("NOT BUILT"):
         lines.append(f"**IMAGE {facts['image']}**\n")
     if decision is not None:
@@ -95,7 +102,25 @@ def release_markdown(
             f"| rows / positives | {metrics.rows:,} / {metrics.positives:,} | |",
             "",
         ]
+    if splits is not None:
+        lines += split_table(splits)
     if facts:
         lines += ["| fact | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in facts.items()]
     return "\n".join(lines) + "\n"
+
+
+def split_table(splits: Splits) -> list[str]:
+    """Markdown lines: the split kind, and each part's rows, positives and event-time period
+    (the period columns only when the spec has an event-time column)."""
+    b = splits.boundaries
+    head = f"| {splits.kind} split | rows | positives |"
+    lines = [head + (" first event | last event |" if b else ""), "| --- " * (5 if b else 3) + "|"]
+    for name in PARTS:
+        part = getattr(splits, name)
+        positives = int(part[LABEL_INT].sum()) if LABEL_INT in part else 0
+        row = f"| {name} | {len(part):,} | {positives:,} |"
+        if b:
+            row += f" {b.get(f'{name}_min', 'n/a')} | {b.get(f'{name}_max', 'n/a')} |"
+        lines.append(row)
+    return [*lines, ""]

@@ -1,9 +1,11 @@
-"""Splitting, training, threshold tuning and evaluation: plain functions, no Prefect, no MLflow."""
+"""Training, threshold tuning and evaluation: plain functions, no Prefect, no MLflow.
+
+The split is in :mod:`flows.training.splitting`, the data checks in
+:mod:`flows.training.data_checks`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,6 +30,13 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from data_contracts.schemas import LABEL_INT, model_frame
 from data_contracts.spec import FeatureSpec
 
+# The split and the class checks live in their own modules; re-exported for existing callers.
+from flows.training.data_checks import SingleClassError as SingleClassError
+from flows.training.data_checks import check_label_classes as check_label_classes
+from flows.training.splitting import Splits as Splits
+from flows.training.splitting import split as split
+from flows.training.splitting import stratified_hash_split as stratified_hash_split
+
 
 class TrainParams(BaseModel):
     """Hyper-parameters of the classifier; ``cripple`` deliberately ruins it (gate tests, demos)."""
@@ -48,72 +57,6 @@ class TrainParams(BaseModel):
     cripple: bool = Field(
         False, description="Train on shuffled labels: a candidate that must be blocked."
     )
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Train, validation (threshold tuning) and frozen holdout (gates) frames."""
-
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    holdout: pd.DataFrame
-
-
-def _hash_rank(ids: pd.Series, salt: str) -> np.ndarray:
-    """A stable pseudo-random number in [0, 1) per id: the same id always lands the same way."""
-    digest = [
-        int.from_bytes(hashlib.blake2b(f"{salt}:{v}".encode(), digest_size=8).digest(), "big")
-        for v in ids.astype(str)
-    ]
-    return np.asarray(digest, dtype=np.float64) / 2.0**64
-
-
-def stratified_hash_split(
-    df: pd.DataFrame, id_column: str, fraction: float, salt: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split off ``fraction`` of each class, chosen by a hash of the id.
-
-    The choice depends only on the ids, so a transaction stays in the holdout when the data set
-    grows or is re-read: the holdout is frozen and exactly stratified.
-    """
-    rank = _hash_rank(df[id_column], salt)
-    take = np.zeros(len(df), dtype=bool)
-    labels = df[LABEL_INT].to_numpy()
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        k = round(len(idx) * fraction)
-        take[idx[np.argsort(rank[idx], kind="stable")[:k]]] = True
-    return df[~take].reset_index(drop=True), df[take].reset_index(drop=True)
-
-
-class SingleClassError(ValueError):
-    """The labelled data has only one class: nothing to learn."""
-
-
-def check_label_classes(df: pd.DataFrame, spec: FeatureSpec, min_per_class: int = 10) -> None:
-    """Stop before training when the label has one class, or too few rows of a class."""
-    counts = df[LABEL_INT].value_counts().to_dict()
-    pos, neg = int(counts.get(1, 0)), int(counts.get(0, 0))
-    if pos == 0 or neg == 0:
-        present = spec.label.positive if pos else spec.label.negative
-        raise SingleClassError(
-            f"label {spec.label.name!r} has a single class ({present!r}, {pos + neg} rows): "
-            f"need both {spec.label.positive!r} and {spec.label.negative!r} to train"
-        )
-    if min(pos, neg) < min_per_class:
-        raise SingleClassError(
-            f"label {spec.label.name!r}: {pos} positive and {neg} negative rows; at least "
-            f"{min_per_class} of each are needed to train, tune and gate"
-        )
-
-
-def split(
-    df: pd.DataFrame, spec: FeatureSpec, holdout_fraction: float, validation_fraction: float
-) -> Splits:
-    """Frozen stratified holdout first, then a stratified validation split of the rest."""
-    rest, holdout = stratified_hash_split(df, spec.id_column, holdout_fraction, "holdout")
-    train, validation = stratified_hash_split(rest, spec.id_column, validation_fraction, "valid")
-    return Splits(train=train, validation=validation, holdout=holdout)
 
 
 def build_pipeline(spec: FeatureSpec, params: TrainParams) -> Pipeline:
