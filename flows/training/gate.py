@@ -27,12 +27,11 @@ from flows.training.uncertainty import F1Bootstrap, paired_f1_bootstrap
 
 ChampionRule = Literal["non_inferior", "superior", "not_clearly_worse"]
 RULES: dict[str, str] = {
-    "non_inferior": "promote when the lower bound of the difference is at or above "
-    "-tolerance (ties within the tolerance pass)",
-    "superior": "promote only a clear improvement: the lower bound of the difference above 0 "
-    "(ties are blocked)",
-    "not_clearly_worse": "block only a clear regression beyond the tolerance: the upper bound "
-    "of the difference below -tolerance (every tie passes)",
+    "non_inferior": "promote when the difference's lower bound is at or above -tolerance, "
+    "so ties within the tolerance pass",
+    "superior": "promote only a clear improvement, the lower bound above 0, so ties are blocked",
+    "not_clearly_worse": "block only a clear drop beyond the tolerance, the upper bound below "
+    "-tolerance, so every tie passes",
 }
 
 
@@ -243,7 +242,7 @@ def _champion_check(champion: ChampionScore, boot: F1Bootstrap, policy: GatePoli
         detail=f"F1 candidate minus champion v{champion.version}: {diff.estimate:+.4f} "
         f"({boot.level} interval {diff.low:+.4f} to {diff.high:+.4f}; champion F1 "
         f"{champ.estimate:.4f}, tolerance {tol:.4f}): {_verdict(diff.low, diff.high)}; "
-        f"rule {rule} ({RULES[rule]}): {test}",
+        f"rule {rule}, {RULES[rule]}: {test}",
     )
 
 

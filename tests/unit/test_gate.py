@@ -106,13 +106,14 @@ def test_a_tie_inside_the_noise_is_called_a_tie_and_the_rule_decides():
     assert diff.estimate == 0 and diff.low < 0 < diff.high
     assert "a tie within the noise" in check(tie, "champion").detail
     assert tie.promote  # non-inferiority (default): the interval rules out a drop > 0.02
-    assert "(ties within the tolerance pass)" in check(tie, "champion").detail
+    assert "so ties within the tolerance pass: lower bound" in check(tie, "champion").detail
 
     superior = POLICY.model_copy(update={"champion_rule": "superior"})
     strict = judge(Y, cand, champion_of(Y, champ), superior)
     assert not strict.promote
     assert (
-        "a tie within the noise" in strict.reasons[0] and "(ties are blocked)" in strict.reasons[0]
+        "a tie within the noise" in strict.reasons[0]
+        and "so ties are blocked: lower bound" in strict.reasons[0]
     )
 
 
