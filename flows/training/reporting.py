@@ -70,12 +70,13 @@ def _slice_rows(report: SliceReport) -> list[str]:
         f"Holdout F1 by segment of {', '.join(report.features)} (segments with fewer than "
         f"{report.min_positives} positives are too small to judge)",
         "",
-        "| segment | rows | positives | candidate F1 | champion F1 | drop | judged |",
+        "| segment | rows | positives | candidate F1 | champion F1 | candidate - champion "
+        "| judged |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     escaped_bar = "\\|"  # a "|" inside a category would end the markdown cell
     for s in report.segments:
-        drop = "" if s.drop is None else f"{s.drop:+.4f}"
+        drop = "" if s.drop is None else f"{-s.drop:+.4f}"
         lines.append(
             f"| {s.label.replace('|', escaped_bar)} | {s.rows:,} | {s.positives:,} | "
             f"{_fmt(s.candidate_f1)} | "

@@ -131,7 +131,8 @@ def slice_report(
 def slice_check(report: SliceReport, max_drop: float) -> tuple[bool, str]:
     """Whether no judged segment is more than ``max_drop`` F1 below the champion, and the detail."""
     compared = [s for s in report.segments if s.judged and s.drop is not None]
-    small = ", ".join(s.label for s in report.too_small)
+    labels = [s.label for s in report.too_small]
+    small = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
     small_text = (
         f"; too small to judge (< {report.min_positives} positives): {small}" if small else ""
     )

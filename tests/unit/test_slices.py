@@ -11,6 +11,7 @@ from data_contracts.spec import load_spec
 from flows.training.slices import (
     MISSING_SEGMENT,
     resolve_slice_features,
+    slice_check,
     slice_metrics,
     slice_report,
 )
@@ -55,3 +56,13 @@ def test_metric_names_are_valid_for_mlflow_and_distinct():
         _validate_metric_name(name)
     assert "slice/checking_status/0__X_200/f1" in metrics
     assert resolve_slice_features(spec, None)[0] == "checking_status"
+
+
+def test_a_long_list_of_small_segments_is_cut_short():
+    values = [f"v{i:02d}" for i in range(12)]
+    holdout = pd.DataFrame({"merchant": values})
+    y = np.ones(12, dtype=np.int64)
+    report = slice_report(holdout, ("merchant",), y, y, y, min_positives=5)
+    passed, detail = slice_check(report, 0.1)
+    assert passed and detail.endswith("merchant=v09 and 2 more")
+    assert detail.startswith("0 segments judged")
