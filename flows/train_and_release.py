@@ -300,7 +300,8 @@ def train_and_release(
     step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
     champion_now = champion_score(settings, name, splits.holdout, spec)
     decision = gate(candidate, exported, champion_now, splits.holdout, spec, policy)
-    step(f"gate: {decision.outcome} {decision.reasons or ''}")
+    interval = decision.evidence.f1.candidate_text() if decision.evidence else "n/a"
+    step(f"gate: {decision.outcome}, holdout F1 interval {interval} {decision.reasons or ''}")
     record = tracking.build_record(
         spec=spec, params=params, policy=policy, data_path=path, data_digest=digest,
         raw_rows=len(raw), validation=result, quarantine=quarantine, splits=splits,

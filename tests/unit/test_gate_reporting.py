@@ -94,3 +94,15 @@ def test_the_summary_prints_the_interval_from_the_tags():
         "vs champion:       +0.0120 (95% interval -0.0051 to +0.0290) vs v3",
     ]
     assert evidence_lines({}) == []
+
+
+def test_the_run_result_carries_the_interval(spec):
+    from flows.delivery.outcome import outcome_data
+
+    metrics, champion, decision = released(spec)
+    out = outcome_data(model_name="m", version="5", run_id="r", decision=decision,
+                       holdout_f1=metrics.f1, champion=champion, refused=None,
+                       unchanged=False)  # fmt: skip
+    boot = decision.evidence.f1
+    assert out["holdout_f1_interval"] == [boot.candidate.low, boot.candidate.high]
+    assert out["f1_vs_champion"] == boot.difference_text()
