@@ -16,7 +16,7 @@ ROWS ?= 200000
 WORKERS ?= 2
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ bench-hostile: install ## one bento worker under issue 14's hostile requests + n
 
 bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
 	$(PY) -m benchmarks.drift.bench
+
+bench-bootstrap: install ## the gate's paired F1 bootstrap on a 40k-row holdout vs the row-index bootstrap
+	$(PY) benchmarks/bench_bootstrap.py
 
 serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; make down stops it)
 	@scripts/stack.sh serve

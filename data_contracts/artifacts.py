@@ -12,6 +12,8 @@ Standard library only: the bento image has no training libraries and imports thi
   checkout reads it. (Before, one file ``champion_tag`` held the tag of whichever model was
   released last; it is still read for its own model only, so homes released before the change
   keep serving until their next release.)
+- Version tags: the gate's evidence on each registered version (:data:`TAG_HOLDOUT_F1_INTERVAL`,
+  :data:`TAG_F1_VS_CHAMPION`, ...).
 - The answers of ``/predict`` and ``/predict_batch``: the response field names.
 """
 
@@ -63,6 +65,13 @@ PREDICTION_FIELDS = (
     THRESHOLD_FIELD,
     VERSION_FIELD,
 )
+
+# --------------------------------------------------------------------------- version tags
+# what the release gate saw, on each registered version (the release writes, the summary reads)
+TAG_HOLDOUT_F1 = "holdout_f1"
+TAG_HOLDOUT_F1_INTERVAL = "holdout_f1_interval"  # "0.7811 to 0.8420 (95%)"
+TAG_F1_VS_CHAMPION = "f1_vs_champion"  # "+0.0120 (95% interval -0.0051 to +0.0290) vs v3"
+TAG_HOLDOUT_POSITIVES = "holdout_positives"
 
 # --------------------------------------------------------------------------- tags
 

@@ -31,9 +31,10 @@ from flows.delivery.errors import PackagingError
 from flows.delivery.locks import promotion_lock_name
 from flows.delivery.packaging import PackagedVersion, package_version
 from flows.training import data_checks, release
-from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
+from flows.training.gate import ChampionScore, Decision, GatePolicy, gate_release
 from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
+from flows.training.slices import resolve_slice_features
 from flows.training.splitting import SplitError, SplitPolicy, Splits, apply_split, describe
 from flows.training.train import TrainParams
 
@@ -102,9 +103,12 @@ def gate(
     candidate: release.TrainedCandidate,
     exported: release.ExportedModel,
     champion: ChampionScore | None,
+    holdout: pd.DataFrame,
+    spec: FeatureSpec,
     policy: GatePolicy,
 ) -> Decision:
-    return decide_promotion(candidate.metrics, exported.parity, champion, policy)
+    return gate_release(candidate.metrics, candidate.holdout_scores, exported.parity, champion,
+                        holdout, spec, policy)  # fmt: skip
 
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -280,6 +284,7 @@ def train_and_release(
     logger, settings, started = get_run_logger(), Settings(), time.perf_counter()
     path, spec = release.resolve_inputs(settings.default_data_path, data_path, spec_path)
     name = model_name or spec.name
+    resolve_slice_features(spec, policy.slice_features)  # a misnamed feature stops the run now
 
     def step(msg: str) -> None:
         logger.info("[%6.1fs] %s", time.perf_counter() - started, msg)
@@ -308,8 +313,9 @@ def train_and_release(
     exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
     step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
     champion_now = champion_score(settings, name, splits.holdout, spec)
-    decision = gate(candidate, exported, champion_now, policy)
-    step(f"gate: {decision.outcome} {decision.reasons or ''}")
+    decision = gate(candidate, exported, champion_now, splits.holdout, spec, policy)
+    interval = decision.evidence.f1.candidate_text() if decision.evidence else "n/a"
+    step(f"gate: {decision.outcome}, holdout F1 interval {interval} {decision.reasons or ''}")
     record = tracking.build_record(
         spec=spec, params=params, policy=policy, data_path=path, data_digest=digest,
         raw_rows=len(raw), validation=result, quarantine=quarantine, splits=splits,

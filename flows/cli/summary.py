@@ -12,6 +12,29 @@ if TYPE_CHECKING:
 DESCRIPTION = __doc__.splitlines()[0]
 
 
+def evidence_lines(tags: dict[str, str]) -> list[str]:
+    """The holdout F1 with its interval, and the difference to the champion, from version tags."""
+    from data_contracts.artifacts import (
+        TAG_F1_VS_CHAMPION,
+        TAG_HOLDOUT_F1,
+        TAG_HOLDOUT_F1_INTERVAL,
+        TAG_HOLDOUT_POSITIVES,
+    )
+
+    lines = []
+    if TAG_HOLDOUT_F1 in tags:
+        interval = tags.get(TAG_HOLDOUT_F1_INTERVAL)
+        positives = tags.get(TAG_HOLDOUT_POSITIVES)
+        lines.append(
+            f"holdout F1:        {float(tags[TAG_HOLDOUT_F1]):.4f}"
+            + (f", interval {interval}" if interval else "")
+            + (f", {positives} positives" if positives else "")
+        )
+    if TAG_F1_VS_CHAMPION in tags:
+        lines.append(f"vs champion:       {tags[TAG_F1_VS_CHAMPION]}")
+    return lines
+
+
 def summary_lines(settings: Settings, model_name: str) -> list[str]:
     """Human-readable lines describing the latest version and the champion of ``model_name``."""
     from flows.delivery import registry
@@ -28,6 +51,7 @@ def summary_lines(settings: Settings, model_name: str) -> list[str]:
         f"MLflow tracking:   {settings.tracking_uri}",
         f"latest version:    {model_name} v{latest.version} "
         f"({latest.tags.get('gate.outcome', '?')}: {latest.tags.get('gate.reasons', '')})",
+        *evidence_lines(latest.tags),
         f"latest run:        {latest.run_id}",
         "champion:          "
         + (

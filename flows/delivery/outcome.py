@@ -39,6 +39,12 @@ def outcome_data(
         "outcome": name,
         "reasons": [refused] if refused else decision.reasons,
         "holdout_f1": holdout_f1,
+        "holdout_f1_interval": (
+            [decision.evidence.f1.candidate.low, decision.evidence.f1.candidate.high]
+            if decision.evidence
+            else None
+        ),
+        "f1_vs_champion": decision.evidence.f1.difference_text() if decision.evidence else None,
         "champion_version": version if name == "promote" else (champion and champion.version),
     }
 

@@ -21,7 +21,14 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from data_contracts.artifacts import REFERENCE_ARTIFACT, SPEC_FILE
+from data_contracts.artifacts import (
+    REFERENCE_ARTIFACT,
+    SPEC_FILE,
+    TAG_F1_VS_CHAMPION,
+    TAG_HOLDOUT_F1,
+    TAG_HOLDOUT_F1_INTERVAL,
+    TAG_HOLDOUT_POSITIVES,
+)
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
@@ -30,6 +37,7 @@ from flows.training.data_checks import DataCheckReport
 from flows.training.gate import ChampionScore, Decision, GatePolicy
 from flows.training.release import ExportedModel, TrainedCandidate
 from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.slices import slice_metrics
 from flows.training.splitting import SplitPolicy
 from flows.training.train import Splits, TrainParams
 
@@ -106,6 +114,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                     if record.champion and record.champion.f1 is not None
                     else {}
                 ),
+                **evidence_metrics(record.decision),
             }
         )
         mlflow.set_tags(
@@ -196,6 +205,31 @@ def split_and_data_tags(
     return tags
 
 
+def evidence_metrics(decision: Decision) -> dict[str, float]:
+    """The gate's intervals and per-segment F1 as MLflow metrics (none without evidence)."""
+    if decision.evidence is None:
+        return {}
+    out = decision.evidence.f1.metrics()
+    if decision.evidence.slices is not None:
+        out |= slice_metrics(decision.evidence.slices)
+    return out
+
+
+def evidence_tags(decision: Decision, champion: ChampionScore | None) -> dict[str, str]:
+    """Version tags stating the holdout F1 interval and the difference to the champion."""
+    if decision.evidence is None:
+        return {}
+    boot = decision.evidence.f1
+    tags = {
+        TAG_HOLDOUT_F1_INTERVAL: boot.candidate_text(),
+        TAG_HOLDOUT_POSITIVES: str(boot.positives),
+    }
+    difference = boot.difference_text()
+    if difference is not None and champion is not None:
+        tags[TAG_F1_VS_CHAMPION] = f"{difference} vs v{champion.version}"
+    return tags
+
+
 def release_key(record: ReleaseRecord) -> str:
     """Identity of a candidate: what it was trained from (data digest, spec, hyper-parameters,
     split sizes), the gate policy it faces and what the fitted model does (its holdout scores
@@ -224,7 +258,8 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         registry.KEY_TAG: release_key(record),
         "gate.outcome": record.decision.outcome,
         "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
-        "holdout_f1": f"{record.candidate.metrics.f1:.6f}",
+        TAG_HOLDOUT_F1: f"{record.candidate.metrics.f1:.6f}",
+        **evidence_tags(record.decision, record.champion),
         "threshold": repr(record.candidate.threshold),
         "onnx_sha256": record.exported.sha256,
         "feature_spec_hash": record.spec.spec_hash(),

@@ -1,14 +1,38 @@
-"""The release gates as pure decisions: F1 (floor and champion comparison) and ONNX parity."""
+"""The release gates as pure decisions: holdout size, F1 (floor and champion comparison, with
+bootstrap intervals), segments, and ONNX parity.
+
+The champion check is a non-inferiority test on the paired bootstrap interval of the difference
+candidate minus champion (:mod:`flows.training.uncertainty`): a candidate is promoted when the
+interval's lower bound is at or above ``-champion_tolerance``, i.e. when the holdout rules out that
+it is worse than the champion by more than the tolerance. The check's detail names what the
+holdout shows: a clear improvement (the interval lies above 0), a clear regression (below 0) or a
+tie within the noise (it holds 0).
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from data_contracts.schemas import LABEL_INT
+from data_contracts.spec import FeatureSpec
 from flows.training.onnx_export import ParityReport
+from flows.training.slices import SliceReport, resolve_slice_features, slice_check, slice_report
 from flows.training.train import Metrics
+from flows.training.uncertainty import F1Bootstrap, paired_f1_bootstrap
+
+ChampionRule = Literal["non_inferior", "superior", "not_clearly_worse"]
+RULES: dict[str, str] = {
+    "non_inferior": "promote when the difference's lower bound is at or above -tolerance, "
+    "so ties within the tolerance pass",
+    "superior": "promote only a clear improvement, the lower bound above 0, so ties are blocked",
+    "not_clearly_worse": "block only a clear drop beyond the tolerance, the upper bound below "
+    "-tolerance, so every tie passes",
+}
 
 
 class GatePolicy(BaseModel):
@@ -17,8 +41,45 @@ class GatePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     f1_floor: float = Field(0.6, ge=0, le=1, description="Minimum holdout F1 of a candidate.")
+    floor_on: Literal["estimate", "lower_bound"] = Field(
+        "estimate",
+        description="Judge the floor on the F1 estimate (its interval is shown) or on the "
+        "interval's lower bound (stricter: the floor must hold with the policy's confidence).",
+    )
     champion_tolerance: float = Field(
-        0.01, ge=0, le=1, description="How far below the champion's holdout F1 a candidate may be."
+        0.02,
+        ge=0,
+        le=1,
+        description="Non-inferiority margin: how much worse than the champion (in holdout F1) "
+        "the candidate may be; the difference interval's lower bound must be at or above "
+        "minus this.",
+    )
+    champion_rule: ChampionRule = Field(
+        "non_inferior", description="How the difference interval decides: " + "; ".join(
+            f"{k}: {v}" for k, v in RULES.items()
+        )
+    )  # fmt: skip
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Coverage of the intervals.")
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap: same holdout, same answer.")
+    min_holdout_positives: int = Field(
+        50, ge=0, description="Fewer holdout positives than this: too few to judge, blocked."
+    )
+    allow_small_holdout: bool = Field(
+        False, description="Judge a holdout below min_holdout_positives anyway (not blocked)."
+    )
+    slice_features: tuple[str, ...] | None = Field(
+        None, description="Features whose segments are evaluated; default: every categorical."
+    )
+    max_slice_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Block when a segment's F1 is more than this below the champion's "
+        "(None: segments are reported, not checked).",
+    )
+    min_slice_positives: int = Field(
+        30, ge=1, description="Segments with fewer holdout positives are too small to judge."
     )
     parity_tolerance: float = Field(1e-4, gt=0, description="Max |p_sklearn - p_onnx|.")
     max_quarantine_share: float = Field(
@@ -32,14 +93,27 @@ class GatePolicy(BaseModel):
 
 
 class ChampionScore(BaseModel):
-    """The current champion, scored afresh from its ONNX artifact on the candidate's holdout."""
+    """The current champion, scored afresh from its ONNX artifact on the candidate's holdout.
 
-    model_config = ConfigDict(frozen=True)
+    ``scores`` (one per holdout row) are kept in memory for the paired bootstrap and the
+    segments; they are not serialised.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     version: str
     spec_hash: str
     f1: float | None = Field(None, description="None when it could not be scored on this holdout")
+    threshold: float | None = None
+    scores: np.ndarray | None = Field(None, exclude=True, repr=False)
     note: str = ""
+
+    @property
+    def decisions(self) -> np.ndarray | None:
+        """The champion's 0/1 decisions on the holdout at its own threshold."""
+        if self.scores is None or self.threshold is None:
+            return None
+        return (self.scores >= self.threshold).astype(np.int64)
 
 
 class Check(BaseModel):
@@ -52,13 +126,23 @@ class Check(BaseModel):
     detail: str
 
 
+class Evidence(BaseModel):
+    """What the holdout says beyond point F1s: bootstrap intervals and per-segment F1."""
+
+    model_config = ConfigDict(frozen=True)
+
+    f1: F1Bootstrap
+    slices: SliceReport | None = None
+
+
 class Decision(BaseModel):
-    """Whether the candidate may become champion, with every check and reason."""
+    """Whether the candidate may become champion, with every check, reason and interval."""
 
     model_config = ConfigDict(frozen=True)
 
     outcome: Literal["promote", "blocked"]
     checks: tuple[Check, ...]
+    evidence: Evidence | None = None
 
     @property
     def promote(self) -> bool:
@@ -70,20 +154,114 @@ class Decision(BaseModel):
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
 
 
+def gather_evidence(
+    y_holdout: np.ndarray,
+    candidate_scores: np.ndarray,
+    candidate_threshold: float,
+    champion: ChampionScore | None,
+    holdout: pd.DataFrame,
+    spec: FeatureSpec,
+    policy: GatePolicy,
+) -> Evidence:
+    """Bootstrap the holdout F1s (paired with the champion when it was scored) and slice them.
+
+    Raises:
+        ValueError: ``policy.slice_features`` names a feature the spec lacks or a numeric one.
+    """
+    cand = (np.asarray(candidate_scores) >= candidate_threshold).astype(np.int64)
+    champ = champion.decisions if champion is not None else None
+    f1 = paired_f1_bootstrap(
+        y_holdout,
+        cand,
+        champ,
+        resamples=policy.bootstrap_resamples,
+        confidence=policy.confidence,
+        seed=policy.bootstrap_seed,
+    )
+    features = resolve_slice_features(spec, policy.slice_features)
+    slices = (
+        slice_report(holdout, features, y_holdout, cand, champ, policy.min_slice_positives)
+        if features
+        else None
+    )
+    return Evidence(f1=f1, slices=slices)
+
+
+def _holdout_check(boot: F1Bootstrap, policy: GatePolicy) -> Check:
+    need = policy.min_holdout_positives
+    if boot.positives >= need:
+        return Check(name="holdout_size", passed=True,
+                     detail=f"{boot.positives} positives in {boot.rows:,} holdout rows "
+                     f"(at least {need} to judge)")  # fmt: skip
+    text = (
+        f"only {boot.positives} positives in {boot.rows:,} holdout rows, fewer than the {need} "
+        f"needed to judge F1 (its {boot.level} interval {boot.candidate.low:.4f} to "
+        f"{boot.candidate.high:.4f})"
+    )
+    if policy.allow_small_holdout:
+        allowed = f"{text}; judged anyway: the policy allows a small holdout"
+        return Check(name="holdout_size", passed=True, detail=allowed)
+    return Check(name="holdout_size", passed=False,
+                 detail=f"{text}; add labelled data, raise holdout_fraction or set "
+                 "allow_small_holdout")  # fmt: skip
+
+
+def _floor_check(candidate: Metrics, boot: F1Bootstrap, policy: GatePolicy) -> Check:
+    judged = candidate.f1 if policy.floor_on == "estimate" else boot.candidate.low
+    on = "the estimate" if policy.floor_on == "estimate" else "the interval's lower bound"
+    return Check(
+        name="f1_floor",
+        passed=judged >= policy.f1_floor,
+        detail=f"holdout F1 {candidate.f1:.4f} ({boot.level} interval {boot.candidate.low:.4f} "
+        f"to {boot.candidate.high:.4f}) vs floor {policy.f1_floor:.4f}, judged on {on}",
+    )
+
+
+def _verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "a clear improvement"
+    if high < 0:
+        return "a clear regression"
+    return "a tie within the noise"
+
+
+def _champion_check(champion: ChampionScore, boot: F1Bootstrap, policy: GatePolicy) -> Check:
+    diff, champ = boot.difference, boot.champion
+    if diff is None or champ is None:
+        raise ValueError(
+            f"champion v{champion.version} was scored but has no holdout scores to bootstrap"
+        )
+    tol, rule = policy.champion_tolerance, policy.champion_rule
+    if rule == "non_inferior":
+        passed = diff.low >= -tol
+        test = f"lower bound {diff.low:+.4f} {'>=' if passed else '<'} -{tol:.4f}"
+    elif rule == "superior":
+        passed = diff.low > 0
+        test = f"lower bound {diff.low:+.4f} {'>' if passed else '<='} 0"
+    else:
+        passed = diff.high >= -tol
+        test = f"upper bound {diff.high:+.4f} {'>=' if passed else '<'} -{tol:.4f}"
+    return Check(
+        name="champion",
+        passed=passed,
+        detail=f"F1 candidate minus champion v{champion.version}: {diff.estimate:+.4f} "
+        f"({boot.level} interval {diff.low:+.4f} to {diff.high:+.4f}; champion F1 "
+        f"{champ.estimate:.4f}, tolerance {tol:.4f}): {_verdict(diff.low, diff.high)}; "
+        f"rule {rule}, {RULES[rule]}: {test}",
+    )
+
+
 def decide_promotion(
     candidate: Metrics,
     parity: ParityReport,
     champion: ChampionScore | None,
     policy: GatePolicy,
+    evidence: Evidence,
 ) -> Decision:
-    """Decide from the candidate's holdout metrics, its parity and the champion's fresh score."""
-    checks = [
-        Check(
-            name="f1_floor",
-            passed=candidate.f1 >= policy.f1_floor,
-            detail=f"holdout F1 {candidate.f1:.4f} vs floor {policy.f1_floor:.4f}",
-        )
-    ]
+    """Decide from the candidate's holdout metrics, its parity, the champion's fresh score and
+    the holdout's evidence (intervals from :func:`gather_evidence`)."""
+    boot = evidence.f1
+    checks = [_holdout_check(boot, policy), _floor_check(candidate, boot, policy)]
     if champion is None:
         checks.append(Check(name="champion", passed=True, detail="no champion yet"))
     elif champion.f1 is None or math.isnan(champion.f1):
@@ -96,15 +274,10 @@ def decide_promotion(
             )
         )
     else:
-        bar = champion.f1 - policy.champion_tolerance
-        checks.append(
-            Check(
-                name="champion",
-                passed=candidate.f1 >= bar,
-                detail=f"holdout F1 {candidate.f1:.4f} vs champion v{champion.version} "
-                f"{champion.f1:.4f} - tolerance {policy.champion_tolerance:.4f} = {bar:.4f}",
-            )
-        )
+        checks.append(_champion_check(champion, boot, policy))
+    if policy.max_slice_drop is not None and evidence.slices is not None:
+        passed, detail = slice_check(evidence.slices, policy.max_slice_drop)
+        checks.append(Check(name="slices", passed=passed, detail=detail))
     checks.append(
         Check(
             name="onnx_parity",
@@ -115,4 +288,21 @@ def decide_promotion(
         )
     )
     outcome = "promote" if all(c.passed for c in checks) else "blocked"
-    return Decision(outcome=outcome, checks=tuple(checks))
+    return Decision(outcome=outcome, checks=tuple(checks), evidence=evidence)
+
+
+def gate_release(
+    candidate: Metrics,
+    candidate_scores: np.ndarray,
+    parity: ParityReport,
+    champion: ChampionScore | None,
+    holdout: pd.DataFrame,
+    spec: FeatureSpec,
+    policy: GatePolicy,
+) -> Decision:
+    """The release gate: the holdout's evidence (:func:`gather_evidence`), then the decision."""
+    y = holdout[LABEL_INT].to_numpy(dtype=np.int64)
+    evidence = gather_evidence(
+        y, candidate_scores, candidate.threshold, champion, holdout, spec, policy
+    )
+    return decide_promotion(candidate, parity, champion, policy, evidence)

@@ -118,17 +118,18 @@ def score_champion(
     """Score the champion afresh, from its ONNX bytes, on the candidate's holdout.
 
     The delivery side fetches the champion from the registry; this step only scores it, with
-    the champion's own spec and threshold. A champion whose spec needs columns the holdout lacks
-    (or another label) gets no F1 and a note saying why.
+    the champion's own spec and threshold. Its per-row scores travel with the result (not
+    serialised) for the gate's paired bootstrap and segments. A champion whose spec needs
+    columns the holdout lacks (or another label) gets no F1 and a note saying why.
     """
     parsed = parse_spec(champion_spec)
-    base = {"version": str(version), "spec_hash": spec_hash}
+    base = {"version": str(version), "spec_hash": spec_hash, "threshold": float(threshold)}
     missing = [f for f in parsed.feature_names if f not in holdout.columns]
     if parsed.label.name != spec.label.name or missing:
         return ChampionScore(**base, f1=None, note=f"its spec {spec_hash} needs columns {missing}")
-    scores = onnx_predict_proba(onnx_session(model_bytes), holdout, parsed)
+    scores = onnx_predict_proba(onnx_session(model_bytes), holdout, parsed).astype(np.float64)
     y = holdout[LABEL_INT].to_numpy(dtype=np.int64)
-    return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1)
+    return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1, scores=scores)
 
 
 def reference_snapshot(

@@ -15,8 +15,10 @@ from sklearn.metrics import precision_recall_curve
 
 from data_contracts.schemas import LABEL_INT
 from flows.training.gate import ChampionScore, Decision
+from flows.training.slices import SliceReport
 from flows.training.splitting import PARTS, Splits
 from flows.training.train import Metrics
+from flows.training.uncertainty import F1Bootstrap
 
 
 def pr_curve_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:
@@ -50,6 +52,41 @@ def confusion_figure(metrics: Metrics) -> Figure:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def _interval_rows(boot: F1Bootstrap | None) -> list[str]:
+    """Table rows with the bootstrap intervals of the F1s and of their difference."""
+    if boot is None:
+        return []
+    champ = boot.champion.text() if boot.champion else ""
+    rows = [f"| F1 {boot.level} interval (estimate [low, high]) | {boot.candidate.text()} | "
+            f"{champ} |"]  # fmt: skip
+    if boot.difference is not None:
+        rows.append(f"| F1 candidate minus champion | {boot.difference.text(signed=True)} | |")
+    rows.append(f"| bootstrap | {boot.resamples} paired resamples, seed {boot.seed} | |")
+    return rows
+
+
+def _slice_rows(report: SliceReport) -> list[str]:
+    """The per-segment table: each segment's size and both models' F1."""
+    lines = [
+        f"Holdout F1 by segment of {', '.join(report.features)} (segments with fewer than "
+        f"{report.min_positives} positives are too small to judge)",
+        "",
+        "| segment | rows | positives | candidate F1 | champion F1 | candidate - champion "
+        "| judged |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    escaped_bar = "\\|"  # a "|" inside a category would end the markdown cell
+    for s in report.segments:
+        drop = "" if s.drop is None else f"{-s.drop:+.4f}"
+        lines.append(
+            f"| {s.label.replace('|', escaped_bar)} | {s.rows:,} | {s.positives:,} | "
+            f"{_fmt(s.candidate_f1)} | "
+            f"{_fmt(s.champion_f1) if s.champion_f1 is not None else ''} | {drop} | "
+            f"{'yes' if s.judged else 'too small to judge'} |"
+        )
+    return [*lines, ""]
 
 
 def release_markdown(
@@ -88,12 +125,14 @@ def release_markdown(
             for c in decision.checks
         ]
         lines.append("")
+    evidence = decision.evidence if decision is not None else None
     if metrics is not None:
         champ = champion.f1 if champion else None
         lines += [
             "| holdout metric | candidate | champion |",
             "| --- | --- | --- |",
             f"| F1 | {_fmt(metrics.f1)} | {_fmt(champ)} |",
+            *_interval_rows(evidence.f1 if evidence else None),
             f"| precision | {_fmt(metrics.precision)} | |",
             f"| recall | {_fmt(metrics.recall)} | |",
             f"| PR-AUC | {_fmt(metrics.pr_auc)} | |",
@@ -104,6 +143,8 @@ def release_markdown(
         ]
     if splits is not None:
         lines += split_table(splits)
+    if evidence is not None and evidence.slices is not None:
+        lines += _slice_rows(evidence.slices)
     if facts:
         lines += ["| fact | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in facts.items()]
