@@ -45,6 +45,8 @@ class MlflowServer:
     def start(self) -> None:
         log = (self.root / "mlflow-server.log").open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # as scripts/prod.sh: no job-execution consumers (seven processes the tests never use)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow"), "server", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1",
