@@ -33,6 +33,7 @@ from flows.training import release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, decide_promotion
 from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
+from flows.training.search import Preset, SearchSettings, search_settings, splits_by_time
 from flows.training.train import Splits, TrainParams, split
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -59,8 +60,12 @@ def split_data(df: pd.DataFrame, spec: FeatureSpec, holdout: float, validation: 
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(splits: Splits, spec: FeatureSpec, params: TrainParams) -> release.TrainedCandidate:
-    return release.train_candidate(splits, spec, params)
+def train(
+    splits: Splits, spec: FeatureSpec, params: TrainParams, search: SearchSettings
+) -> release.TrainedCandidate:
+    return release.train_candidate(
+        splits, spec, params, search=search, time_ordered=splits_by_time(splits)
+    )
 
 
 @task(name="export-onnx-and-parity", cache_policy=NO_CACHE)
@@ -114,9 +119,14 @@ def track(
 
 @task(name="register-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def register(
-    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+    settings: Settings,
+    model_name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    descriptions: tuple[str, str] | None = None,
 ) -> str:
-    return tracking.register_release(settings, model_name, model_uri, run_id, tags)
+    return tracking.register_release(settings, model_name, model_uri, run_id, tags, descriptions)
 
 
 @task(name="tag-version", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -253,6 +263,8 @@ def train_and_release(
     validation_fraction: float = 0.2,
     reference_rows: int = 200_000,
     build_image: bool = True,
+    search: Preset = "quick",
+    search_budget_seconds: float | None = None,
 ) -> State:
     """Train a candidate on contract-validated data and promote it only if every gate passes.
 
@@ -267,8 +279,15 @@ def train_and_release(
         reference_rows: size of the drift reference snapshot logged with the model.
         build_image: containerize and smoke-test the bento before promotion; switch off only
             on machines without Docker (the run summary then says IMAGE NOT BUILT).
+        search: model search preset: ``off`` trains the fixed model of ``params``; ``quick``
+            and ``thorough`` rank logistic regression and boosted trees by cross-validated
+            average precision and refit the winner (``params`` then gives class weights, seed
+            and each family's default configuration).
+        search_budget_seconds: wall-time budget of the search (default: the preset's);
+            candidates not started within it are listed as skipped.
     """
     logger, settings, started = get_run_logger(), Settings(), time.perf_counter()
+    searching = search_settings(search, search_budget_seconds)
     path, spec = release.resolve_inputs(settings.default_data_path, data_path, spec_path)
     name = model_name or spec.name
 
@@ -288,8 +307,11 @@ def train_and_release(
         _stopped_artifact(name, path, quarantine, err)
         raise
     splits = split_data(result.valid, spec, holdout_fraction, validation_fraction)
-    step(f"split {tracking.split_sizes(splits)}; training {params.classifier}")
-    candidate = train(splits, spec, params)
+    what = params.classifier if not searching.enabled else f"model search {search}"
+    step(f"split {tracking.split_sizes(splits)}; training {what}")
+    candidate = train(splits, spec, params, searching)
+    if candidate.search is not None:
+        step(f"search: {candidate.search.winner.name} won ({candidate.search.seconds:.1f} s)")
     step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")
     exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
     step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
@@ -304,13 +326,14 @@ def train_and_release(
     )  # fmt: skip
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
-    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id))
+    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id),
+                       tracking.descriptions(record))  # fmt: skip
     facts = tracking.summary_facts(record, version, run_id, settings)
 
     def report(outcome_text: str, refused: str | None = None) -> None:
         _decision_artifact(name, f"{name} v{version}: {outcome_text}", decision=decision,
                            metrics=candidate.metrics, champion=champion_now, facts=facts,
-                           refused=refused)  # fmt: skip
+                           refused=refused, search=candidate.search)  # fmt: skip
 
     unchanged = decision.promote and champion_now is not None and champion_now.version == version
     refused = None

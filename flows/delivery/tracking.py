@@ -26,10 +26,21 @@ from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
 from flows.delivery import registry
+from flows.training.explain import feature_importance
 from flows.training.gate import ChampionScore, Decision, GatePolicy
 from flows.training.release import ExportedModel, TrainedCandidate
-from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.reporting import (
+    calibration_figure,
+    confusion_figure,
+    importance_figure,
+    pr_curve_figure,
+    roc_figure,
+    threshold_figure,
+)
+from flows.training.search import SearchResult, searched_params
 from flows.training.train import Splits, TrainParams
+
+CANDIDATE_TAG = "search.candidate"
 
 
 @dataclass
@@ -53,6 +64,8 @@ class ReleaseRecord:
     reference: pd.DataFrame | None = None
     flow_run_id: str | None = None
     y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    importance: pd.DataFrame | None = None
+    input_example: pd.DataFrame | None = None
 
 
 def start_run(settings: Settings, model_name: str, flow_run_id: str | None) -> str:
@@ -73,34 +86,36 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
     registry.configure(settings)
     m, v = record.candidate.metrics, record.candidate.validation_metrics
     with mlflow.start_run(run_id=run_id):
+        search = record.candidate.search
         mlflow.log_params(
             {f"train.{k}": v_ for k, v_ in record.params.model_dump().items()}
             | {f"gate.{k}": v_ for k, v_ in record.policy.model_dump().items()}
             | {"data.path": record.data_path, "data.digest": record.data_digest}
+            | search_params(search)
         )
-        mlflow.log_metrics(
-            {
-                "holdout_f1": m.f1,
-                "holdout_precision": m.precision,
-                "holdout_recall": m.recall,
-                "holdout_pr_auc": m.pr_auc,
-                "holdout_roc_auc": m.roc_auc,
-                "threshold": record.candidate.threshold,
-                "validation_f1": v.f1,
-                "parity_max_abs_diff": record.exported.parity.max_abs_diff,
-                "parity_decision_flips": record.exported.parity.decision_flips,
-                "rows_raw": record.raw_rows,
-                "rows_valid": len(record.validation.valid),
-                "rows_quarantined": record.validation.quarantined_rows,
-                "quarantined_share": record.validation.quarantined_share,
-                **{f"rows_{k}": n for k, n in record.splits_sizes.items()},
-                **(
-                    {"champion_holdout_f1": record.champion.f1}
-                    if record.champion and record.champion.f1 is not None
-                    else {}
-                ),
-            }
-        )
+        metrics = {
+            "holdout_f1": m.f1,
+            "holdout_precision": m.precision,
+            "holdout_recall": m.recall,
+            "holdout_pr_auc": m.pr_auc,
+            "holdout_roc_auc": m.roc_auc,
+            "threshold": record.candidate.threshold,
+            "validation_f1": v.f1,
+            "parity_max_abs_diff": record.exported.parity.max_abs_diff,
+            "parity_decision_flips": record.exported.parity.decision_flips,
+            "rows_raw": record.raw_rows,
+            "rows_valid": len(record.validation.valid),
+            "rows_quarantined": record.validation.quarantined_rows,
+            "quarantined_share": record.validation.quarantined_share,
+            **{f"rows_{k}": n for k, n in record.splits_sizes.items()},
+            **(
+                {"champion_holdout_f1": record.champion.f1}
+                if record.champion and record.champion.f1 is not None
+                else {}
+            ),
+            **search_metrics(search),
+        }
+        mlflow.log_metrics(metrics)
         mlflow.set_tags(
             {
                 "git_commit": record.git_commit,
@@ -135,13 +150,10 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 record.reference.to_parquet(ref_path, index=False)
                 mlflow.log_artifact(str(ref_path), Path(REFERENCE_ARTIFACT).parent.as_posix())
             mlflow.log_metric("reference_rows", len(record.reference))
-        for name, fig in (
-            ("pr_curve.png", pr_curve_figure(record.y_holdout, record.candidate.holdout_scores, m)),
-            ("confusion_matrix.png", confusion_figure(m)),
-        ):
-            mlflow.log_figure(fig, name)
-            plt.close(fig)
-        return registry.log_onnx_model(
+        _log_figures(record)
+        if search is not None:
+            log_search_runs(run_id, search)
+        info = registry.log_onnx_model_info(
             record.exported.model_bytes,
             record.spec,
             record.candidate.threshold,
@@ -152,7 +164,114 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "run_id": run_id,
                 "holdout_f1": m.f1,
             },
+            input_example=record.input_example,
         )
+        # the holdout scores belong to the logged model too: the registry shows them with it
+        mlflow.log_metrics(model_metrics(record), model_id=info.model_id)
+        return info.model_uri
+
+
+def model_metrics(record: ReleaseRecord) -> dict[str, float]:
+    """The holdout scores linked to the logged model (the model page and registry show them)."""
+    m = record.candidate.metrics
+    return {
+        "holdout_f1": m.f1,
+        "holdout_precision": m.precision,
+        "holdout_recall": m.recall,
+        "holdout_pr_auc": m.pr_auc,
+        "holdout_roc_auc": m.roc_auc,
+        "threshold": record.candidate.threshold,
+    }
+
+
+def _log_figures(record: ReleaseRecord) -> None:
+    """PR curve, ROC, threshold trade-off, calibration, confusion matrix, importance."""
+    m, y, scores = record.candidate.metrics, record.y_holdout, record.candidate.holdout_scores
+    figures = {
+        "pr_curve.png": lambda: pr_curve_figure(y, scores, m),
+        "roc_curve.png": lambda: roc_figure(y, scores, m),
+        "threshold_curves.png": lambda: threshold_figure(y, scores, m),
+        "calibration.png": lambda: calibration_figure(y, scores),
+        "confusion_matrix.png": lambda: confusion_figure(m),
+    }
+    if record.importance is not None:
+        importance = record.importance
+        figures["permutation_importance.png"] = lambda: importance_figure(importance)
+        mlflow.log_table(importance, "permutation_importance.json")
+    for name, make in figures.items():
+        fig = make()
+        mlflow.log_figure(fig, name)
+        plt.close(fig)
+
+
+def search_params(search: SearchResult | None) -> dict[str, Any]:
+    """The search's settings as run parameters (``search.preset=off`` without a search)."""
+    if search is None:
+        return {"search.preset": "off"}
+    return {f"search.{k}": v for k, v in search.settings.model_dump().items()} | {
+        "search.folds_kind": search.folds_kind,
+        "search.rows": search.search_rows,
+        "search.winner": search.winner.name,
+        "search.family": search.winner.family,
+    }
+
+
+def search_metrics(search: SearchResult | None) -> dict[str, float]:
+    """The winner's cross-validated score and the search's cost, as run metrics."""
+    if search is None:
+        return {}
+    return {
+        "cv_average_precision": search.winner.cv_ap_mean or 0.0,
+        "cv_average_precision_std": search.winner.cv_ap_std or 0.0,
+        "search_seconds": search.seconds,
+        "search_candidates_scored": sum(c.ok for c in search.ranking),
+        "search_candidates_skipped": sum(c.status.startswith("skipped") for c in search.ranking),
+        "oof_rows": search.oof_rows,
+    }
+
+
+def log_search_runs(parent_run_id: str, search: SearchResult) -> dict[str, str]:
+    """One nested run per candidate under the release run, with its params, scores and status.
+
+    Returns the child run id of each candidate. Safe to retry: a candidate that already has a
+    child run of this parent gets it back instead of a duplicate.
+    """
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    existing = {
+        r.data.tags.get(CANDIDATE_TAG): r.info.run_id
+        for r in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        )
+    }
+    children = {}
+    for rank, c in enumerate(search.ranking, start=1):
+        with mlflow.start_run(
+            run_id=existing.get(c.name),
+            run_name=None if c.name in existing else f"candidate-{c.name}",
+            nested=True,
+            parent_run_id=parent_run_id,
+        ) as child:
+            winner = str(c.name == search.winner.name).lower()
+            mlflow.set_tags(
+                {
+                    CANDIDATE_TAG: c.name,
+                    "search.family": c.family,
+                    "search.status": c.status,
+                    "search.winner": winner,
+                }
+            )
+            mlflow.log_params({"family": c.family, **c.params})
+            scores = {"fit_seconds": c.fit_seconds}
+            if c.ok:
+                scores["cv_average_precision"] = c.cv_ap_mean or 0.0
+                scores["cv_average_precision_std"] = c.cv_ap_std or 0.0
+                scores["rank"] = rank
+            if c.boosting_rounds is not None:
+                scores["boosting_rounds"] = c.boosting_rounds
+            mlflow.log_metrics(scores)
+            children[c.name] = child.info.run_id
+    return children
 
 
 def release_key(record: ReleaseRecord) -> str:
@@ -185,6 +304,10 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
         "holdout_f1": f"{record.candidate.metrics.f1:.6f}",
         "threshold": repr(record.candidate.threshold),
+        "model.family": record.params.classifier,
+        "search.preset": record.candidate.search.settings.preset
+        if record.candidate.search
+        else "off",
         "onnx_sha256": record.exported.sha256,
         "feature_spec_hash": record.spec.spec_hash(),
         "data_digest": record.data_digest,
@@ -238,7 +361,7 @@ def build_record(
     """The :class:`ReleaseRecord` of a run, with the split sizes, holdout labels and commit."""
     return ReleaseRecord(
         spec=spec,
-        params=params,
+        params=candidate.params or params,
         policy=policy,
         data_path=str(data_path.resolve()),
         data_digest=data_digest,
@@ -253,6 +376,8 @@ def build_record(
         git_commit=registry.git_commit(),
         y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
         reference=reference,
+        importance=feature_importance(candidate.pipeline, splits.holdout, spec),
+        input_example=splits.holdout[spec.feature_names].head(5),
     )
 
 
@@ -262,8 +387,51 @@ def split_sizes(splits: Splits) -> dict[str, int]:
 
 
 def register_release(
-    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+    settings: Settings,
+    model_name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    descriptions: tuple[str, str] | None = None,
 ) -> str:
-    """Register the run's model (idempotent, see :func:`register`); returns the version."""
+    """Register the run's model (idempotent, see :func:`register`); returns the version.
+
+    ``descriptions`` (the registered model's, the version's; see :func:`descriptions`) are set
+    on the registry entries when given.
+    """
     client = registry.configure(settings)
-    return str(register(client, model_name, model_uri, run_id, tags).version)
+    version = str(register(client, model_name, model_uri, run_id, tags).version)
+    if descriptions is not None:
+        registry.describe(client, model_name, version, *descriptions)
+    return version
+
+
+def descriptions(record: ReleaseRecord) -> tuple[str, str]:
+    """What the registry says about the model and about this version, in plain words."""
+    spec, m, params = record.spec, record.candidate.metrics, record.params
+    model = (
+        f"{spec.description or spec.name}\n\nBinary classifier of `{spec.label.name}` "
+        f"(positive: {spec.label.positive!r}) on {len(spec.features)} features of spec "
+        f"{spec.name} v{spec.version}, served as ONNX; the `champion` alias marks the version "
+        "in service. Each version's description says how it was chosen and how it scored."
+    )
+    search = record.candidate.search
+    if search is not None:
+        chosen = (
+            f"Chosen by model search (preset {search.settings.preset}): {search.winner.name} "
+            f"ranked first of {len(search.ranking)} candidates by {search.folds_kind} "
+            f"cross-validated average precision {search.winner.cv_ap_mean:.4f} "
+            f"± {search.winner.cv_ap_std:.4f}; threshold from {search.oof_rows:,} out-of-fold "
+            "scores."
+        )
+    else:
+        chosen = "Fixed model (no search); threshold tuned on the validation split."
+    hp = ", ".join(f"{k}={v}" for k, v in searched_params(params).items())
+    version = (
+        f"{params.classifier} ({hp}). {chosen} Holdout ({m.rows:,} rows, {m.positives:,} "
+        f"positives): F1 {m.f1:.4f}, precision {m.precision:.4f}, recall {m.recall:.4f}, "
+        f"PR-AUC {m.pr_auc:.4f} at threshold {m.threshold:.4f}. Gate: {record.decision.outcome}"
+        f" ({'; '.join(record.decision.reasons) or 'all checks passed'}). Data digest "
+        f"{record.data_digest}, commit {record.git_commit}."
+    )
+    return model, version
