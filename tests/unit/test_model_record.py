@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from data_contracts.schemas import LABEL_INT
 from flows.core.settings import Settings
-from flows.delivery import registry, tracking
+from flows.delivery import registry, search_runs
 from flows.training.explain import feature_importance
 from flows.training.onnx_export import export_onnx
 from flows.training.reporting import (
@@ -45,14 +45,14 @@ def search_result(spec, splits):
 def test_every_candidate_is_a_nested_run_of_the_release_run(client, search_result):
     with mlflow.start_run() as parent:
         pass
-    first = tracking.log_search_runs(parent.info.run_id, search_result)
-    again = tracking.log_search_runs(parent.info.run_id, search_result)  # a retried task
+    first = search_runs.log_search_runs(parent.info.run_id, search_result)
+    again = search_runs.log_search_runs(parent.info.run_id, search_result)  # a retried task
     assert first == again
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert len(children) == len(search_result.ranking) == 4
-    by_name = {r.data.tags[tracking.CANDIDATE_TAG]: r for r in children}
+    by_name = {r.data.tags[search_runs.CANDIDATE_TAG]: r for r in children}
     winner = by_name[search_result.winner.name]
     assert winner.data.tags["search.winner"] == "true"
     assert winner.data.metrics["cv_average_precision"] == pytest.approx(
