@@ -34,6 +34,7 @@ from flows.training import data_checks, release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, gate_release
 from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
+from flows.training.search import Preset, SearchSettings, search_settings, splits_by_time
 from flows.training.slices import resolve_slice_features
 from flows.training.splitting import SplitError, SplitPolicy, Splits, apply_split, describe
 from flows.training.train import TrainParams
@@ -67,8 +68,12 @@ def check_data(splits: Splits, spec: FeatureSpec) -> data_checks.DataCheckReport
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(splits: Splits, spec: FeatureSpec, params: TrainParams) -> release.TrainedCandidate:
-    return release.train_candidate(splits, spec, params)
+def train(
+    splits: Splits, spec: FeatureSpec, params: TrainParams, search: SearchSettings
+) -> release.TrainedCandidate:
+    return release.train_candidate(
+        splits, spec, params, search=search, time_ordered=splits_by_time(splits)
+    )
 
 
 @task(name="export-onnx-and-parity", cache_policy=NO_CACHE)
@@ -125,9 +130,14 @@ def track(
 
 @task(name="register-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def register(
-    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+    settings: Settings,
+    model_name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    descriptions: tuple[str, str] | None = None,
 ) -> str:
-    return tracking.register_release(settings, model_name, model_uri, run_id, tags)
+    return tracking.register_release(settings, model_name, model_uri, run_id, tags, descriptions)
 
 
 @task(name="tag-version", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -264,6 +274,8 @@ def train_and_release(
     split: SplitPolicy = SplitPolicy(),  # noqa: B008
     reference_rows: int = 200_000,
     build_image: bool = True,
+    search: Preset = "quick",
+    search_budget_seconds: float | None = None,
 ) -> State:
     """Train a candidate on contract-validated data and promote it only if every gate passes.
 
@@ -280,8 +292,15 @@ def train_and_release(
         reference_rows: size of the drift reference snapshot logged with the model.
         build_image: containerize and smoke-test the bento before promotion; switch off only
             on machines without Docker (the run summary then says IMAGE NOT BUILT).
+        search: model search preset: ``off`` trains the fixed model of ``params``; ``quick``
+            and ``thorough`` rank logistic regression and boosted trees by cross-validated
+            average precision and refit the winner (``params`` then gives class weights, seed
+            and each family's default configuration).
+        search_budget_seconds: wall-time budget of the search (default: the preset's);
+            candidates not started within it are listed as skipped.
     """
     logger, settings, started = get_run_logger(), Settings(), time.perf_counter()
+    searching = search_settings(search, search_budget_seconds)
     path, spec = release.resolve_inputs(settings.default_data_path, data_path, spec_path)
     name = model_name or spec.name
     resolve_slice_features(spec, policy.slice_features)  # a misnamed feature stops the run now
@@ -307,8 +326,11 @@ def train_and_release(
         raise
     for warning in checked.warnings:
         logger.warning(warning)
-    step(f"{describe(splits)}; training {params.classifier}")
-    candidate = train(splits, spec, params)
+    what = params.classifier if not searching.enabled else f"model search {search}"
+    step(f"{describe(splits)}; training {what}")
+    candidate = train(splits, spec, params, searching)
+    if candidate.search is not None:
+        step(f"search: {candidate.search.winner.name} won ({candidate.search.seconds:.1f} s)")
     step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")
     exported = export(candidate, splits.holdout, spec, policy.parity_tolerance)
     step(f"ONNX parity: {exported.parity.max_abs_diff:.2e}, {exported.parity.decision_flips} flips")
@@ -325,13 +347,15 @@ def train_and_release(
     )  # fmt: skip
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
-    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id))
+    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id),
+                       tracking.descriptions(record))  # fmt: skip
     facts = tracking.summary_facts(record, version, run_id, settings)
 
     def report(outcome_text: str, refused: str | None = None) -> None:
         _decision_artifact(name, f"{name} v{version}: {outcome_text}", decision=decision,
                            metrics=candidate.metrics, champion=champion_now, facts=facts,
-                           refused=refused, splits=splits, warnings=checked.warnings)  # fmt: skip
+                           refused=refused, splits=splits, warnings=checked.warnings,
+                           search=candidate.search)  # fmt: skip
 
     unchanged = decision.promote and champion_now is not None and champion_now.version == version
     refused = None

@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import onnx
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types import Schema, TensorSpec
 
 from data_contracts.artifacts import (
     META_SHA256,
@@ -29,9 +34,10 @@ from data_contracts.artifacts import (
     ONNX_FILE,
     SPEC_FILE,
 )
+from data_contracts.schemas import model_frame, onnx_feed
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import PROJECT_ROOT, Settings
-from flows.training.onnx_export import sha256
+from flows.training.onnx_export import LABEL, PROBABILITIES, sha256
 
 SPEC_IN_MODEL = f"extra_files/{SPEC_FILE}"  # where mlflow puts extra_files
 MODEL_NAME_IN_RUN = "onnx_model"
@@ -139,17 +145,50 @@ def download_model(version: ModelVersion, dest: Path) -> ChampionModel:
     )
 
 
+def model_signature(spec: FeatureSpec) -> ModelSignature:
+    """The ONNX model's signature from the spec: one (n, 1) tensor per feature, in order
+    (float32 numbers, string categories), and the label and class probabilities out."""
+    inputs = [
+        TensorSpec(np.dtype(np.float32) if f.is_numeric else np.dtype(object), (-1, 1), f.name)
+        for f in spec.features
+    ]
+    outputs = [
+        TensorSpec(np.dtype(np.int64), (-1,), LABEL),
+        TensorSpec(np.dtype(np.float32), (-1, 2), PROBABILITIES),
+    ]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
 def log_onnx_model(
     model_bytes: bytes,
     spec: FeatureSpec,
     threshold: float,
     work_dir: Path,
     extra_metadata: dict[str, Any],
+    *,
+    input_example: pd.DataFrame | None = None,
 ) -> str:
-    """Log the ONNX model into the active run with its spec, threshold and sha256; return its URI.
+    """Log the ONNX model into the active run (see :func:`log_onnx_model_info`); its URI."""
+    info = log_onnx_model_info(
+        model_bytes, spec, threshold, work_dir, extra_metadata, input_example=input_example
+    )
+    return info.model_uri
+
+
+def log_onnx_model_info(
+    model_bytes: bytes,
+    spec: FeatureSpec,
+    threshold: float,
+    work_dir: Path,
+    extra_metadata: dict[str, Any],
+    *,
+    input_example: pd.DataFrame | None = None,
+) -> ModelInfo:
+    """Log the ONNX model into the active run with its spec, threshold, sha256 and signature.
 
     The spec file and the metadata travel inside the model directory, so every registered version
-    carries what it needs to be served and re-scored.
+    carries what it needs to be served and re-scored. ``input_example`` (rows with the spec's
+    feature columns) is stored as the named (n, 1) inputs the model takes.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / SPEC_FILE
@@ -161,15 +200,19 @@ def log_onnx_model(
         "feature_names": spec.feature_names,
         **extra_metadata,
     }
-    info = mlflow.onnx.log_model(
+    example = None
+    if input_example is not None and len(input_example):
+        example = onnx_feed(model_frame(input_example, spec), spec)
+    return mlflow.onnx.log_model(
         onnx.load_from_string(model_bytes),
         name=MODEL_NAME_IN_RUN,
         metadata=metadata,
         extra_files=[str(spec_path)],
         save_as_external_data=False,
         pip_requirements=["onnxruntime"],
+        signature=model_signature(spec),
+        input_example=example,
     )
-    return info.model_uri
 
 
 KEY_TAG = "release.key"
@@ -230,6 +273,14 @@ def register_version(
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     return client.get_model_version(model_name, version.version)
+
+
+def describe(
+    client: MlflowClient, model_name: str, version: str, model: str, version_text: str
+) -> None:
+    """Set the registered model's description and the version's (shown in the registry UI)."""
+    client.update_registered_model(model_name, description=model)
+    client.update_model_version(model_name, version, description=version_text)
 
 
 def move_alias(client: MlflowClient, model_name: str, alias: str, version: str) -> None:

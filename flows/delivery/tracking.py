@@ -33,10 +33,20 @@ from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
 from flows.delivery import registry
+from flows.delivery.search_runs import log_search_runs, search_metrics, search_params
 from flows.training.data_checks import DataCheckReport
+from flows.training.explain import feature_importance
 from flows.training.gate import ChampionScore, Decision, GatePolicy
 from flows.training.release import ExportedModel, TrainedCandidate
-from flows.training.reporting import confusion_figure, pr_curve_figure
+from flows.training.reporting import (
+    calibration_figure,
+    confusion_figure,
+    importance_figure,
+    pr_curve_figure,
+    roc_figure,
+    threshold_figure,
+)
+from flows.training.search import searched_params
 from flows.training.slices import slice_metrics
 from flows.training.splitting import SplitPolicy
 from flows.training.train import Splits, TrainParams
@@ -67,6 +77,8 @@ class ReleaseRecord:
     split_kind: str = "hash"
     split_boundaries: dict[str, str] = field(default_factory=dict)
     data_checks: DataCheckReport | None = None
+    importance: pd.DataFrame | None = None
+    input_example: pd.DataFrame | None = None
 
 
 def start_run(settings: Settings, model_name: str, flow_run_id: str | None) -> str:
@@ -87,36 +99,38 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
     registry.configure(settings)
     m, v = record.candidate.metrics, record.candidate.validation_metrics
     with mlflow.start_run(run_id=run_id):
+        search = record.candidate.search
         mlflow.log_params(
             {f"train.{k}": v_ for k, v_ in record.params.model_dump().items()}
             | {f"gate.{k}": v_ for k, v_ in record.policy.model_dump().items()}
             | {"data.path": record.data_path, "data.digest": record.data_digest}
             | split_params(record.split_policy)
+            | search_params(search)
         )
-        mlflow.log_metrics(
-            {
-                "holdout_f1": m.f1,
-                "holdout_precision": m.precision,
-                "holdout_recall": m.recall,
-                "holdout_pr_auc": m.pr_auc,
-                "holdout_roc_auc": m.roc_auc,
-                "threshold": record.candidate.threshold,
-                "validation_f1": v.f1,
-                "parity_max_abs_diff": record.exported.parity.max_abs_diff,
-                "parity_decision_flips": record.exported.parity.decision_flips,
-                "rows_raw": record.raw_rows,
-                "rows_valid": len(record.validation.valid),
-                "rows_quarantined": record.validation.quarantined_rows,
-                "quarantined_share": record.validation.quarantined_share,
-                **{f"rows_{k}": n for k, n in record.splits_sizes.items()},
-                **(
-                    {"champion_holdout_f1": record.champion.f1}
-                    if record.champion and record.champion.f1 is not None
-                    else {}
-                ),
-                **evidence_metrics(record.decision),
-            }
-        )
+        metrics = {
+            "holdout_f1": m.f1,
+            "holdout_precision": m.precision,
+            "holdout_recall": m.recall,
+            "holdout_pr_auc": m.pr_auc,
+            "holdout_roc_auc": m.roc_auc,
+            "threshold": record.candidate.threshold,
+            "validation_f1": v.f1,
+            "parity_max_abs_diff": record.exported.parity.max_abs_diff,
+            "parity_decision_flips": record.exported.parity.decision_flips,
+            "rows_raw": record.raw_rows,
+            "rows_valid": len(record.validation.valid),
+            "rows_quarantined": record.validation.quarantined_rows,
+            "quarantined_share": record.validation.quarantined_share,
+            **{f"rows_{k}": n for k, n in record.splits_sizes.items()},
+            **(
+                {"champion_holdout_f1": record.champion.f1}
+                if record.champion and record.champion.f1 is not None
+                else {}
+            ),
+            **search_metrics(search),
+            **evidence_metrics(record.decision),
+        }
+        mlflow.log_metrics(metrics)
         mlflow.set_tags(
             {
                 "git_commit": record.git_commit,
@@ -164,13 +178,10 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 record.reference.to_parquet(ref_path, index=False)
                 mlflow.log_artifact(str(ref_path), Path(REFERENCE_ARTIFACT).parent.as_posix())
             mlflow.log_metric("reference_rows", len(record.reference))
-        for name, fig in (
-            ("pr_curve.png", pr_curve_figure(record.y_holdout, record.candidate.holdout_scores, m)),
-            ("confusion_matrix.png", confusion_figure(m)),
-        ):
-            mlflow.log_figure(fig, name)
-            plt.close(fig)
-        return registry.log_onnx_model(
+        _log_figures(record)
+        if search is not None:
+            log_search_runs(run_id, search)
+        info = registry.log_onnx_model_info(
             record.exported.model_bytes,
             record.spec,
             record.candidate.threshold,
@@ -181,7 +192,44 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "run_id": run_id,
                 "holdout_f1": m.f1,
             },
+            input_example=record.input_example,
         )
+        # the holdout scores belong to the logged model too: the registry shows them with it
+        mlflow.log_metrics(model_metrics(record), model_id=info.model_id)
+        return info.model_uri
+
+
+def model_metrics(record: ReleaseRecord) -> dict[str, float]:
+    """The holdout scores linked to the logged model (the model page and registry show them)."""
+    m = record.candidate.metrics
+    return {
+        "holdout_f1": m.f1,
+        "holdout_precision": m.precision,
+        "holdout_recall": m.recall,
+        "holdout_pr_auc": m.pr_auc,
+        "holdout_roc_auc": m.roc_auc,
+        "threshold": record.candidate.threshold,
+    }
+
+
+def _log_figures(record: ReleaseRecord) -> None:
+    """PR curve, ROC, threshold trade-off, calibration, confusion matrix, importance."""
+    m, y, scores = record.candidate.metrics, record.y_holdout, record.candidate.holdout_scores
+    figures = {
+        "pr_curve.png": lambda: pr_curve_figure(y, scores, m),
+        "roc_curve.png": lambda: roc_figure(y, scores, m),
+        "threshold_curves.png": lambda: threshold_figure(y, scores, m),
+        "calibration.png": lambda: calibration_figure(y, scores),
+        "confusion_matrix.png": lambda: confusion_figure(m),
+    }
+    if record.importance is not None:
+        importance = record.importance
+        figures["permutation_importance.png"] = lambda: importance_figure(importance)
+        mlflow.log_table(importance, "permutation_importance.json")
+    for name, make in figures.items():
+        fig = make()
+        mlflow.log_figure(fig, name)
+        plt.close(fig)
 
 
 def split_params(policy: SplitPolicy | None) -> dict[str, str]:
@@ -261,6 +309,10 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         TAG_HOLDOUT_F1: f"{record.candidate.metrics.f1:.6f}",
         **evidence_tags(record.decision, record.champion),
         "threshold": repr(record.candidate.threshold),
+        "model.family": record.params.classifier,
+        "search.preset": record.candidate.search.settings.preset
+        if record.candidate.search
+        else "off",
         "onnx_sha256": record.exported.sha256,
         "feature_spec_hash": record.spec.spec_hash(),
         "data_digest": record.data_digest,
@@ -317,7 +369,7 @@ def build_record(
     labels and the commit."""
     return ReleaseRecord(
         spec=spec,
-        params=params,
+        params=candidate.params or params,
         policy=policy,
         data_path=str(data_path.resolve()),
         data_digest=data_digest,
@@ -336,6 +388,8 @@ def build_record(
         split_kind=splits.kind,
         split_boundaries=dict(splits.boundaries),
         data_checks=data_report,
+        importance=feature_importance(candidate.pipeline, splits.holdout, spec),
+        input_example=splits.holdout[spec.feature_names].head(5),
     )
 
 
@@ -345,8 +399,51 @@ def split_sizes(splits: Splits) -> dict[str, int]:
 
 
 def register_release(
-    settings: Settings, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
+    settings: Settings,
+    model_name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    descriptions: tuple[str, str] | None = None,
 ) -> str:
-    """Register the run's model (idempotent, see :func:`register`); returns the version."""
+    """Register the run's model (idempotent, see :func:`register`); returns the version.
+
+    ``descriptions`` (the registered model's, the version's; see :func:`descriptions`) are set
+    on the registry entries when given.
+    """
     client = registry.configure(settings)
-    return str(register(client, model_name, model_uri, run_id, tags).version)
+    version = str(register(client, model_name, model_uri, run_id, tags).version)
+    if descriptions is not None:
+        registry.describe(client, model_name, version, *descriptions)
+    return version
+
+
+def descriptions(record: ReleaseRecord) -> tuple[str, str]:
+    """What the registry says about the model and about this version, in plain words."""
+    spec, m, params = record.spec, record.candidate.metrics, record.params
+    model = (
+        f"{spec.description or spec.name}\n\nBinary classifier of `{spec.label.name}` "
+        f"(positive: {spec.label.positive!r}) on {len(spec.features)} features of spec "
+        f"{spec.name} v{spec.version}, served as ONNX; the `champion` alias marks the version "
+        "in service. Each version's description says how it was chosen and how it scored."
+    )
+    search = record.candidate.search
+    if search is not None:
+        chosen = (
+            f"Chosen by model search (preset {search.settings.preset}): {search.winner.name} "
+            f"ranked first of {len(search.ranking)} candidates by {search.folds_kind} "
+            f"cross-validated average precision {search.winner.cv_ap_mean:.4f} "
+            f"± {search.winner.cv_ap_std:.4f}; threshold from {search.oof_rows:,} out-of-fold "
+            "scores."
+        )
+    else:
+        chosen = "Fixed model (no search); threshold tuned on the validation split."
+    hp = ", ".join(f"{k}={v}" for k, v in searched_params(params).items())
+    version = (
+        f"{params.classifier} ({hp}). {chosen} Holdout ({m.rows:,} rows, {m.positives:,} "
+        f"positives): F1 {m.f1:.4f}, precision {m.precision:.4f}, recall {m.recall:.4f}, "
+        f"PR-AUC {m.pr_auc:.4f} at threshold {m.threshold:.4f}. Gate: {record.decision.outcome}"
+        f" ({'; '.join(record.decision.reasons) or 'all checks passed'}). Data digest "
+        f"{record.data_digest}, commit {record.git_commit}."
+    )
+    return model, version

@@ -24,6 +24,13 @@ from flows.training.onnx_export import (
     parity,
     sha256,
 )
+from flows.training.search import (
+    SearchResult,
+    SearchSettings,
+    refit,
+    run_search,
+    search_settings,
+)
 from flows.training.train import (
     Metrics,
     Splits,
@@ -62,22 +69,49 @@ def validate(df: pd.DataFrame, spec: FeatureSpec) -> ValidationResult:
 
 @dataclass
 class TrainedCandidate:
-    """A fitted candidate with its tuned threshold and holdout scores."""
+    """A fitted candidate with its tuned threshold and holdout scores.
+
+    ``params`` are the hyper-parameters of the fitted model (the search's winner when a search
+    ran); ``search`` holds the ranking of every configuration tried, None without a search.
+    """
 
     pipeline: Pipeline
     threshold: float
     holdout_scores: np.ndarray
     metrics: Metrics
     validation_metrics: Metrics
+    params: TrainParams | None = None
+    search: SearchResult | None = None
 
 
-def train_candidate(splits: Splits, spec: FeatureSpec, params: TrainParams) -> TrainedCandidate:
-    """Fit, tune the F1 threshold on validation data, and score the frozen holdout."""
+def train_candidate(
+    splits: Splits,
+    spec: FeatureSpec,
+    params: TrainParams,
+    *,
+    search: SearchSettings | str = "off",
+    time_ordered: bool = False,
+) -> TrainedCandidate:
+    """Fit a candidate, tune its F1 threshold and score the frozen holdout.
+
+    With ``search="off"`` (or ``params.cripple``, which shuffles the fixed model's labels) the
+    fixed model of ``params`` is fitted on the training rows and its threshold tuned on the
+    validation rows. Otherwise the model search (:func:`run_search`) ranks the families on the
+    training rows by cross-validated average precision (time-ordered folds when
+    ``time_ordered``), the winner is refitted on all training rows and its threshold comes from
+    its out-of-fold scores; the validation rows are then only scored, not used to choose.
+    """
     check_label_classes(splits.train, spec)
-    pipeline = fit(splits.train, spec, params)
+    settings = search_settings(search) if isinstance(search, str) else search
+    result = None
+    if settings.enabled and not params.cripple:
+        result = run_search(splits.train, spec, params, settings, time_ordered=time_ordered)
+        pipeline, params = refit(splits.train, spec, result.params)
+    else:
+        pipeline = fit(splits.train, spec, params)
     y_val = splits.validation[LABEL_INT].to_numpy(dtype=np.int64)
     val_scores = predict_proba(pipeline, splits.validation, spec)
-    threshold = tune_threshold(y_val, val_scores)
+    threshold = result.threshold if result else tune_threshold(y_val, val_scores)
     holdout_scores = predict_proba(pipeline, splits.holdout, spec)
     y_hold = splits.holdout[LABEL_INT].to_numpy(dtype=np.int64)
     return TrainedCandidate(
@@ -86,6 +120,8 @@ def train_candidate(splits: Splits, spec: FeatureSpec, params: TrainParams) -> T
         holdout_scores=holdout_scores,
         metrics=evaluate(y_hold, holdout_scores, threshold),
         validation_metrics=evaluate(y_val, val_scores, threshold),
+        params=params,
+        search=result,
     )
 
 

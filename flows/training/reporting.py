@@ -10,11 +10,14 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are only written to files
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from data_contracts.schemas import LABEL_INT
 from flows.training.gate import ChampionScore, Decision
+from flows.training.search import SearchResult
 from flows.training.slices import SliceReport
 from flows.training.splitting import PARTS, Splits
 from flows.training.train import Metrics
@@ -48,6 +51,92 @@ def confusion_figure(metrics: Metrics) -> Figure:
            title=f"Holdout at threshold {metrics.threshold:.3f}")  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+def roc_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:
+    """ROC curve on the holdout with the tuned threshold's operating point."""
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(fpr, tpr, lw=1.5, label=f"ROC-AUC {metrics.roc_auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    point = metrics.fp / max(metrics.fp + metrics.tn, 1), metrics.recall
+    ax.scatter([point[0]], [point[1]], color="red", zorder=3,
+               label=f"threshold {metrics.threshold:.3f}")  # fmt: skip
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Holdout ROC",
+           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def threshold_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:
+    """Precision, recall and F1 on the holdout as the threshold moves; the tuned one marked."""
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    precision, recall = precision[:-1], recall[:-1]
+    f1 = np.where(precision + recall > 0,
+                  2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for values, label in ((precision, "precision"), (recall, "recall"), (f1, "F1")):
+        ax.plot(thresholds, values, lw=1.5, label=label)
+    ax.axvline(metrics.threshold, color="red", ls="--", lw=1,
+               label=f"threshold {metrics.threshold:.3f}")  # fmt: skip
+    ax.set(xlabel="score threshold", ylabel="holdout value", title="Threshold trade-off",
+           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(y_true: np.ndarray, scores: np.ndarray, bins: int = 10) -> Figure:
+    """Observed fraud rate per score bin against the mean score (class-weighted models score
+    above the base rate by design: the plot shows by how much)."""
+    observed, predicted = calibration_curve(y_true, np.clip(scores, 0, 1), n_bins=bins,
+                                            strategy="quantile")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot(predicted, observed, marker="o", lw=1.5, label="holdout")
+    ax.set(xlabel="mean score in bin", ylabel="observed positive rate",
+           title=f"Calibration ({bins} quantile bins)", xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importance: pd.DataFrame) -> Figure:
+    """Permutation importance (drop in average precision when a feature is shuffled)."""
+    top = importance.head(20).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1.2))
+    ax.barh(top["feature"], top["mean"], xerr=top["std"], color="tab:blue")
+    ax.set(xlabel="drop in holdout average precision", title="Permutation importance")
+    fig.tight_layout()
+    return fig
+
+
+def search_markdown(result: SearchResult) -> list[str]:
+    """The model search's ranking as markdown lines: every candidate with its CV score."""
+    s = result.settings
+    lines = [
+        "### Model search",
+        "",
+        f"preset `{s.preset}`, {result.folds_kind} {s.folds}-fold CV on "
+        f"{result.search_rows:,} of {result.train_rows:,} training rows, budget "
+        f"{s.budget_seconds:.0f} s, took {result.seconds:.1f} s; winner **{result.winner.name}** "
+        f"refitted on all training rows; threshold {result.threshold:.4f} from "
+        f"{result.oof_rows:,} out-of-fold scores",
+        "",
+        "| rank | candidate | family | parameters | CV average precision | fit s | status |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rank, c in enumerate(result.ranking, start=1):
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items())
+        if c.boosting_rounds is not None:
+            params += f" (stopped at {c.boosting_rounds})"
+        score = f"{c.cv_ap_mean:.4f} ± {c.cv_ap_std:.4f}" if c.ok else "n/a"
+        name = f"**{c.name}**" if c.name == result.winner.name else c.name
+        lines.append(f"| {rank if c.ok else '-'} | {name} | {c.family} | {params} | {score} "
+                     f"| {c.fit_seconds:.1f} | {c.status} |")  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def _fmt(value: float | None) -> str:
@@ -100,6 +189,7 @@ def release_markdown(
     refused: str | None = None,
     splits: Splits | None = None,
     warnings: Sequence[str] = (),
+    search: SearchResult | None = None,
 ) -> str:
     """The Prefect artifact of a train-and-release run: outcome first, then the numbers
     (with the split used and its periods, and the data checks' warnings)."""
@@ -145,6 +235,8 @@ def release_markdown(
         lines += split_table(splits)
     if evidence is not None and evidence.slices is not None:
         lines += _slice_rows(evidence.slices)
+    if search is not None:
+        lines += search_markdown(search)
     if facts:
         lines += ["| fact | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in facts.items()]

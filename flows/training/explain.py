@@ -1,0 +1,50 @@
+"""What the model relies on: permutation importance of the spec's features on unseen rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.inspection import permutation_importance
+from sklearn.pipeline import Pipeline
+
+from data_contracts.schemas import LABEL_INT, model_frame
+from data_contracts.spec import FeatureSpec
+from flows.training.search import stratified_sample
+
+
+def feature_importance(
+    pipeline: Pipeline,
+    rows: pd.DataFrame,
+    spec: FeatureSpec,
+    *,
+    max_rows: int = 5_000,
+    repeats: int = 3,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Drop in average precision when each feature is shuffled, most important first.
+
+    Measured on a stratified sample of at most ``max_rows`` of ``rows`` (the holdout: rows the
+    model never saw), ``repeats`` shuffles per feature, so its cost is bounded by
+    ``features * repeats`` predictions of ``max_rows`` rows whatever the table's size.
+    Columns: ``feature``, ``mean``, ``std``.
+    """
+    sample = stratified_sample(rows, max_rows, seed)
+    y = sample[LABEL_INT].to_numpy(dtype=np.int64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("feature importance: the rows hold a single class")
+    result = permutation_importance(
+        pipeline,
+        model_frame(sample, spec),
+        y,
+        scoring="average_precision",
+        n_repeats=repeats,
+        random_state=seed,
+    )
+    table = pd.DataFrame(
+        {
+            "feature": spec.feature_names,
+            "mean": result.importances_mean,
+            "std": result.importances_std,
+        }
+    )
+    return table.sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
