@@ -130,7 +130,7 @@ def search_markdown(result: SearchResult) -> list[str]:
     for rank, c in enumerate(result.ranking, start=1):
         params = ", ".join(f"{k}={v}" for k, v in c.params.items())
         if c.boosting_rounds is not None:
-            params += f" (stopped at {c.boosting_rounds})"
+            params += f" (folds stopped at {c.boosting_rounds})"
         score = f"{c.cv_ap_mean:.4f} ± {c.cv_ap_std:.4f}" if c.ok else "n/a"
         name = f"**{c.name}**" if c.name == result.winner.name else c.name
         lines.append(f"| {rank if c.ok else '-'} | {name} | {c.family} | {params} | {score} "

@@ -94,7 +94,7 @@ def test_searched_candidate_is_refitted_and_thresholded_out_of_fold():
     assert cand.search is not None and cand.params.classifier == "hgb"
     assert cand.threshold == cand.search.threshold
     assert cand.search.oof_rows == len(splits.train)  # every training row scored out of fold
-    # the refit stops early on all training rows; its parameters say how many rounds it used
+    # the refit gets every round of the winning configuration (no early stopping there)
     assert cand.params.max_iter == cand.pipeline.named_steps["model"].n_iter_
     assert cand.metrics.pr_auc > 0.8
 
