@@ -123,7 +123,8 @@ run-prod: data docker up-prod ## the main job against the production profile
 	@scripts/prod.sh stack summary
 
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
-	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack" -n $(WORKERS) --dist loadfile
+	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack and not embedded_only" \
+	  -n $(WORKERS) --dist loadfile
 
 clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

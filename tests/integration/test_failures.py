@@ -42,7 +42,10 @@ from flows.cli.automations import ALERT_RULE, CRASH_RULE
 from flows.core.settings import Settings
 from flows.delivery import registry
 
-pytestmark = pytest.mark.integration
+# Failure mails, crash detection by heartbeat automations and result persistence are the Prefect
+# server's events and automations and the flows' hooks: the same code on SQLite and PostgreSQL,
+# so this module runs on the embedded stack only (make test-prod leaves it out).
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_only]
 RELEASE = "train-and-release/fraud-detector"
 DRIFT = "drift-check/fraud-detector"
 SILENCE = 90  # three missed 30 s heartbeats: a loaded CI machine must not crash healthy runs
