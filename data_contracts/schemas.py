@@ -228,7 +228,7 @@ def type_frame(
             fail((raw.notna() & parsed.isna()).to_numpy(), spec.event_time_column, "a time", raw)
             typed[spec.event_time_column] = parsed.astype("datetime64[ns, UTC]")
         if not spec.id_column and not missing:
-            typed[DERIVED_ID_COLUMN] = content_ids(typed, spec, labels)
+            typed[DERIVED_ID_COLUMN] = content_ids(typed, spec)
     return typed, row_reasons, fatal
 
 
@@ -266,18 +266,19 @@ def _text_digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") or 1
 
 
-def content_ids(typed: pd.DataFrame, spec: FeatureSpec, labels: pd.Series) -> pd.Series:
+def content_ids(typed: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
     """Stable row ids for a table without an id column: content hash plus occurrence number.
 
-    The hash (blake2b, 16 hex digits) covers the row's typed values of every spec column, in
+    The hash (blake2b, 16 hex digits) covers the row's typed features and event time, in
     canonical form: numbers rounded to 15 significant digits (so a value parsed one bit apart by
     another reader, or written by another tool, hashes the same), the event time as UTC
-    nanoseconds, the label as 1/0, each category as a digest of its text. So the same row gets
-    the same id whether read from CSV or Parquet, with ``1`` or ``1.0``, in any order.
+    nanoseconds, each category as a digest of its text. So the same row gets the same id whether
+    read from CSV or Parquet, with ``1`` or ``1.0``, in any order. The label is left out: a
+    fraud label that arrives late (a chargeback) must not move a row to another split.
     ``-<k>`` counts earlier identical rows in file order, so legitimate repeats stay distinct.
     """
     n = len(typed)
-    fixed: list[np.ndarray] = [labels.fillna(-1).to_numpy(dtype="<i1").reshape(n, 1)]
+    fixed: list[np.ndarray] = []
     if spec.event_time_column:
         times = typed[spec.event_time_column]
         ns = np.where(times.isna(), np.iinfo(np.int64).min, times.array.asi8).astype("<i8")

@@ -34,7 +34,13 @@ from flows.training import data_checks, release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, gate_release
 from flows.training.quarantine import write_quarantine
 from flows.training.reporting import release_markdown
-from flows.training.search import Preset, SearchSettings, search_settings, splits_by_time
+from flows.training.search import (
+    Preset,
+    SearchError,
+    SearchSettings,
+    search_settings,
+    splits_by_time,
+)
 from flows.training.slices import resolve_slice_features
 from flows.training.splitting import SplitError, SplitPolicy, Splits, apply_split, describe
 from flows.training.train import TrainParams
@@ -253,7 +259,13 @@ def _deliver(
 def _stopped_artifact(name: str, path: Path, quarantine: Path | None, err: Exception) -> None:
     """The release-decision artifact of a run the data contract or the data checks stopped."""
     facts = {"data": str(path), "quarantine file": str(quarantine or "none")}
-    by = "the data contract" if isinstance(err, release.ContractViolation) else "the data checks"
+    by = (
+        "the data contract"
+        if isinstance(err, release.ContractViolation)
+        else "the model search"
+        if isinstance(err, SearchError)
+        else "the data checks"
+    )
     _decision_artifact(name, f"{name}: stopped by {by}", decision=None, metrics=None,
                        champion=None, facts=facts, stopped=f"```\n{err}\n```")  # fmt: skip
 
@@ -328,7 +340,11 @@ def train_and_release(
         logger.warning(warning)
     what = params.classifier if not searching.enabled else f"model search {search}"
     step(f"{describe(splits)}; training {what}")
-    candidate = train(splits, spec, params, searching)
+    try:
+        candidate = train(splits, spec, params, searching)
+    except SearchError as err:  # e.g. an early time fold without a fraud: say so, stop cleanly
+        _stopped_artifact(name, path, quarantine, err)
+        raise
     if candidate.search is not None:
         step(f"search: {candidate.search.winner.name} won ({candidate.search.seconds:.1f} s)")
     step(f"holdout F1 {candidate.metrics.f1:.4f} at threshold {candidate.threshold:.4f}")

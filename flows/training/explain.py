@@ -9,7 +9,6 @@ from sklearn.pipeline import Pipeline
 
 from data_contracts.schemas import LABEL_INT, model_frame
 from data_contracts.spec import FeatureSpec
-from flows.training.search import stratified_sample
 
 
 def feature_importance(
@@ -20,18 +19,25 @@ def feature_importance(
     max_rows: int = 5_000,
     repeats: int = 3,
     seed: int = 0,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Drop in average precision when each feature is shuffled, most important first.
 
-    Measured on a stratified sample of at most ``max_rows`` of ``rows`` (the holdout: rows the
-    model never saw), ``repeats`` shuffles per feature, so its cost is bounded by
-    ``features * repeats`` predictions of ``max_rows`` rows whatever the table's size.
-    Columns: ``feature``, ``mean``, ``std``.
+    Measured on at most ``max_rows`` of ``rows`` (the holdout: rows the model never saw), every
+    positive kept up to half of them (a rare class would otherwise vanish from the sample),
+    ``repeats`` shuffles per feature, so its cost is bounded by ``features * repeats``
+    predictions of ``max_rows`` rows whatever the table's size. Columns: ``feature``, ``mean``,
+    ``std``; None when the rows hold a single class (nothing to rank by; the gate says why).
     """
-    sample = stratified_sample(rows, max_rows, seed)
+    labels = rows[LABEL_INT].to_numpy()
+    positives, negatives = rows[labels == 1], rows[labels == 0]
+    if positives.empty or negatives.empty:
+        return None
+    if len(rows) > max_rows:
+        keep = min(len(positives), max_rows // 2)
+        positives = positives.sample(n=keep, random_state=seed)
+        negatives = negatives.sample(n=min(len(negatives), max_rows - keep), random_state=seed)
+    sample = pd.concat([positives, negatives])
     y = sample[LABEL_INT].to_numpy(dtype=np.int64)
-    if len(np.unique(y)) < 2:
-        raise ValueError("feature importance: the rows hold a single class")
     result = permutation_importance(
         pipeline,
         model_frame(sample, spec),

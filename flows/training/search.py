@@ -4,9 +4,10 @@ precision on the training rows. Plain functions, no Prefect, no MLflow.
 Every family offered here converts to ONNX with skl2onnx and passes the parity gate (the unit
 tests export each one). A candidate is a :class:`TrainParams`, so the winner is built by the
 same :func:`build_pipeline` as a fixed model. Gradient-boosted trees stop early inside each
-fold; the winner is refitted with the median number of boosting rounds the folds needed. The
-search runs on a stratified sample of large tables and within a wall-time budget: a candidate
-not started within the budget is listed as skipped.
+fold (on average precision); the winner is refitted on all training rows with every round of
+its configuration. The search runs on a stratified sample of large tables and within a
+wall-time budget checked before each candidate: a candidate not started within the budget is
+listed as skipped (a running candidate and the refit are not cut short).
 """
 
 from __future__ import annotations

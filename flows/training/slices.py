@@ -140,11 +140,14 @@ def slice_check(report: SliceReport, max_drop: float) -> tuple[bool, str]:
         return True, "no champion to compare segments with" + small_text
     failed = [s for s in compared if s.drop is not None and s.drop > max_drop]
     if failed:
+        ranked = sorted(failed, key=lambda s: -(s.drop or 0))
         worst = "; ".join(
             f"{s.label} F1 {s.candidate_f1:.4f} vs champion {s.champion_f1:.4f} "
             f"(drop {s.drop:.4f}, {s.positives} positives)"
-            for s in sorted(failed, key=lambda s: -(s.drop or 0))
+            for s in ranked[:10]  # the reasons go to tags and descriptions: bounded
         )
+        if len(ranked) > 10:
+            worst += f"; and {len(ranked) - 10} more segments"
         return False, f"worse than the champion by more than {max_drop:.4f} on {worst}" + small_text
     return True, (
         f"{len(compared)} segments judged, none more than {max_drop:.4f} below the champion"

@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_contracts.schemas import LABEL_INT
-from data_contracts.spec import FeatureSpec
+from data_contracts.spec import DERIVED_ID_COLUMN, FeatureSpec
 
 PARTS = ("train", "validation", "holdout")
 
@@ -101,9 +101,14 @@ def stratified_hash_split(
     """Split off ``fraction`` of each class, chosen by a hash of the id.
 
     The choice depends only on the ids, so a transaction stays in the holdout when the data set
-    grows or is re-read: the holdout is frozen and exactly stratified.
+    grows or is re-read: the holdout is frozen and exactly stratified. Derived ids (tables
+    without an id column) are ranked without their occurrence suffix, so identical rows land in
+    the same part: a repeat in training must not score its twin in the holdout.
     """
-    rank = _hash_rank(df[id_column], salt)
+    ids = df[id_column]
+    if id_column == DERIVED_ID_COLUMN:
+        ids = ids.astype(str).str.rsplit("-", n=1).str[0]
+    rank = _hash_rank(ids, salt)
     take = np.zeros(len(df), dtype=bool)
     labels = df[LABEL_INT].to_numpy()
     for cls in (0, 1):

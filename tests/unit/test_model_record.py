@@ -9,6 +9,7 @@ import itertools
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -121,3 +122,12 @@ def test_permutation_importance_finds_what_the_model_uses(trained, spec, splits)
     fig = importance_figure(table)
     assert len(fig.axes[0].patches) == min(20, len(spec.feature_names))  # the top 20
     plt.close(fig)
+
+
+def test_permutation_importance_keeps_a_rare_class_and_skips_a_single_one(trained, spec, splits):
+    holdout = splits.holdout
+    rare = pd.concat([holdout[holdout[LABEL_INT] == 1].head(2), holdout[holdout[LABEL_INT] == 0]])
+    table = feature_importance(trained.pipeline, rare, spec, max_rows=500, repeats=1)
+    assert table is not None and len(table) == len(spec.feature_names)
+    only_legit = holdout[holdout[LABEL_INT] == 0]
+    assert feature_importance(trained.pipeline, only_legit, spec, max_rows=500) is None

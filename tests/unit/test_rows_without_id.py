@@ -148,3 +148,27 @@ def test_a_request_without_an_id_is_served_by_an_id_less_spec(id_less, small_dat
     assert parsed.transaction_id is None
     with_id = model.model_validate_json(json.dumps(body | {"transaction_id": "x-1"}))
     assert with_id.transaction_id == "x-1"
+
+
+def test_a_late_label_does_not_change_a_row_id(id_less, id_less_data):
+    before = validate_frame(id_less_data, id_less).valid
+    flipped = id_less_data.copy()
+    label = id_less.label.name
+    first_legit = int(np.flatnonzero((before[LABEL_INT] == 0).to_numpy())[0])
+    flipped.loc[flipped.index[first_legit], label] = id_less.label.positive  # a chargeback
+    after = validate_frame(flipped, id_less).valid
+    assert after[LABEL_INT].iloc[first_legit] == 1
+    assert after[DERIVED_ID_COLUMN].tolist() == before[DERIVED_ID_COLUMN].tolist()
+
+
+def test_identical_rows_land_in_the_same_part(id_less, id_less_data):
+    repeated = pd.concat([id_less_data, id_less_data.head(300)], ignore_index=True)
+    valid = validate_frame(repeated, id_less).valid
+    splits = apply_split(valid, id_less, SplitPolicy(kind="hash"))
+    part_of = {}
+    for part in ("train", "validation", "holdout"):
+        for row_id in getattr(splits, part)[DERIVED_ID_COLUMN]:
+            part_of[row_id] = part
+    twins = [rid for rid in part_of if rid.endswith("-1")]
+    assert len(twins) == 300
+    assert all(part_of[t] == part_of[t[:-2] + "-0"] for t in twins)
