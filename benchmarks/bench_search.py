@@ -83,10 +83,19 @@ def table(name: str, data: Path, spec_path: Path) -> None:
     spec, splits = splits_of(data, spec_path)
     off, _ = timed(splits, spec, "off")
     quick, secs = timed(splits, spec, "quick")
+    from data_contracts.schemas import LABEL_INT
+    from flows.training.uncertainty import paired_f1_bootstrap
+
     w = quick.search.winner
+    y = splits.holdout[LABEL_INT].to_numpy()
+    boot = paired_f1_bootstrap(
+        y, quick.holdout_scores >= quick.threshold, off.holdout_scores >= off.threshold
+    )
     print(f"{name:<14} rows {sum(map(len, (splits.train, splits.validation, splits.holdout))):>5}"
           f"  chosen {w.name:<11} CV AP {w.cv_ap_mean:.4f} +- {w.cv_ap_std:.4f}"
-          f"  holdout F1 {quick.metrics.f1:.4f} (fixed hgb {off.metrics.f1:.4f})"
+          f"  holdout F1 {quick.metrics.f1:.4f}, {boot.candidate_text()} (fixed hgb "
+          f"{off.metrics.f1:.4f}; "
+          f"difference {boot.difference_text()}, {int(y.sum())} positives)"
           f"  PR-AUC {quick.metrics.pr_auc:.4f} (fixed {off.metrics.pr_auc:.4f})"
           f"  {secs:.1f} s")  # fmt: skip
 
