@@ -66,7 +66,7 @@ mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	  --workers 1 --backend-store-uri "sqlite:///$(FRAUD_HOME)/mlflow/mlflow.db"
 
 test: install ## the whole test suite (unit and integration against real servers; WORKERS=2 processes)
-	$(ROOT)/.venv/bin/pytest -n $(WORKERS) --dist loadfile
+	$(ROOT)/.venv/bin/pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## unit tests only: no servers, a few minutes at most
 	$(ROOT)/.venv/bin/pytest -m "not integration"
@@ -124,7 +124,7 @@ run-prod: data docker up-prod ## the main job against the production profile
 
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
 	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack and not embedded_only" \
-	  -n $(WORKERS) --dist loadfile
+	  -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

@@ -34,10 +34,12 @@ def _tier(item: pytest.Item) -> int:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest tiers first, each module kept together and in its order.
 
-    ``make test`` runs on two pytest-xdist workers with whole modules as work units: handing
-    out the longest modules first keeps one worker from starting a long stack module while the
-    other has nothing left to do. The order is a pure function of the collection, as xdist
-    requires of every worker.
+    ``make test`` runs on two pytest-xdist workers with whole modules as work units, in this
+    order (``--no-loadscope-reorder``: xdist would otherwise hand out the modules with the most
+    tests first, which puts the few-test stack modules last, both workers on them at the end):
+    the longest modules first keep one worker from starting a long stack module while the other
+    has nothing left to do. The order is a pure function of the collection, as xdist requires of
+    every worker.
     """
     first_index: dict[str, int] = {}
     tier: dict[str, int] = {}
