@@ -318,6 +318,9 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         "data_digest": record.data_digest,
         "git_commit": record.git_commit,
         "run_id": run_id,
+        # the split it was judged on: a later candidate can tell whether this version was trained
+        # on rows of its holdout (a hash-split champion against a time holdout)
+        **split_and_data_tags(record.split_kind, record.split_boundaries, None),
     }
 
 
