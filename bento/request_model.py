@@ -25,7 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
 
 # fields a caller may add besides the features
 from data_contracts.artifacts import REQUEST_ID, TRANSACTION_ID
@@ -39,6 +48,16 @@ MAX_ERRORS_PER_REQUEST = 200
 MAX_NAME_SHOWN = 40  # characters of an unknown key name shown in answers, logs and metrics
 # pydantic-core's JSON parser refuses nesting deeper than this (a valid body nests 3 deep)
 MAX_JSON_DEPTH = 200
+
+
+def _whole(value: float) -> float:
+    """Refuse what pydantic's ``multiple_of`` lets through: it compares with a tolerance, so
+    1e-10 passed as a multiple of 1 (found by the schema fuzzer). 3.0 stays a whole number."""
+    if not value.is_integer():
+        raise PydanticCustomError(
+            "multiple_of", "Input should be a multiple of {multiple_of}", {"multiple_of": 1}
+        )
+    return value
 
 
 def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
@@ -65,6 +84,8 @@ def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
             # whole numbers; 3.0 is accepted as 3, like the training data contract
             limits["multiple_of"] = 1
     annotated = Annotated[base, Field(**limits)]  # type: ignore[valid-type]
+    if feature.kind == FeatureKind.INTEGER:
+        annotated = Annotated[annotated, AfterValidator(_whole)]  # type: ignore[valid-type]
     return annotated | None if feature.nullable else annotated
 
 

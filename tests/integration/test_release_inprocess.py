@@ -125,7 +125,7 @@ def test_single_class_label_stops_before_training(fraud_home, tmp_path, small_da
     path = tmp_path / "legit.parquet"
     small_data[small_data["is_fraud"] == 0].head(2000).to_parquet(path, index=False)
     state = train_and_release(data_path=str(path), return_state=True)
-    assert state.is_failed() and "single class" in state.message
+    assert state.is_failed() and "label 'is_fraud' is constant" in state.message
 
 
 def test_missing_data_file_is_named(fraud_home, tmp_path):
