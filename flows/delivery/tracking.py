@@ -108,12 +108,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
             | search_params(search)
         )
         metrics = {
-            "holdout_f1": m.f1,
-            "holdout_precision": m.precision,
-            "holdout_recall": m.recall,
-            "holdout_pr_auc": m.pr_auc,
-            "holdout_roc_auc": m.roc_auc,
-            "threshold": record.candidate.threshold,
+            **model_metrics(record),  # the run shows the logged model's holdout scores too
             "validation_f1": v.f1,
             "parity_max_abs_diff": record.exported.parity.max_abs_diff,
             "parity_decision_flips": record.exported.parity.decision_flips,
