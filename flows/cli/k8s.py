@@ -1,4 +1,4 @@
-"""``fraud k8s``: render the Kubernetes manifests with the current image tags, or check them.
+"""``fraud k8s``: render the Kubernetes manifests with the current image tags, push, or check.
 
 ``fraud k8s render --registry R --out DIR`` writes ``DIR/fraud.yaml`` (every object, in apply
 order) and ``DIR/base-job-template.json`` (the ``kubernetes`` work pool's template), with the
@@ -71,6 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=k8s.DEFAULT_MLFLOW_URI,
         help=f"MLflow tracking server of the flow runs ({k8s.DEFAULT_MLFLOW_URI})",
     )
+    push = sub.add_parser(
+        "push",
+        help="push the champion's bento image and the pipeline image to a registry",
+        description="Tag the champion's bento image <model>:v<N> and the pipeline image for "
+        "--registry and push both (log in to the registry first: docker login).",
+    )
+    push.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV, ""),
+        help=f"image registry and namespace (${REGISTRY_ENV})",
+    )
+    push.add_argument(
+        "--model", default=DEFAULT_MODEL_NAME, help=f"served model ({DEFAULT_MODEL_NAME})"
+    )
+    push.add_argument(
+        "--pipeline-image", required=True, help="local pipeline image, fraud-pipeline:<commit>"
+    )
     sub.add_parser(
         "check",
         help="render with sample tags and validate everything against the Kubernetes schemas",
@@ -142,9 +159,26 @@ def _check() -> int:
     return 1 if problems else 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from flows.core.settings import Settings
+    from flows.delivery import kubernetes as k8s
+
+    try:
+        bento = k8s.champion_image(Settings(), args.model)
+        pushed = k8s.push_images([bento, args.pipeline_image], args.registry)
+    except (k8s.RenderError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for image in pushed:
+        print(f"pushed {image}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``render`` or ``check``; 0 on success, 1 for invalid manifests, 2 for bad input."""
-    return _render(args) if args.k8s_command == "render" else _check()
+    """Run ``render``, ``push`` or ``check``; 0 on success, 1 for invalid manifests, 2 for bad
+    input or a failed push."""
+    actions = {"render": _render, "push": _push, "check": lambda _: _check()}
+    return actions[args.k8s_command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

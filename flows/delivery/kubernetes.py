@@ -254,3 +254,30 @@ def without_prefect_pod_fields(job: Mapping[str, Any]) -> dict[str, Any]:
     for name in PREFECT_POD_FIELDS:
         pod.pop(name, None)
     return copy
+
+
+def in_registry(image: str, registry: str) -> str:
+    """``fraud-detector:v3`` as named in ``registry`` (``registry/fraud-detector:v3``)."""
+    repository, _, tag = image.rpartition(":")
+    if not repository or not tag or "/" in tag:
+        raise RenderError(f"image {image!r} must be <repository>:<tag>")
+    return image_ref(registry, repository, tag)
+
+
+def push_images(images: list[str], registry: str) -> list[str]:
+    """Tag each local image for ``registry`` and push it; the pushed names. Raises RenderError
+    naming the image and Docker's message when a tag or push fails (login is the caller's)."""
+    from flows.delivery.container import docker
+
+    if not registry.strip():
+        raise RenderError("no registry given (--registry or FRAUD_IMAGE_REGISTRY)")
+    pushed = []
+    for image in images:
+        remote = in_registry(image, registry)
+        for args, timeout in ((("tag", image, remote), 60), (("push", remote), 1800)):
+            proc = docker(*args, timeout=timeout)
+            if proc.returncode != 0:
+                detail = (proc.stderr or proc.stdout).strip()
+                raise RenderError(f"docker {args[0]} {image} failed: {detail}")
+        pushed.append(remote)
+    return pushed
