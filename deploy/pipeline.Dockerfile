@@ -9,7 +9,6 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_NO_CACHE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
-    PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     BENTOML_DO_NOT_TRACK=true
@@ -30,6 +29,7 @@ RUN uv sync --frozen --no-dev --group kubernetes && \
     find /app/.venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + && \
     useradd --uid 1000 --user-group --home-dir /home/fraud --create-home fraud
 
+ENV PATH=/app/.venv/bin:$PATH
 # the code and environment stay root's: flow runs cannot change what they run
 USER 1000:1000
 CMD ["prefect", "version"]
