@@ -82,7 +82,7 @@ lint: install ## ruff lint and format check, bandit, serving requirements in ste
 	UV="$(UV)" $(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/lint-imports --config "$(ROOT)/pyproject.toml"
 	$(FRAUD) k8s check
-	$(ROOT)/.venv/bin/jactionlint -color=never
+	$(ROOT)/.venv/bin/jactionlint --color=never --shellcheck="$(ROOT)/.venv/bin/shellcheck"
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
