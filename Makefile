@@ -81,6 +81,7 @@ lint: install ## ruff lint and format check, bandit, serving requirements in ste
 	$(ROOT)/.venv/bin/bandit -c pyproject.toml -r flows bento data_contracts scripts benchmarks -ll -ii -q
 	UV="$(UV)" $(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/lint-imports --config "$(ROOT)/pyproject.toml"
+	@mkdir -p "$(PREFECT_HOME)"  # prefect makes only the last folder of its home
 	$(FRAUD) k8s check
 	$(ROOT)/.venv/bin/jactionlint --color=never --shellcheck="$(ROOT)/.venv/bin/shellcheck"
 

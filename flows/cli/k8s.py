@@ -147,14 +147,17 @@ def _check() -> int:
     except (k8s.RenderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    problems = k8s.work_pool_problems(template) + k8s.schema_problems([*documents, job])
+    pool_problems = k8s.work_pool_problems(template)
+    object_problems = k8s.schema_problems([*documents, job])
+    problems = pool_problems + object_problems
     for problem in problems:
         print(f"invalid: {problem}", file=sys.stderr)
     checked = len(documents) + 1
     print(
-        f"deploy/k8s: {checked - len(problems)} of {checked} objects valid against Kubernetes "
-        f"{k8s.KUBERNETES_VERSION} (strict), the flow-run Job of the work pool template included; "
-        f"work pool template {'refused' if problems else 'accepted'} by Prefect's schema"
+        f"deploy/k8s: {checked - len(object_problems)} of {checked} objects valid against "
+        f"Kubernetes {k8s.KUBERNETES_VERSION} (strict), the flow-run Job of the work pool "
+        f"template included; the work pool template "
+        f"{'refused' if pool_problems else 'accepted'} by Prefect's schema"
     )
     return 1 if problems else 0
 
