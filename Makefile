@@ -136,9 +136,13 @@ test-prod: install ## the integration tests that use a server stack, on the prod
 pipeline-image: ## build the pipeline image of the committed tree: fraud-pipeline:<commit> (deploy/)
 	@[ -n "$(GIT_SHA)" ] || { echo "pipeline-image: not a git checkout"; exit 2; }
 	@git -C "$(ROOT)" diff --quiet HEAD -- || echo "[make] note: uncommitted changes are not in the image"
-	git -C "$(ROOT)" archive --format=tar HEAD | DOCKER_BUILDKIT=0 docker build --network host \
-	  -f deploy/pipeline.Dockerfile --label org.opencontainers.image.revision=$(GIT_SHA) \
-	  -t "$(PIPELINE_IMAGE)" -
+	@# the committed tree with every timestamp at 0: the builder's layer cache then keys on
+	@# content, so a code change rebuilds the code layers and keeps the dependency layer
+	ctx="$$(mktemp -d)"; trap 'rm -rf "$$ctx"' EXIT; \
+	  git -C "$(ROOT)" archive --format=tar HEAD | tar -x -C "$$ctx" && \
+	  tar -C "$$ctx" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . | \
+	  DOCKER_BUILDKIT=0 docker build --network host -f deploy/pipeline.Dockerfile \
+	    --label org.opencontainers.image.revision=$(GIT_SHA) -t "$(PIPELINE_IMAGE)" -
 
 push-images: install ## push the champion's bento image and the pipeline image to REGISTRY=host/team
 	@[ -n "$(REGISTRY)" ] || { echo "usage: make push-images REGISTRY=registry.example.com/team"; exit 2; }
