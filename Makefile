@@ -15,8 +15,12 @@ ROWS ?= 200000
 # integration tests mostly wait on servers, so two overlap well even on two cores
 WORKERS ?= 2
 DATA := $(FRAUD_HOME)/data/transactions.parquet
+# the pipeline image of the committed tree (deploy/pipeline.Dockerfile), and where releases push
+GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
+PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
+REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +81,9 @@ lint: install ## ruff lint and format check, bandit, serving requirements in ste
 	$(ROOT)/.venv/bin/bandit -c pyproject.toml -r flows bento data_contracts scripts benchmarks -ll -ii -q
 	UV="$(UV)" $(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/lint-imports --config "$(ROOT)/pyproject.toml"
+	@mkdir -p "$(PREFECT_HOME)"  # prefect makes only the last folder of its home
+	$(FRAUD) k8s check
+	$(ROOT)/.venv/bin/jactionlint --color=never --shellcheck="$(ROOT)/.venv/bin/shellcheck"
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
@@ -125,6 +132,24 @@ run-prod: data docker up-prod ## the main job against the production profile
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
 	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack and not embedded_only" \
 	  -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+
+pipeline-image: ## build the pipeline image of the committed tree: fraud-pipeline:<commit> (deploy/)
+	@[ -n "$(GIT_SHA)" ] || { echo "pipeline-image: not a git checkout"; exit 2; }
+	@git -C "$(ROOT)" diff --quiet HEAD -- || echo "[make] note: uncommitted changes are not in the image"
+	@# the committed tree with every timestamp at 0: the builder's layer cache then keys on
+	@# content, so a code change rebuilds the code layers and keeps the dependency layer
+	ctx="$$(mktemp -d)"; trap 'rm -rf "$$ctx"' EXIT; \
+	  git -C "$(ROOT)" archive --format=tar HEAD | tar -x -C "$$ctx" && \
+	  tar -C "$$ctx" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . | \
+	  DOCKER_BUILDKIT=0 docker build --network host -f deploy/pipeline.Dockerfile \
+	    --label org.opencontainers.image.revision=$(GIT_SHA) -t "$(PIPELINE_IMAGE)" -
+
+push-images: install ## push the champion's bento image and the pipeline image to REGISTRY=host/team
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make push-images REGISTRY=registry.example.com/team"; exit 2; }
+	$(FRAUD) k8s push --registry "$(REGISTRY)" --pipeline-image "$(PIPELINE_IMAGE)"
+
+k8s-render: install ## deploy/k8s/ filled with the current image tags, into build/k8s (REGISTRY=...)
+	$(FRAUD) k8s render --registry "$(REGISTRY)" --out "$(ROOT)/build/k8s"
 
 clean: down down-prod ## stop the stacks and delete all local state (.fraud)
 	rm -rf "$(FRAUD_HOME)"

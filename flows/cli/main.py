@@ -89,6 +89,13 @@ COMMANDS: tuple[Command, ...] = (
         "add_arguments",
         "run",
     ),
+    Command(
+        "k8s",
+        "render the Kubernetes manifests with the current image tags, or check them offline",
+        "flows.cli.k8s",
+        "add_arguments",
+        "run",
+    ),
 )
 
 
@@ -107,7 +114,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Operate the fraud-detection pipeline: rollback, history, summary, data, "
-        "traffic, automations and work pools.",
+        "traffic, automations, work pools and Kubernetes manifests.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -26,6 +26,7 @@ OPTIONS = {
     "traffic": ["--url", "--rows", "--batch", "--amount-scale", "--broken-feed"],
     "automations": ["PREFECT_API_URL", "FRAUD_HEARTBEAT_SECONDS"],
     "work-pools": ["POOL", "--type", "PREFECT_API_URL"],
+    "k8s": ["render", "push", "check"],
 }
 
 
