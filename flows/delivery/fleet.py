@@ -301,9 +301,9 @@ def start_verified(
 ) -> list[Replica]:
     """Start ``count`` replicas of ``image`` and verify each; on any failure remove them all
     and raise :class:`FleetError` with the reason (the replica's log is saved)."""
-    case = smoke.load_smoke_case(settings, image)
     started: list[Replica] = []
     try:
+        case = smoke.load_smoke_case(settings, image)
         for i in range(count):
             started.append(
                 start_replica(settings, image, ports[i] if ports else free_port(), paths)

@@ -47,6 +47,7 @@ class Rollout:
     old_config: str | None = None
     note: str = ""
     started: float = field(default_factory=time.perf_counter)
+    committed_at: float | None = None  # when the alias moved (perf_counter)
     _lock: ExitStack = field(default_factory=ExitStack)
 
     @property
@@ -125,23 +126,38 @@ class Rollout:
         self.release()
         return problems
 
+    def committed(self) -> None:
+        """Record the moment the alias moved (the rollout's figures count from it)."""
+        self.committed_at = time.perf_counter()
+
     def finish(self) -> str:
         """After the alias moved: drain and stop the old replicas, record the new fleet."""
         if self.state is None:
             return self.note
         old = self.state
-        drained = balancer.wait_drained(self.paths.master_socket, old_drain_s())
-        for replica in old.replicas:
-            fleet.remove_replica(replica, self.paths)
         new_state = replace(old, version=self.version, replicas=self.new)
-        fleet.save_state(self.paths, new_state)
-        self.release()
-        seconds = time.perf_counter() - self.started
+        problems: list[str] = []
+        try:
+            fleet.save_state(self.paths, new_state)
+            drained = balancer.wait_drained(self.paths.master_socket, old_drain_s())
+            for replica in old.replicas:
+                try:
+                    fleet.remove_replica(replica, self.paths)
+                except Exception as err:  # the new version serves: report, do not fail the move
+                    problems.append(f"could not stop old replica {replica.name}: {err}")
+        finally:
+            self.release()
+        now = time.perf_counter()
+        since_move = (
+            f", {now - self.committed_at:.1f} s after the alias move"
+            if (self.committed_at is not None)
+            else ""
+        )
         self.note = (
             f"fleet rolled v{old.version} -> v{self.version}: {len(self.new)} replicas verified "
             f"and serving, old replicas {'drained and ' if drained else ''}stopped "
-            f"in {seconds:.1f} s"
-        )
+            f"{now - self.started:.1f} s after the rollout began{since_move}"
+        ) + "".join(f"; {p}" for p in problems)
         return self.note
 
     def release(self) -> None:
