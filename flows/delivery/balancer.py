@@ -129,8 +129,8 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         "    option httpchk",
         "    http-check send meth GET uri /readyz",
         "    http-check expect status 200",
-        f"    default-server check inter {spec.check_interval_ms}ms fall 2 rise 2 "
-        "on-marked-down shutdown-sessions",
+        # no on-marked-down shutdown-sessions: it would cut the requests being retried
+        f"    default-server check inter {spec.check_interval_ms}ms fall 2 rise 2",
     ]
     lines += [f"    server {s.name} 127.0.0.1:{s.port} weight {s.weight}" for s in servers]
     lines += [
