@@ -8,6 +8,7 @@
 #   scripts/stack.sh fleet-up [ARGS]  the serving fleet: champion containers behind HAProxy on
 #                              127.0.0.1:3000 (installs haproxy when missing; ARGS: fraud fleet up)
 #   scripts/stack.sh fleet-down  stop the fleet (balancer by PID, replicas by container id)
+#   scripts/stack.sh install-haproxy  apt-get install haproxy when missing (root), nothing else
 #   scripts/stack.sh down      stop what `up` started, by PID
 #   scripts/stack.sh status    show what is running
 #   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
@@ -16,7 +17,7 @@
 # Set PREFECT_API_URL before calling to use an existing Prefect server instead of a local one.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}"; }
 case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
 esac
@@ -217,6 +218,7 @@ case "${1:-}" in
   serve) serve ;;
   fleet-up) shift; fleet_up "$@" ;;
   fleet-down) fleet_down ;;
+  install-haproxy) install_haproxy ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;

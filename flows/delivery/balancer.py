@@ -225,9 +225,8 @@ def reap(pid: int) -> None:
 def stop(pid: int | None, grace_s: float = 10) -> None:
     """Soft-stop the master (SIGUSR1: finish requests in flight), SIGTERM after ``grace_s``,
     SIGKILL of its process group if it is still there 5 s later."""
-    if not alive(pid):
+    if pid is None or not alive(pid):
         return
-    assert pid is not None
     steps = ((signal.SIGUSR1, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
     for sig, wait_s in steps:
         try:
@@ -304,13 +303,13 @@ def processes(master_socket: Path) -> Processes:
     return parse_show_proc(master_command(master_socket, "show proc"))
 
 
-def reload(pid: int, master_socket: Path, timeout_s: float = 15) -> Processes:
+def reload(pid: int | None, master_socket: Path, timeout_s: float = 15) -> Processes:
     """Graceful reload of the master ``pid`` (SIGUSR2); waits for the new worker.
 
     Raises :class:`BalancerError` when the master is gone, the reload failed (HAProxy then
     keeps the old worker serving) or no new worker appeared within ``timeout_s``.
     """
-    if not alive(pid):
+    if pid is None or not alive(pid):
         raise BalancerError(f"the balancer (pid {pid}) is not running")
     before = processes(master_socket)
     os.kill(pid, signal.SIGUSR2)

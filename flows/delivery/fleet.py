@@ -368,8 +368,7 @@ def up(
     paths = FleetPaths.of(settings)
     with fleet_lock(paths):
         existing = load_state(paths)
-        if balancer_alive(existing):
-            assert existing is not None
+        if existing is not None and balancer_alive(existing):
             raise FleetError(
                 f"a fleet of {existing.model} v{existing.version} is already running on port "
                 f"{existing.port} (balancer pid {existing.balancer_pid}); `fraud fleet status` "

@@ -97,7 +97,6 @@ class Rollout:
         try:
             balancer.install_config(self.paths.config, fleet.render(state, self.paths, self.new))
             self.shifted = True
-            assert state.balancer_pid is not None
             balancer.reload(state.balancer_pid, self.paths.master_socket)
             balancer.wait_servers(spec, [r.name for r in self.new], 20)
         except balancer.BalancerError as err:
@@ -112,7 +111,6 @@ class Rollout:
         if self.state is not None and self.shifted and self.old_config is not None:
             try:
                 balancer.install_config(self.paths.config, self.old_config)
-                assert self.state.balancer_pid is not None
                 balancer.reload(self.state.balancer_pid, self.paths.master_socket)
             except (balancer.BalancerError, OSError) as err:
                 problems.append(f"could not put the balancer back on v{self.state.version}: {err}")

@@ -24,6 +24,7 @@ class LoadResult:
     versions: Counter[str] = field(default_factory=Counter)
     replicas: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # monotonic time of each failure
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (time, version) of each ok
 
 
@@ -71,6 +72,7 @@ class Load:
                 self.result.timeline.append((time.monotonic(), detail))
             else:
                 self.result.failed += 1
+                self.result.failed_at.append(time.monotonic())
                 if len(self.result.errors) < 20:
                     self.result.errors.append(detail)
 
