@@ -19,7 +19,9 @@ DESCRIPTION = (
     "(--network host, each on its own port, the shared inference-log folder mounted) behind "
     "HAProxy on 127.0.0.1:3000. Every champion move (release, `fraud rollback`) rolls a "
     "running fleet: new replicas start and must pass /readyz and the smoke test's reference "
-    "records, the balancer shifts to them by graceful reload, the old ones drain and stop; a "
+    "records, a canary gets a share of the traffic (FRAUD_CANARY_SECONDS, default 5 s at "
+    "FRAUD_CANARY_SHARE 0.1) and must not be worse than the old version, then the balancer "
+    "shifts to them by graceful reload, the old ones drain and stop; a "
     "failed rollout leaves the old version serving. State: $FRAUD_HOME/fleet/fleet.json; "
     "balancer log: $FRAUD_HOME/logs/balancer.log; replica logs: $FRAUD_HOME/fleet/logs/ "
     "(or `docker logs NAME` while running); Prometheus targets: $FRAUD_HOME/fleet/targets/."
@@ -68,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "made with the fleet down).",
     )  # fmt: skip
     roll.add_argument("--version", required=True, help="model version to roll to")
+    roll.add_argument(
+        "--canary-seconds", type=float, default=None,
+        help="canary window before the full shift (default: FRAUD_CANARY_SECONDS or 5; 0: none)",
+    )  # fmt: skip
+    roll.add_argument(
+        "--canary-share", type=float, default=None,
+        help="share of the traffic the new version gets in the canary (default 0.1)",
+    )  # fmt: skip
     roll.add_argument("--model", default=None, help="registered model name (default: the spec's)")
 
 
@@ -112,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
             for replica in restarted:
                 print(f"restored {replica.name} on 127.0.0.1:{replica.port} (v{replica.version})")
             return 0
-        print(rollout.roll(settings, _model(args), args.version))
+        from flows.delivery.canary import CanaryPolicy
+
+        policy = CanaryPolicy(
+            settings.canary_seconds if args.canary_seconds is None else args.canary_seconds,
+            settings.canary_share if args.canary_share is None else args.canary_share,
+        )
+        print(rollout.roll(settings, _model(args), args.version, policy=policy))
         return 0
     except (fleet.FleetError, rollout.RolloutFailed, balancer.BalancerError) as err:
         print(f"fleet {args.action} failed: {err}", file=sys.stderr)

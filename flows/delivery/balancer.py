@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flows.core.files import write_atomic
@@ -347,6 +347,9 @@ class ServerState:
     name: str
     status: str  # UP, DOWN, MAINT, "UP 1/2", ...
     check: str  # the last health check's status and detail
+    requests: int = 0  # sessions sent to the server (stot) since this worker started
+    errors: int = 0  # 5xx answers and failed responses (hrsp_5xx + eresp)
+    response_ms: float = 0.0  # average response time of the last 1024 requests (rtime)
 
     @property
     def up(self) -> bool:
@@ -361,8 +364,15 @@ def parse_stats_csv(text: str, backend: str = BACKEND) -> list[ServerState]:
         if row.get("pxname") != backend or row.get("svname") in {"FRONTEND", "BACKEND"}:
             continue
         check = " ".join(filter(None, [row.get("check_status"), row.get("check_desc")]))
-        states.append(ServerState(row["svname"], row.get("status", ""), check))
+        errors = _int(row.get("hrsp_5xx")) + _int(row.get("eresp"))
+        rtime = float(_int(row.get("rtime")))
+        state = ServerState(row["svname"], row.get("status", ""), check, _int(row.get("stot")))
+        states.append(replace(state, errors=errors, response_ms=rtime))
     return states
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
 
 
 def server_states(spec: BalancerSpec, timeout: float = 2) -> list[ServerState]:

@@ -23,7 +23,7 @@ import json
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -149,9 +149,14 @@ def balancer_spec(state: FleetState, paths: FleetPaths) -> balancer.BalancerSpec
     )
 
 
-def render(state: FleetState, paths: FleetPaths, replicas: Sequence[Replica]) -> str:
-    """The HAProxy configuration sending traffic to ``replicas``."""
-    servers = [balancer.Server(r.name, r.port) for r in replicas]
+def render(
+    state: FleetState,
+    paths: FleetPaths,
+    replicas: Sequence[Replica],
+    weights: Mapping[str, int] | None = None,
+) -> str:
+    """The HAProxy configuration sending traffic to ``replicas`` (``weights`` by name: 100)."""
+    servers = [balancer.Server(r.name, r.port, (weights or {}).get(r.name, 100)) for r in replicas]
     return balancer.render_config(balancer_spec(state, paths), servers)
 
 

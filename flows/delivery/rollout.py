@@ -5,9 +5,12 @@ the champion alias never points at a version the fleet refused:
 
 1. :meth:`Rollout.stage` (before the alias moves): start the new version's replicas beside the
    old ones, wait for ``/readyz`` and check the reference records on each (no traffic yet);
-2. :meth:`Rollout.shift` (before the alias moves): install the balancer configuration naming
-   only the new replicas (validated, atomic) and reload HAProxy gracefully; the old worker
-   finishes its requests in flight on the old replicas, which are still running;
+2. :meth:`Rollout.shift` (before the alias moves): first the canary (:mod:`~flows.delivery.canary`,
+   on by default: ``share`` of the traffic to the new replicas for ``seconds``, then their error
+   ratio and response time against the old ones'), then the balancer configuration naming only
+   the new replicas; each configuration validated and installed atomically, each change a
+   graceful HAProxy reload (the old worker finishes its requests in flight on the old
+   replicas, which are still running);
 3. the alias moves (``move_champion``);
 4. :meth:`Rollout.finish`: wait for the old worker to drain, stop the old replicas, record the
    new fleet (``fleet.json`` and the Prometheus targets).
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from data_contracts.artifacts import image_tag
 from flows.core.settings import Settings
-from flows.delivery import balancer, fleet
+from flows.delivery import balancer, canary, fleet
 
 
 class RolloutFailed(RuntimeError):
@@ -46,6 +49,8 @@ class Rollout:
     shifted: bool = False
     old_config: str | None = None
     note: str = ""
+    canary_policy: canary.CanaryPolicy = field(default_factory=canary.CanaryPolicy)
+    verdict: canary.Verdict | None = None
     started: float = field(default_factory=time.perf_counter)
     committed_at: float | None = None  # when the alias moved (perf_counter)
     _lock: ExitStack = field(default_factory=ExitStack)
@@ -95,6 +100,8 @@ class Rollout:
         state, spec = self.state, fleet.balancer_spec(self.state, self.paths)
         self.old_config = self.paths.config.read_text()
         try:
+            if self.canary_policy.enabled:
+                self._canary(state, spec)
             balancer.install_config(self.paths.config, fleet.render(state, self.paths, self.new))
             self.shifted = True
             balancer.reload(state.balancer_pid, self.paths.master_socket)
@@ -104,6 +111,24 @@ class Rollout:
             raise RolloutFailed(
                 f"rollout to v{self.version} abandoned, v{state.version} keeps serving: {err}"
             ) from err
+
+    def _canary(self, state: fleet.FleetState, spec: balancer.BalancerSpec) -> None:
+        """Send the policy's share to the new replicas for its window, then judge them."""
+        policy = self.canary_policy
+        old_w, new_w = policy.weights()
+        both = [*state.replicas, *self.new]
+        weights = {r.name: old_w for r in state.replicas} | {r.name: new_w for r in self.new}
+        balancer.install_config(self.paths.config, fleet.render(state, self.paths, both, weights))
+        self.shifted = True
+        balancer.reload(state.balancer_pid, self.paths.master_socket)
+        start = {s.name: s for s in balancer.wait_servers(spec, [r.name for r in both], 20)}
+        time.sleep(policy.seconds)
+        end = {s.name: s for s in balancer.server_states(spec)}
+        old = canary.figures(state.version, [r.name for r in state.replicas], start, end)
+        new = canary.figures(self.version, [r.name for r in self.new], start, end)
+        self.verdict = canary.judge(old, new, policy)
+        if not self.verdict.passed:
+            raise balancer.BalancerError(self.verdict.text())
 
     def abandon(self) -> list[str]:
         """Undo :meth:`stage` and :meth:`shift`; returns what could not be undone (readable)."""
@@ -156,6 +181,8 @@ class Rollout:
             f"and serving, old replicas {'drained and ' if drained else ''}stopped "
             f"{now - self.started:.1f} s after the rollout began{since_move}"
         ) + "".join(f"; {p}" for p in problems)
+        if self.verdict is not None:
+            self.note += f"; {self.verdict.text()}"
         return self.note
 
     def release(self) -> None:

@@ -25,7 +25,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
-from flows.delivery import audit, balancer, fleet, registry, rollback, rollout, smoke
+from flows.delivery import audit, balancer, canary, fleet, registry, rollback, rollout, smoke
 from flows.delivery import container as images
 from flows.train_and_release import train_and_release
 from flows.training.gate import GatePolicy
@@ -114,7 +114,9 @@ def test_release_and_rollback_roll_the_fleet_with_no_failed_request(served, tmp_
         rolling_back = time.monotonic()
         back = rollback.rollback(served.settings, MODEL, "1", "rollout test", "user:test")
         rolled_back = time.monotonic()
-        assert any(n.startswith("fleet: fleet rolled v2 -> v1") for n in back.notes), back.notes
+        fleet_note = next(n for n in back.notes if n.startswith("fleet: "))
+        assert fleet_note.startswith("fleet: fleet rolled v2 -> v1"), back.notes
+        assert "canary passed (v1: " in fleet_note and "; v2: " in fleet_note, fleet_note
         time.sleep(1.5)
     result = load.result
     assert result.failed == 0, result.errors
@@ -173,6 +175,23 @@ def test_a_version_answering_its_reference_records_wrongly_is_refused(served):
         _refused_rollback(served, "mismatches with the offline ONNX predictions")
     finally:
         path.write_text(saved)
+
+
+def test_a_canary_worse_than_the_old_version_abandons_the_rollout(served):
+    """An impossible error tolerance stands in for a worse version: the canary window must
+    send it traffic, judge it on HAProxy's counters, refuse it and put the old version back."""
+    before = served.state()
+    policy = canary.CanaryPolicy(seconds=2, share=0.5, min_requests=1, max_error_ratio_increase=-1)
+    with Load(served.port, served.records, threads=4) as load:
+        time.sleep(1)
+        with pytest.raises(rollout.RolloutFailed, match="canary FAILED"):
+            rollout.roll(served.settings, MODEL, "2", policy=policy)
+        refused = time.monotonic()
+        time.sleep(1.5)
+    assert load.result.failed == 0, load.result.errors
+    assert load.result.versions["2"] > 0  # the canary did get its share
+    assert after(load, refused + 0.5) == {"1"}
+    assert served.state().replicas == before.replicas and served.champion() == "1"
 
 
 def test_a_killed_replica_costs_at_most_its_requests_in_flight_and_is_restored(served):

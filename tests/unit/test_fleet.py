@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.core.settings import Settings
-from flows.delivery import balancer, fleet, rollout
+from flows.delivery import balancer, canary, fleet, rollout
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
@@ -156,3 +156,39 @@ def test_fleet_up_refuses_less_than_one_replica(tmp_path):
 def test_fleet_up_without_a_champion_says_release_first(tmp_path):
     with pytest.raises(fleet.FleetError, match="no champion yet"):
         fleet.up(Settings(home=tmp_path), "m")
+
+
+def _server(name: str, requests: int, errors: int = 0, ms: float = 3.0) -> balancer.ServerState:
+    return balancer.ServerState(name, "UP", "L7OK", requests, errors, ms)
+
+
+def test_canary_weights_give_the_new_version_its_share():
+    old, new = canary.CanaryPolicy(share=0.1).weights()
+    assert old + new == canary.MAX_WEIGHT and abs(new / (old + new) - 0.1) < 0.01
+    assert not canary.CanaryPolicy(seconds=0).enabled
+    with pytest.raises(ValueError, match="share"):
+        canary.CanaryPolicy(share=1.0)
+
+
+def test_canary_figures_are_deltas_over_the_window():
+    start = {"a": _server("a", 100, 1), "b": _server("b", 50)}
+    end = {"a": _server("a", 190, 2, ms=4.0), "b": _server("b", 60, 0, ms=2.0)}
+    got = canary.figures("1", ["a", "b"], start, end)
+    assert (got.requests, got.errors) == (100, 1)
+    assert got.response_ms == pytest.approx((4.0 * 90 + 2.0 * 10) / 100)
+
+
+@pytest.mark.parametrize(
+    ("new", "passed", "why"),
+    [
+        (canary.VersionFigures("2", 100, 0, 3.5), True, "within"),
+        (canary.VersionFigures("2", 100, 5, 3.0), False, "error ratio 5.00% > old"),
+        (canary.VersionFigures("2", 100, 0, 40.0), False, "mean response 40.0 ms >"),
+        (canary.VersionFigures("2", 5, 5, 90.0), True, "too few to judge"),
+    ],
+)
+def test_canary_refuses_a_version_worse_than_the_old_beyond_the_tolerance(new, passed, why):
+    old = canary.VersionFigures("1", 900, 0, 3.0)
+    verdict = canary.judge(old, new, canary.CanaryPolicy())
+    assert verdict.passed is passed
+    assert why in verdict.text() and "v1: 900 requests" in verdict.text()
