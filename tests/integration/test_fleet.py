@@ -131,6 +131,9 @@ def test_release_and_rollback_roll_the_fleet_with_no_failed_request(served, tmp_
     assert not [n for n in running if n.startswith(served.repository) and n not in names]
     targets = json.loads((served.settings.home / "fleet/targets/bento.json").read_text())
     assert {t["labels"]["model_version"] for t in targets} == {"1"}
+    # the shared inference log: every stopped replica (2 of v1, 2 of v2) flushed its own files
+    files = list(served.settings.inference_log_root.rglob("part-*.parquet"))
+    assert len({f.name.split("-")[2] for f in files}) >= 4, [f.name for f in files]
 
 
 def _refused_rollback(served: Served, why: str) -> None:
