@@ -1,6 +1,6 @@
 """Rollout benchmark: the serving fleet under wrk while the champion moves, and HAProxy's cost.
 
-    uv run python -m benchmarks.serve.rollout [--seconds 20] [--replicas 2] [--out FILE]
+    uv run python -m benchmarks.serve.rollout [--seconds 50] [--replicas 2] [--out FILE]
 
 Steps: in a temporary home, the release flow (in process, image step on) releases v1 and v2
 (both pass their gates; v2 is the champion), then the champion is moved back to v1 so that a
@@ -158,7 +158,11 @@ def line(name: str, d: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=20, help="each wrk window (s)")
+    parser.add_argument(
+        "--seconds", type=int, default=50,
+        help="each wrk window with a move (s): long enough for the whole move (starting and "
+        "verifying the new replicas took 22-27 s on a loaded 2-core machine)",
+    )  # fmt: skip
     parser.add_argument("--lead", type=float, default=3.0, help="seconds before each move")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
@@ -199,6 +203,9 @@ def main() -> int:
                 print(line("steady (no move)", steady))
                 for name, d in (("promotion v1 -> v2", up), ("rollback v2 -> v1", down)):
                     print(line(name, d))
+                    print(
+                        f"      the move took {d['move_s']:.1f} s from t={args.lead:.0f}s: {d['fleet']}"
+                    )
                     print(shares(d["per_second"]))
         finally:
             fleet.down(settings)
