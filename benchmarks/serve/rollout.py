@@ -203,9 +203,8 @@ def main() -> int:
                 print(line("steady (no move)", steady))
                 for name, d in (("promotion v1 -> v2", up), ("rollback v2 -> v1", down)):
                     print(line(name, d))
-                    print(
-                        f"      the move took {d['move_s']:.1f} s from t={args.lead:.0f}s: {d['fleet']}"
-                    )
+                    took = f"the move took {d['move_s']:.1f} s from t={args.lead:.0f}s"
+                    print(f"      {took}: {d['fleet']}")
                     print(shares(d["per_second"]))
         finally:
             fleet.down(settings)
