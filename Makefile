@@ -20,7 +20,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -108,6 +108,20 @@ bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, be
 
 bench-bootstrap: install ## the gate's paired F1 bootstrap on a 40k-row holdout vs the row-index bootstrap
 	$(PY) benchmarks/bench_bootstrap.py
+
+fleet-up: install ## the serving fleet: REPLICAS (2) champion containers behind HAProxy on 127.0.0.1:3000
+	@scripts/stack.sh fleet-up --replicas $(or $(REPLICAS),2) $(if $(FLEET_PORT),--port $(FLEET_PORT),)
+
+fleet-down: install ## stop the serving fleet (balancer by PID, replicas by container id)
+	@scripts/stack.sh fleet-down
+
+fleet-status: install ## each fleet replica, its /readyz and the balancer's view of it
+	@$(FRAUD) fleet status
+
+bench-rollout: install ## wrk at c=8 and c=64 through the fleet during a promotion and a rollback (needs Docker)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
+	@command -v haproxy >/dev/null 2>&1 || apt-get install -y -qq haproxy >/dev/null
+	$(PY) -m benchmarks.serve.rollout
 
 serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; make down stops it)
 	@scripts/stack.sh serve

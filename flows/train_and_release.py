@@ -30,6 +30,7 @@ from flows.delivery import audit, champion, outcome, registry, tracking
 from flows.delivery.errors import PackagingError
 from flows.delivery.locks import promotion_lock_name
 from flows.delivery.packaging import PackagedVersion, package_version
+from flows.delivery.rollout import RolloutFailed
 from flows.training import data_checks, release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, gate_release
 from flows.training.quarantine import write_quarantine
@@ -152,10 +153,11 @@ def tag_version(settings: Settings, model_name: str, version: str, tags: dict[st
 
 
 def _retry_unless_refused(task, task_run, state) -> bool:
-    """Retry I/O failures of the promotion, never a refusal (the champion moved)."""
+    """Retry I/O failures of the promotion, never a refusal (the champion moved) nor a rollout
+    the fleet refused (the new version failed its checks: trying again starts it again)."""
     try:
         state.result()
-    except champion.ChampionMoved:
+    except (champion.ChampionMoved, RolloutFailed):
         return False
     except Exception:
         return True
@@ -191,12 +193,13 @@ def promote(
     compared: str | None,
     reason: str,
     packaged: PackagedVersion,
-) -> None:
+) -> str:
     """Move ``champion`` to the version through the one champion move (lock, re-read, publish,
-    move, audit, undo on failure; a retry after the alias moved finishes the move)."""
+    roll the fleet, move, audit, undo on failure; a retry after the alias moved finishes the
+    move). Returns what happened to the serving fleet."""
     get_run_logger().info("waiting for the promotion lock %s", promotion_lock_name(model_name))
     actor = f"flow-run:{runtime.flow_run.id}" if runtime.flow_run.id else audit.default_actor()
-    champion.promote_release(
+    moved = champion.promote_release(
         settings,
         model_name,
         version,
@@ -205,6 +208,8 @@ def promote(
         actor=actor,
         image=packaged.image is not None,
     )
+    get_run_logger().info("fleet: %s", moved.fleet)
+    return moved.fleet
 
 
 def _decision_artifact(name: str, description: str, **markdown: Any) -> None:
@@ -246,9 +251,15 @@ def _deliver(
     promoted = promote(settings, name, version, compared, why, packaged, return_state=True)
     if not promoted.is_failed():
         tag_version(settings, name, version, {"release.outcome": "released"})
-        return None, packaged.summary()
+        return None, packaged.summary() | {"fleet": promoted.result()}
     try:
         promoted.result()
+    except RolloutFailed as err:
+        tag_version(settings, name, version, {"release.outcome": "rollout_failed",
+                                              "release.error": str(err)[:4900]})  # fmt: skip
+        why = "the serving fleet refused this version; the champion alias did not move and "
+        report("rollout failed", refused=f"{why}the old replicas kept serving:\n\n```\n{err}\n```")
+        raise
     except champion.ChampionMoved as err:
         tag_version(settings, name, version, {"release.outcome": "refused",
                                               "release.refusal": str(err)})  # fmt: skip

@@ -5,6 +5,10 @@
 #   scripts/stack.sh release   run train-and-release/fraud-detector and wait for it
 #   scripts/stack.sh drift     run drift-check/fraud-detector now and wait for it
 #   scripts/stack.sh serve     bentoml serve the champion on 127.0.0.1:3000 in the background
+#   scripts/stack.sh fleet-up [ARGS]  the serving fleet: champion containers behind HAProxy on
+#                              127.0.0.1:3000 (installs haproxy when missing; ARGS: fraud fleet up)
+#   scripts/stack.sh fleet-down  stop the fleet (balancer by PID, replicas by container id)
+#   scripts/stack.sh install-haproxy  apt-get install haproxy when missing (root), nothing else
 #   scripts/stack.sh down      stop what `up` started, by PID
 #   scripts/stack.sh status    show what is running
 #   scripts/stack.sh summary   where things are: Prefect UI, MLflow run, model versions
@@ -13,7 +17,7 @@
 # Set PREFECT_API_URL before calling to use an existing Prefect server instead of a local one.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}"; }
 case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
 esac
@@ -135,7 +139,32 @@ serve() {
   wait_healthy bento "http://127.0.0.1:$SERVE_PORT/readyz" 60 || exit 1
 }
 
+install_haproxy() { # Debian's haproxy (2.6 on bookworm) for the fleet's balancer, when missing
+  command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] && return 0
+  [[ "$(id -u)" == 0 ]] || { log "the fleet needs haproxy: as root, apt-get install haproxy"; exit 1; }
+  log "installing haproxy (log: $LOG_DIR/apt-haproxy.log)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends haproxy; } >>"$LOG_DIR/apt-haproxy.log" 2>&1 \
+    || { log "apt-get install haproxy failed; see $LOG_DIR/apt-haproxy.log"; exit 1; }
+}
+
+fleet_up() {
+  install_haproxy
+  if alive bento && [[ "$*" != *--port* ]]; then
+    log "bentoml serve holds port $SERVE_PORT (pid $(cat "$RUN_DIR/bento.pid")): stopping it for the fleet"
+    stop_pid bento
+  fi
+  log "starting the serving fleet (log: $LOG_DIR/balancer.log, replicas: $FRAUD_HOME/fleet/)"
+  "$BIN/fraud" fleet up "$@"
+}
+
+fleet_down() {
+  [[ -f "$FRAUD_HOME/fleet/fleet.json" ]] || return 0
+  "$BIN/fraud" fleet down
+}
+
 down() {
+  fleet_down
   stop_pid bento
   # a Prefect process worker does not finish its own shutdown after SIGTERM (it forwards a
   # SIGINT to itself and then waits on its event loop): 5 s of grace, then SIGKILL, both at once
@@ -148,6 +177,7 @@ down() {
 
 status() {
   print_status prefect-server prefect-worker prefect-alert-worker mail-catcher bento
+  [[ -f "$FRAUD_HOME/fleet/fleet.json" ]] && { "$BIN/fraud" fleet status || true; }
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
 }
 
@@ -186,6 +216,9 @@ case "${1:-}" in
   release) shift; release "$@" ;;
   drift) shift; drift "$@" ;;
   serve) serve ;;
+  fleet-up) shift; fleet_up "$@" ;;
+  fleet-down) fleet_down ;;
+  install-haproxy) install_haproxy ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;

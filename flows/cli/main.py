@@ -55,6 +55,13 @@ COMMANDS: tuple[Command, ...] = (
         "run_history",
     ),
     Command(
+        "fleet",
+        "the serving fleet: champion replicas behind HAProxy (up, down, status, restore, roll)",
+        "flows.cli.fleet",
+        "add_arguments",
+        "run",
+    ),
+    Command(
         "summary",
         "where things are: Prefect UI, MLflow run, latest version and champion",
         "flows.cli.summary",
@@ -113,8 +120,8 @@ def build_parser(
     """The ``fraud`` parser; only the subcommand named in ``argv`` gets its full options."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Operate the fraud-detection pipeline: rollback, history, summary, data, "
-        "traffic, automations, work pools and Kubernetes manifests.",
+        description="Operate the fraud-detection pipeline: rollback, history, serving fleet, "
+        "summary, data, traffic, automations, work pools and Kubernetes manifests.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -27,8 +27,9 @@ def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the rollback options on ``parser`` (shared by ``fraud rollback``)."""
     parser.description = (
         "Move `champion` to VERSION (it must have passed its gates and packaging), "
-        "re-point the bento store, the champion pointer and the `latest` image to it, and "
-        "record the move in the audit log. Holds the same Prefect lock as a release, so "
+        "re-point the bento store, the champion pointer and the `latest` image to it, roll "
+        "the serving fleet when one runs (`fraud fleet`), and record the move in the audit "
+        "log. Holds the same Prefect lock as a release, so "
         "PREFECT_API_URL must point at the stack's Prefect server. Exit codes: 0 done, "
         f"{EXIT_REFUSED} refused (nothing changed), {EXIT_FAILED} failed."
     )
@@ -55,6 +56,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     from flows.core.settings import Settings
     from flows.delivery.errors import PackagingError
     from flows.delivery.rollback import RollbackRefused, rollback
+    from flows.delivery.rollout import RolloutFailed
 
     model = args.model or _default_model()
     try:
@@ -62,7 +64,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     except (RollbackRefused, ValueError) as err:
         print(f"rollback refused: {err}", file=sys.stderr)
         return EXIT_REFUSED
-    except PackagingError as err:
+    except (PackagingError, RolloutFailed) as err:
         print(f"rollback failed, nothing moved: {err}", file=sys.stderr)
         return EXIT_FAILED
     for line in result.lines():

@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     )
     champion_alias: str = "champion"
     monitoring_experiment: str = "drift-monitoring"
+    canary_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Canary window of a fleet rollout: the new version gets canary_share of the "
+        "traffic this long before the full shift (0: no canary).",
+    )
+    canary_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of the traffic the new version gets in the canary."
+    )
     inference_log_dir: Path | None = Field(
         None, description="Root of the inference log; default: <home>/inference_log."
     )

@@ -5,9 +5,17 @@
 1. re-reads the alias: MLflow has no compare-and-set, so the move is refused
    (:class:`ChampionMoved`) when the champion is not the one the caller decided against;
 2. publishes the version to serving (``latest`` image, stores' ``latest``, the model's pointer);
-3. moves the alias; if publishing or the alias move fails, serving is put back exactly as it
-   was (pointer, stores' ``latest``, ``latest`` image) and the error propagates;
-4. appends the move to the audit log.
+3. rolls the serving fleet when one runs (:mod:`flows.delivery.rollout`): the new version's
+   replicas start and pass ``/readyz`` and the reference records, the balancer shifts to them;
+4. moves the alias; if publishing, the rollout or the alias move fails, the fleet is put back
+   (old replicas never stopped, new ones removed), serving is put back exactly as it was
+   (pointer, stores' ``latest``, ``latest`` image) and the error propagates: the alias never
+   moved, so it needs no audit record of a move back;
+5. stops the old replicas (drained) and appends the move to the audit log.
+
+The rollout comes before the alias move on purpose: its failure (a version that never becomes
+ready or answers its reference records wrongly) must leave ``champion`` where it was. When no
+fleet runs, nothing is started: :attr:`MoveResult.fleet` says so.
 
 Idempotent when retried: if an earlier attempt of the same move got the alias moved and then
 failed (e.g. writing the audit record), the retry finds the alias on its version, publishes
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 
 from data_contracts.artifacts import store_tag
 from flows.core.settings import Settings
-from flows.delivery import audit, locks, registry
+from flows.delivery import audit, locks, registry, rollout
 from flows.delivery.publish import publish_champion, restore_served, served_state
 
 Lock = Callable[..., AbstractContextManager[object]]
@@ -74,6 +82,7 @@ class MoveResult:
     tag: str
     audit_run_id: str | None  # None: a retry found the move already audited
     resumed: bool  # a retry finished a move an earlier attempt had started
+    fleet: str = ""  # what happened to the serving fleet (rolled, or why not)
 
 
 def _newest_move(client: object, model_name: str) -> audit.AliasMove | None:
@@ -131,18 +140,29 @@ def move_champion(
                 current_version,
                 request.expected,
             )
-        if resumed:
+        roll = rollout.begin(settings, name, version)
+        if resumed:  # the alias is on the version already: serving and the fleet follow it
             publish_champion(settings, tag, image=request.image, repository=repository)
+            roll.stage(image=request.image)
+            try:
+                roll.shift()
+            except BaseException:
+                roll.abandon()
+                raise
         else:
             check_champion_unchanged(current_version, request.expected, version)
             before = served_state(settings, name, image=request.image, repository=repository)
             try:
                 publish_champion(settings, tag, image=request.image, repository=repository)
+                roll.stage(image=request.image)
+                roll.shift()
                 registry.move_alias(client, name, alias, version)
+                roll.committed()
             except BaseException as err:
-                for problem in restore_served(settings, before):
+                for problem in [*roll.abandon(), *restore_served(settings, before)]:
                     err.add_note(problem)
                 raise
+        fleet_note = roll.finish()
         run_id = None
         if not (resumed and _is(last, request)):
             run_id = audit.record_move(
@@ -156,7 +176,7 @@ def move_champion(
                 reason=request.reason,
                 actor=request.actor,
             )
-    return MoveResult(request.expected, version, tag, run_id, resumed)
+    return MoveResult(request.expected, version, tag, run_id, resumed, fleet_note)
 
 
 def promote_release(

@@ -8,8 +8,8 @@ A rollback:
    bento if missing; reuses the image ``<model>:v<N>`` when Docker has it, builds it when Docker
    answers but the image is gone, and says loudly when Docker is unavailable;
 3. moves the champion through :func:`flows.delivery.champion.move_champion` (the same lock,
-   re-read, publish, undo and audit as a release); a champion that moved while the rollback was
-   preparing is refused.
+   re-read, publish, fleet rollout, undo and audit as a release); a champion that moved while
+   the rollback was preparing is refused.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def rollback(
             "was preparing; nothing changed. Check `history` and run it again if still wanted."
         ) from err
     pointer = pointer_path(settings.bentoml_home, model_name)
-    notes = [plan.note, f"champion pointer: {pointer} -> {tag}"]
+    notes = [plan.note, f"champion pointer: {pointer} -> {tag}", f"fleet: {moved.fleet}"]
     notes.append("a running `bentoml serve` keeps its model until restarted (make down serve)")
     return RollbackResult(
         model_name=model_name,

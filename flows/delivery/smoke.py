@@ -55,6 +55,34 @@ class SmokeCase:
             indent=1,
         )
 
+    @classmethod
+    def from_json(cls, text: str) -> SmokeCase:
+        data = json.loads(text)
+        return cls(
+            records=list(data["records"]),
+            probabilities=[float(p) for p in data["probabilities"]],
+            threshold=float(data["threshold"]),
+        )
+
+
+def smoke_case_path(settings: Settings, image: str) -> Path:
+    """Where the smoke test of ``image`` (``<repository>:v<N>``) saved its reference records."""
+    name, _, version = image.rpartition("/")[2].partition(":")
+    return release_log_dir(settings, name, version[1:]) / "smoke-case.json"
+
+
+def load_smoke_case(settings: Settings, image: str) -> SmokeCase:
+    """The reference records ``image`` passed its smoke test with; a clear error without them."""
+    path = smoke_case_path(settings, image)
+    try:
+        return SmokeCase.from_json(path.read_text())
+    except FileNotFoundError as err:
+        raise SmokeTestError(
+            image,
+            f"no reference records at {path}: the image never passed a smoke test here "
+            "(release it with the image step so that it is verified before serving)",
+        ) from err
+
 
 def _json_value(value: Any, kind: FeatureKind) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
@@ -178,6 +206,52 @@ class SmokeReport:
     log_path: Path
 
 
+def check_reference(
+    base_url: str,
+    image: str,
+    case: SmokeCase,
+    *,
+    model_version: str,
+    tolerance: float = 1e-6,
+    batch: bool = True,
+) -> SmokeComparison:
+    """POST every record to ``base_url``'s ``/predict`` (and all at once to ``/predict_batch``)
+    and compare with the offline predictions; :class:`SmokeTestError` naming the first problems.
+
+    The one reference-record check: the smoke test runs it on a throw-away container, a
+    rollout on each new replica before it gets traffic.
+    """
+    replies: list[Any] = []
+    for i, record in enumerate(case.records):
+        status, reply = http_json("POST", f"{base_url}/predict", record)
+        if status != 200:
+            raise SmokeTestError(image, f"record {i}: HTTP {status}: {reply!r}")
+        replies.append(reply)
+    comparison = compare_replies(case, replies, tolerance=tolerance, model_version=model_version)
+    mismatches = [f"/predict {m}" for m in comparison.mismatches]
+    if batch:
+        status, batch_reply = http_json(
+            "POST", f"{base_url}/predict_batch", {RECORDS_FIELD: case.records}
+        )
+        if status != 200 or not isinstance(batch_reply, dict):
+            raise SmokeTestError(image, f"/predict_batch: HTTP {status}: {batch_reply!r}")
+        batch_cmp = compare_batch_reply(case, batch_reply, tolerance=tolerance)
+        mismatches += [f"/predict_batch {m}" for m in batch_cmp.mismatches]
+        if str(batch_reply.get(VERSION_FIELD)) != model_version:
+            mismatches.append(
+                f"/predict_batch model_version {batch_reply.get(VERSION_FIELD)!r} "
+                f"!= {model_version!r}"
+            )
+    if mismatches:
+        shown = "; ".join(mismatches[:10])
+        more = len(mismatches) - 10
+        reason = f"{len(mismatches)} mismatches with the offline ONNX predictions: {shown}" + (
+            f" (+{more} more)" if more > 0 else ""
+        )
+        raise SmokeTestError(image, reason)
+    return comparison
+
+
 def smoke_test(
     settings: Settings,
     image: str,
@@ -202,46 +276,19 @@ def smoke_test(
     require_docker()
     # a path inside the throw-away smoke-test container, not on this host
     env = {"FRAUD_INFERENCE_LOG_DIR": "/tmp/inference_log"}  # nosec B108
-    batch_reply: dict[str, Any] = {}
     with run_container(image, log_path, env=env) as container:
         try:
             ready_s = container.wait_ready(ready_timeout)
-            replies: list[Any] = []
-            for i, record in enumerate(case.records):
-                status, reply = http_json("POST", f"{container.base_url}/predict", record)
-                if status != 200:
-                    raise SmokeTestError(image, f"record {i}: HTTP {status}: {reply!r}")
-                replies.append(reply)
-            if batch:
-                status, reply = http_json(
-                    "POST", f"{container.base_url}/predict_batch", {RECORDS_FIELD: case.records}
-                )
-                if status != 200 or not isinstance(reply, dict):
-                    raise SmokeTestError(image, f"/predict_batch: HTTP {status}: {reply!r}")
-                batch_reply = reply
+            comparison = check_reference(
+                container.base_url, image, case, model_version=model_version,
+                tolerance=tolerance, batch=batch,
+            )  # fmt: skip
         except SmokeTestError as err:
             failure: SmokeTestError | None = err
         else:
             failure = None
     if failure is not None:
         raise SmokeTestError(image, failure.reason, log_path) from failure
-    comparison = compare_replies(case, replies, tolerance=tolerance, model_version=model_version)
-    mismatches = [f"/predict {m}" for m in comparison.mismatches]
-    if batch:
-        batch_cmp = compare_batch_reply(case, batch_reply, tolerance=tolerance)
-        mismatches += [f"/predict_batch {m}" for m in batch_cmp.mismatches]
-        if str(batch_reply.get(VERSION_FIELD)) != model_version:
-            mismatches.append(
-                f"/predict_batch model_version {batch_reply.get(VERSION_FIELD)!r} "
-                f"!= {model_version!r}"
-            )
-    if mismatches:
-        shown = "; ".join(mismatches[:10])
-        more = len(mismatches) - 10
-        reason = f"{len(mismatches)} mismatches with the offline ONNX predictions: {shown}" + (
-            f" (+{more} more)" if more > 0 else ""
-        )
-        raise SmokeTestError(image, reason, log_path)
     return SmokeReport(
         image=image,
         records=comparison.records,

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from data_contracts import artifacts
 from flows.core.settings import Settings
-from flows.delivery import audit, container, publish, registry, rollback
+from flows.delivery import audit, container, publish, registry, rollback, rollout
 from flows.delivery.champion import ChampionMoved, MoveRequest, move_champion, promote_release
 
 FRAUD, CREDIT = "fraud-detector", "credit-risk"
@@ -320,4 +320,53 @@ def test_a_move_someone_else_recorded_to_the_same_version_is_not_taken_as_ours(s
     before = served(settings, FRAUD)
     with pytest.raises(ChampionMoved, match="moved to it already"):
         move_champion(settings, second, lock=lock)
+    assert served(settings, FRAUD) == before
+
+
+def test_without_a_fleet_the_move_starts_none_and_says_so(settings, lock):
+    register(settings, FRAUD, 1)
+    result = release(settings, FRAUD, "1", None, lock)
+    assert result.fleet.startswith("no fleet running")
+    assert not (settings.home / "fleet" / "fleet.json").exists()
+
+
+def test_a_refused_rollout_leaves_the_alias_and_serving_where_they_were(
+    settings, lock, monkeypatch
+):
+    register(settings, FRAUD, 2)
+    release(settings, FRAUD, "1", None, lock)
+    before = served(settings, FRAUD)
+    undone: list[str] = []
+
+    def refuse(self, **_kw):
+        self.note = "staged"
+        raise rollout.RolloutFailed("v2 answered its reference records wrongly")
+
+    monkeypatch.setattr(rollout.Rollout, "stage", refuse)
+    monkeypatch.setattr(rollout.Rollout, "abandon", lambda self: undone.append("x") or [])
+    with pytest.raises(rollout.RolloutFailed, match="wrongly"):
+        release(settings, FRAUD, "2", "1", lock)
+    assert served(settings, FRAUD) == before  # alias, pointer, stores' latest, no audit record
+    assert undone == ["x"]
+
+
+def test_a_rollout_that_fails_after_the_shift_is_undone_before_the_alias_moves(
+    settings, lock, monkeypatch
+):
+    register(settings, FRAUD, 2)
+    release(settings, FRAUD, "1", None, lock)
+    before = served(settings, FRAUD)
+    calls: list[str] = []
+    monkeypatch.setattr(rollout.Rollout, "stage", lambda self, **_kw: calls.append("stage"))
+    monkeypatch.setattr(rollout.Rollout, "shift", lambda self: calls.append("shift"))
+    monkeypatch.setattr(rollout.Rollout, "abandon", lambda self: calls.append("abandon") or [])
+    monkeypatch.setattr(rollout.Rollout, "finish", lambda self: calls.append("finish") or "")
+
+    def alias_fails(*_a):
+        raise OSError("registry unreachable")
+
+    monkeypatch.setattr(registry, "move_alias", alias_fails)
+    with pytest.raises(OSError, match="unreachable"):
+        release(settings, FRAUD, "2", "1", lock)
+    assert calls == ["stage", "shift", "abandon"]  # never finished: old replicas kept
     assert served(settings, FRAUD) == before

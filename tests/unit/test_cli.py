@@ -21,6 +21,7 @@ HEAVY = ("mlflow", "prefect", "pandas", "sklearn", "pyarrow", "bentoml", "eviden
 OPTIONS = {
     "rollback": ["--version", "--model", "--reason", "--actor", "--no-image"],
     "history": ["--model"],
+    "fleet": ["up", "down", "status", "restore", "roll", "fleet.json", "balancer.log"],
     "summary": ["--model-name"],
     "generate-data": ["output", "--rows", "--seed", "--invalid-rows", "--amount-scale"],
     "traffic": ["--url", "--rows", "--batch", "--amount-scale", "--broken-feed"],
@@ -71,6 +72,8 @@ def test_command_help_exits_0_and_names_its_options(name, capsys):
         (["generate-data"], "the following arguments are required: output"),
         (["traffic", "--rows", "many"], "argument --rows: invalid int value: 'many'"),
         (["summary", "--bogus"], "unrecognized arguments: --bogus"),
+        (["fleet"], "the following arguments are required: ACTION"),
+        (["fleet", "up", "--replicas", "two"], "argument --replicas: invalid int value: 'two'"),
     ],
 )
 def test_argument_errors_exit_2_with_the_reason(argv, message, capsys):
