@@ -16,7 +16,7 @@ ROWS ?= 200000
 WORKERS ?= 2
 DATA := $(FRAUD_HOME)/data/transactions.parquet
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,12 +46,14 @@ release: ## run train-and-release again on the running stack
 	@scripts/stack.sh release
 	@scripts/stack.sh summary
 
-down: ## stop what `make run` started (by PID)
+down: ## stop what `make run` started (by PID), and Prometheus if `make prometheus` started it
 	@scripts/stack.sh down
+	@scripts/prometheus.sh down
 	@scripts/docker-engine.sh stop "$(FRAUD_HOME)/docker"
 
 status: ## what is running
 	@scripts/stack.sh status
+	@scripts/prometheus.sh status
 
 rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_IMAGE=1]
 	@[ -n "$(VERSION)" ] || { echo "usage: make rollback VERSION=N [REASON=\"why\"] [NO_IMAGE=1]"; exit 2; }
@@ -71,12 +73,13 @@ test: install ## the whole test suite (unit and integration against real servers
 test-fast: install ## unit tests only: no servers, a few minutes at most
 	$(ROOT)/.venv/bin/pytest -m "not integration"
 
-lint: install ## ruff lint and format check, bandit, serving requirements in step with uv.lock, import layers
+lint: install ## ruff, format check, bandit, serving requirements in step with uv.lock, import layers, promtool
 	$(ROOT)/.venv/bin/ruff check .
 	$(ROOT)/.venv/bin/ruff format --check .
 	$(ROOT)/.venv/bin/bandit -c pyproject.toml -r flows bento data_contracts scripts benchmarks -ll -ii -q
 	UV="$(UV)" $(PY) scripts/serving_requirements.py --check
 	$(ROOT)/.venv/bin/lint-imports --config "$(ROOT)/pyproject.toml"
+	scripts/prometheus.sh check
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
@@ -108,10 +111,16 @@ serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; ma
 demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, drift, email, retraining
 	@scripts/demo_drift.sh
 
+prometheus: ## Prometheus on http://127.0.0.1:9090 scraping the serving fleet and `make serve` (scripts/prometheus.sh)
+	@scripts/prometheus.sh up
+
+prometheus-down: ## stop Prometheus (by PID)
+	@scripts/prometheus.sh down
+
 drift: ## run the drift-check deployment now on the running stack
 	@scripts/stack.sh drift
 
-up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker (scripts/prod.sh)
+up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker, Prometheus (scripts/prod.sh)
 	@scripts/prod.sh up
 
 down-prod: ## stop what `make up-prod` started (by PID)
