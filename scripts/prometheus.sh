@@ -121,6 +121,14 @@ install_config() { # render into a staging folder, check it, then put it in plac
   rm -rf "$next" "$STATE/rules.old"
 }
 
+ui_pages() { # where the alerts and targets pages are (Debian's build serves the classic UI)
+  local home
+  home="$(curl -sS -o /dev/null --max-time 2 -w '%{redirect_url}' "$URL/" 2>/dev/null || true)"
+  local base="$URL"
+  [[ "$home" == */classic/* ]] && base="$URL/classic"
+  echo "alerts: $base/alerts, targets: $base/targets, rules: $base/rules"
+}
+
 port_taken() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
 up() {
@@ -139,7 +147,7 @@ up() {
     --web.console.templates=/etc/prometheus/consoles \
     --web.console.libraries=/etc/prometheus/console_libraries
   wait_healthy prometheus "$URL/-/ready" 60 || exit 1
-  log "Prometheus UI: $URL (alerts: $URL/alerts, targets: $URL/targets)"
+  log "Prometheus UI: $URL ($(ui_pages))"
 }
 
 reload() {
@@ -156,7 +164,7 @@ down() {
 status() {
   print_status prometheus
   if curl -fsS --max-time 2 "$URL/-/ready" >/dev/null 2>&1; then
-    echo "Prometheus UI: $URL (ready); alerts: $URL/alerts; targets: $URL/targets"
+    echo "Prometheus UI: $URL (ready; $(ui_pages))"
   else
     echo "Prometheus UI: $URL (not answering)"
   fi
