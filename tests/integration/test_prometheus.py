@@ -1,4 +1,4 @@
-"""Prometheus (scripts/prometheus.sh) watching a real ``bentoml serve`` found through a file_sd file.
+"""Prometheus (scripts/prometheus.sh) watching a real ``bentoml serve`` found through file_sd.
 
 The rules evaluate the bento's real series, every metric they read is on its ``/metrics``, and
 when the bento stops, the "replica down" alert appears in Prometheus' own API. Scrapes and rule
