@@ -20,7 +20,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,12 +50,14 @@ release: ## run train-and-release again on the running stack
 	@scripts/stack.sh release
 	@scripts/stack.sh summary
 
-down: ## stop what `make run` started (by PID)
+down: ## stop what `make run` started (by PID), and Prometheus if `make prometheus` started it
 	@scripts/stack.sh down
+	@scripts/prometheus.sh down
 	@scripts/docker-engine.sh stop "$(FRAUD_HOME)/docker"
 
 status: ## what is running
 	@scripts/stack.sh status
+	@scripts/prometheus.sh status
 
 rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_IMAGE=1]
 	@[ -n "$(VERSION)" ] || { echo "usage: make rollback VERSION=N [REASON=\"why\"] [NO_IMAGE=1]"; exit 2; }
@@ -75,7 +77,7 @@ test: install ## the whole test suite (unit and integration against real servers
 test-fast: install ## unit tests only: no servers, a few minutes at most
 	$(ROOT)/.venv/bin/pytest -m "not integration"
 
-lint: install ## ruff lint and format check, bandit, serving requirements in step with uv.lock, import layers
+lint: install ## ruff, format check, bandit, serving requirements in step with uv.lock, import layers, promtool
 	$(ROOT)/.venv/bin/ruff check .
 	$(ROOT)/.venv/bin/ruff format --check .
 	$(ROOT)/.venv/bin/bandit -c pyproject.toml -r flows bento data_contracts scripts benchmarks -ll -ii -q
@@ -84,6 +86,7 @@ lint: install ## ruff lint and format check, bandit, serving requirements in ste
 	@mkdir -p "$(PREFECT_HOME)"  # prefect makes only the last folder of its home
 	$(FRAUD) k8s check
 	$(ROOT)/.venv/bin/jactionlint --color=never --shellcheck="$(ROOT)/.venv/bin/shellcheck"
+	scripts/prometheus.sh check
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
@@ -129,10 +132,16 @@ serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; ma
 demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, drift, email, retraining
 	@scripts/demo_drift.sh
 
+prometheus: ## Prometheus on http://127.0.0.1:9090 scraping the serving fleet and `make serve` (scripts/prometheus.sh)
+	@scripts/prometheus.sh up
+
+prometheus-down: ## stop Prometheus (by PID)
+	@scripts/prometheus.sh down
+
 drift: ## run the drift-check deployment now on the running stack
 	@scripts/stack.sh drift
 
-up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker (scripts/prod.sh)
+up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker, Prometheus (scripts/prod.sh)
 	@scripts/prod.sh up
 
 down-prod: ## stop what `make up-prod` started (by PID)

@@ -2,7 +2,8 @@
 # The production profile on this machine: PostgreSQL (Debian package, a private cluster), a Prefect
 # server on PostgreSQL, an MLflow tracking server on PostgreSQL with its own artifact root, then
 # the worker, deployments and mail catcher of scripts/stack.sh pointed at them.
-#   scripts/prod.sh up           start what is not running (cluster, databases, servers, worker)
+#   scripts/prod.sh up           start what is not running (cluster, databases, servers, worker,
+#                                Prometheus)
 #   scripts/prod.sh down         stop what `up` started, by PID (the cluster only if it is ours)
 #   scripts/prod.sh status       show what is running
 #   scripts/prod.sh env          print the environment to talk to this profile from your shell
@@ -15,11 +16,12 @@
 # FRAUD_PG_PORT (5433), FRAUD_PG_USER (fraud), FRAUD_PG_PASSWORD (else generated once into
 # FRAUD_PG_PASSWORD_FILE, default $FRAUD_PROD_HOME/secrets/pg-password, mode 0600),
 # FRAUD_PG_DIR (cluster directory, default $FRAUD_PROD_HOME/pg), FRAUD_PROD_DB_PREFIX (fraud),
-# FRAUD_PROD_PREFECT_PORT (4201), FRAUD_MLFLOW_PORT (5001), FRAUD_MAIL_PORT (8026).
+# FRAUD_PROD_PREFECT_PORT (4201), FRAUD_MLFLOW_PORT (5001), FRAUD_MAIL_PORT (8026),
+# FRAUD_PROD_PROMETHEUS_PORT (9091; scripts/prometheus.sh with this profile's home).
 # Passwords are never printed nor put on a command line: the servers read them from a pgpass file.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}"; }
 case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
 esac
@@ -51,6 +53,7 @@ RUN_DIR="$PROD_HOME/run"
 LOG_DIR="$PROD_HOME/logs"
 PREFECT_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 MLFLOW_URL="http://127.0.0.1:${MLFLOW_PORT}"
+PROMETHEUS_PORT="${FRAUD_PROD_PROMETHEUS_PORT:-9091}"
 
 # The pipeline of this profile keeps its state apart from the embedded defaults.
 export FRAUD_HOME="$PROD_HOME"
@@ -66,7 +69,7 @@ source "$ROOT/scripts/lib/process.sh"
 for name in PG_USER DB_PREFIX; do
   [[ "${!name}" =~ ^[a-z_][a-z0-9_]*$ ]] || die "$name='${!name}' must be a lower-case SQL identifier ([a-z_][a-z0-9_]*)"
 done
-for name in PG_PORT PREFECT_PORT MLFLOW_PORT; do
+for name in PG_PORT PREFECT_PORT MLFLOW_PORT PROMETHEUS_PORT; do
   [[ "${!name}" =~ ^[0-9]+$ ]] || die "$name='${!name}' must be a port number"
 done
 
@@ -230,17 +233,23 @@ stack() { # scripts/stack.sh against this profile's servers
   PREFECT_API_URL="$PREFECT_URL" MLFLOW_TRACKING_URI="$MLFLOW_URL" "$STACK" "$@"
 }
 
+prometheus() { # scripts/prometheus.sh with this profile's home and port
+  FRAUD_PROMETHEUS_PORT="$PROMETHEUS_PORT" "$ROOT/scripts/prometheus.sh" "$@"
+}
+
 up() {
   pg_up
   create_databases
   start_servers
   stack up
-  log "Prefect API $PREFECT_URL, MLflow $MLFLOW_URL, state in $PROD_HOME"
+  prometheus up
+  log "Prefect API $PREFECT_URL, MLflow $MLFLOW_URL, Prometheus http://127.0.0.1:$PROMETHEUS_PORT, state in $PROD_HOME"
 }
 
 own_cluster() { [[ "$(cd "$PG_DIR" 2>/dev/null && pwd)" == "$PROD_HOME/pg" ]]; }
 
 down() {
+  prometheus down || true
   stack down || true
   stop_pid mlflow-server
   stop_pid prefect-server
@@ -251,6 +260,7 @@ status() {
   if pg_ready; then echo "postgresql: running on 127.0.0.1:$PG_PORT ($PG_DIR)"; else echo "postgresql: stopped"; fi
   print_status prefect-server mlflow-server
   stack status
+  prometheus status
   curl -fsS --max-time 2 "$MLFLOW_URL/health" >/dev/null 2>&1 \
     && echo "MLflow: $MLFLOW_URL (healthy)" || echo "MLflow: $MLFLOW_URL (not answering)"
 }

@@ -137,6 +137,8 @@ serve() {
   log "starting bentoml serve (the champion) on http://127.0.0.1:$SERVE_PORT (log: $LOG_DIR/bento.log)"
   (cd "$ROOT" && start_bg bento "$BIN/bentoml" serve --host 127.0.0.1 --port "$SERVE_PORT")
   wait_healthy bento "http://127.0.0.1:$SERVE_PORT/readyz" 60 || exit 1
+  # Prometheus (scripts/prometheus.sh) scrapes it from this file while it runs
+  "$ROOT/scripts/prometheus.sh" register serve "127.0.0.1:$SERVE_PORT" replica=bentoml-serve
 }
 
 install_haproxy() { # Debian's haproxy (2.6 on bookworm) for the fleet's balancer, when missing
@@ -166,6 +168,7 @@ fleet_down() {
 down() {
   fleet_down
   stop_pid bento
+  "$ROOT/scripts/prometheus.sh" unregister serve
   # a Prefect process worker does not finish its own shutdown after SIGTERM (it forwards a
   # SIGINT to itself and then waits on its event loop): 5 s of grace, then SIGKILL, both at once
   stop_pid prefect-alert-worker 5 &

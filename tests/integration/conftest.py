@@ -185,6 +185,7 @@ def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> It
         "FRAUD_PROD_DB_PREFIX": f"it{port}",
         "FRAUD_PROD_PREFECT_PORT": str(port),
         "FRAUD_MLFLOW_PORT": str(mlflow_port),
+        "FRAUD_PROD_PROMETHEUS_PORT": str(free_port()),
     }
     s = Stack(home=home, env=env, profile="prod", secrets=(pg.password,))
     try:

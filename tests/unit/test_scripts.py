@@ -51,6 +51,7 @@ def test_scripts_parse(script):
         ("prod.sh", ["scripts/prod.sh up", "FRAUD_PG_PORT"]),
         ("docker-engine.sh", ["scripts/docker-engine.sh stop", "STATE_DIR"]),
         ("demo_drift.sh", ["make run"]),
+        ("prometheus.sh", ["scripts/prometheus.sh up", "FRAUD_PROMETHEUS_PORT"]),
     ],
 )
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -73,7 +74,7 @@ def test_help_prints_usage_and_never_acts(script, mentions, flag, tmp_path):
     assert not home.exists() and not (tmp_path / "docker").exists()
 
 
-@pytest.mark.parametrize("script", ["stack.sh", "prod.sh"])
+@pytest.mark.parametrize("script", ["stack.sh", "prod.sh", "prometheus.sh"])
 def test_unknown_command_prints_usage_and_exits_2(script, tmp_path):
     env = {"HOME": str(tmp_path), "PATH": MINIMAL_PATH, "FRAUD_HOME": str(tmp_path / "home")}
     result = run(["bash", str(SCRIPTS / script), "no-such-command"], env)
