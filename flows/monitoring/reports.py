@@ -9,7 +9,7 @@ from typing import Any
 
 from flows.core.settings import Settings
 from flows.monitoring.analysis import DriftAnalysis
-from flows.monitoring.results import DriftCheckResult, mlflow_payload
+from flows.monitoring.results import LOCAL_MLFLOW_UI, DriftCheckResult, mlflow_payload
 
 
 def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -> dict[str, Path]:
@@ -31,6 +31,18 @@ def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -
     }
     paths["decision"].write_text(json.dumps(decision, indent=1, default=str))
     return paths
+
+
+def mlflow_run_url(settings: Settings, run_id: str) -> str | None:
+    """The run's page in the MLflow UI: the tracking server's, or `make mlflow-ui`'s for the
+    embedded store; None for a tracking URI that is no web server (e.g. a database URL)."""
+    if settings.uses_local_mlflow:
+        base = LOCAL_MLFLOW_UI
+    elif settings.tracking_uri.startswith(("http://", "https://")):
+        base = settings.tracking_uri.rstrip("/")
+    else:
+        return None
+    return f"{base}/#/runs/{run_id}"
 
 
 def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:
