@@ -55,12 +55,18 @@ def _shares(counts: np.ndarray) -> list[float]:
     return [float(c) / total if total else 0.0 for c in counts]
 
 
-def _categorical(column: str, kind: str, ref: pd.Series, cur: pd.Series) -> Distribution:
-    ref_share = ref.dropna().astype(str).value_counts(normalize=True)
-    cur_share = cur.dropna().astype(str).value_counts(normalize=True)
+def _categorical(
+    column: str, kind: str, ref: pd.Series, cur: pd.Series, by_value: bool = False
+) -> Distribution:
+    """Shares per value: the largest first (the rest as ``other``), or every value in order."""
+    ref_share = ref.dropna().value_counts(normalize=True)
+    cur_share = cur.dropna().value_counts(normalize=True)
     both = pd.concat([ref_share, cur_share], axis=1).fillna(0.0)
-    both = both.loc[both.max(axis=1).sort_values(ascending=False).index]
-    if len(both) > MAX_CATEGORIES:
+    if by_value:
+        both = both.sort_index()
+    else:
+        both = both.loc[both.max(axis=1).sort_values(ascending=False).index]
+    if not by_value and len(both) > MAX_CATEGORIES:
         top, rest = both.iloc[: MAX_CATEGORIES - 1], both.iloc[MAX_CATEGORIES - 1 :]
         both = pd.concat([top, rest.sum().to_frame("other").T])
     return Distribution(
@@ -83,7 +89,8 @@ def distribution(column: str, kind: str, ref: pd.Series, cur: pd.Series) -> Dist
     both = np.concatenate([r, c])
     values = np.unique(both) if len(both) else both
     if kind == "integer" and 0 < len(values) <= DISCRETE_MAX:
-        return _categorical(column, kind, pd.Series(r.astype(int)), pd.Series(c.astype(int)))
+        ints = pd.Series(r.astype(int)), pd.Series(c.astype(int))
+        return _categorical(column, kind, *ints, by_value=True)
     if column == SCORE_COLUMN:
         lo, hi = 0.0, 1.0
     elif len(both):
@@ -269,7 +276,8 @@ def render_history(
         ax.set_xlim(-0.5, 0.5)
     _style(ax)
     ax.legend(fontsize=7, frameon=False, loc="upper left")
-    title = f"last {len(ordered)} check{'s' if len(ordered) != 1 else ''} (dashed: thresholds)"
+    checks = f"{len(ordered)} check{'s' if len(ordered) != 1 else ''}"
+    title = f"last {checks} (dashed: thresholds; circled: drift)"
     ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
     fig.tight_layout(pad=0.6)
     parts = []
