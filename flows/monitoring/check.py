@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,7 +283,7 @@ def draw_charts(
 
 
 def write_reports(
-    analysis: DriftAnalysis, result: DriftCheckResult, folder: Path, charts: list[Chart] = ()
+    analysis: DriftAnalysis, result: DriftCheckResult, folder: Path, charts: Sequence[Chart] = ()
 ) -> dict[str, Path]:
     """The Evidently HTML and JSON, our decision JSON (with the result) and the chart PNGs."""
     paths = save_reports(
@@ -302,7 +302,7 @@ def send_report(
     smtp: mail.SmtpSettings,
     outbox: Path,
     sleep: Sleep = time.sleep,
-    charts: list[Chart] = (),
+    charts: Sequence[Chart] = (),
 ) -> mail_outbox.Delivery | None:
     """Mail the decision with its charts inline and links to the report; None when no mail is due.
 
