@@ -78,6 +78,8 @@ def test_mlflow_run_url_follows_the_tracking_server(tmp_path):
     assert mlflow_run_url(Settings(home=tmp_path), "r1") == "http://127.0.0.1:5000/#/runs/r1"
     remote = Settings(home=tmp_path, mlflow_tracking_uri="http://mlflow:5000/")
     assert mlflow_run_url(remote, "r1") == "http://mlflow:5000/#/runs/r1"
+    secured = Settings(home=tmp_path, mlflow_tracking_uri=f"https://ops:{SECRET}@mlflow.internal")
+    assert mlflow_run_url(secured, "r1") == "https://***@mlflow.internal/#/runs/r1"
     db = Settings(home=tmp_path, mlflow_tracking_uri="postgresql://u:p@db/mlflow")
     assert mlflow_run_url(db, "r1") is None
 
