@@ -270,8 +270,8 @@ def render_history(
             ax.axhline(line, color=s.colour, linestyle="--", linewidth=0.9, alpha=0.7)
         top = max(top, float(np.nanmax(ys)) * 1.1, (line or 0) * 1.1)
     ax.set_ylim(0, top)
-    ticks = x if len(x) <= 8 else x[:: max(1, len(x) // 8)]
-    ax.set_xticks(ticks, [f"{ordered[i].checked_at:%m-%d %H:%M}" for i in ticks], fontsize=7)
+    ticks = x[:: -(-len(x) // 6)] if len(x) else x  # at most 6 labels
+    ax.set_xticks(ticks, [f"{ordered[i].checked_at:%m-%d\n%H:%M}" for i in ticks], fontsize=7)
     if len(x) == 1:
         ax.set_xlim(-0.5, 0.5)
     _style(ax)
