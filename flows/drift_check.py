@@ -1,8 +1,10 @@
 """The ``drift-check`` Prefect flow: thin wiring over the monitoring and alerting steps.
 
 queued mail -> champion's reference -> inference-log window -> sampled Evidently analysis ->
-retraining decision (and trigger) -> reports (home folder + MLflow monitoring run) -> Prefect
-markdown artifact -> email (outbox when SMTP is down).
+retraining decision (and trigger) -> recent checks -> charts -> reports (home folder + MLflow
+monitoring run) -> Prefect artifacts (markdown summary with the deciding signal, per-column
+table, links to the report, the MLflow run and a triggered release) -> email with inline charts
+(outbox when SMTP is down).
 
 Each task is one call of a plain step in :mod:`flows.monitoring.check`; the order of the steps
 is :func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
@@ -20,19 +22,22 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, runtime, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import get_current_settings
 from prefect.states import State
 
 from data_contracts.spec import FeatureSpec, default_spec, load_spec
 from flows.alerting.alerts import alert_on_failure
+from flows.alerting.failure import ui_base_url
 from flows.alerting.outbox import Delivery
 from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
 from flows.monitoring import analysis, check, reference, reports
+from flows.monitoring.charts import Chart, HistoryPoint
 from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
 from flows.monitoring.reference import Reference
-from flows.monitoring.results import DriftCheckResult, result_markdown
+from flows.monitoring.results import DriftCheckResult, column_table, links, result_markdown
 from flows.monitoring.retraining import RecentRun, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy
 from flows.monitoring.window import Window
@@ -96,11 +101,23 @@ def start_retraining(
     return check.start_retraining(plan, labelled_root, trigger)
 
 
+@task(name="read-history", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_history(settings: Settings, model_name: str) -> list[HistoryPoint]:
+    return check.read_history(settings, model_name)
+
+
+@task(name="draw-charts", cache_policy=NO_CACHE)
+def draw_charts(
+    drift: analysis.DriftAnalysis, result: DriftCheckResult, earlier: list[HistoryPoint]
+) -> list[Chart]:
+    return check.draw_charts(drift, result, earlier)
+
+
 @task(name="write-reports", cache_policy=NO_CACHE)
 def write_reports(
-    drift: analysis.DriftAnalysis, result: DriftCheckResult, folder: Path
+    drift: analysis.DriftAnalysis, result: DriftCheckResult, folder: Path, charts: list[Chart]
 ) -> dict[str, Path]:
-    return check.write_reports(drift, result, folder)
+    return check.write_reports(drift, result, folder, charts)
 
 
 @task(name="log-monitoring-run", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -115,8 +132,23 @@ def send_report(
     smtp: SmtpSettings,
     outbox: Path,
     sleep: check.Sleep,
+    charts: list[Chart],
 ) -> Delivery | None:
-    return check.send_report(result, paths, smtp, outbox, sleep)
+    return check.send_report(result, paths, smtp, outbox, sleep, charts)
+
+
+def publish(result: DriftCheckResult) -> None:
+    """The run's artifacts: the summary (which signal decided), the per-column table, links."""
+    about = f"{result.model_name} v{result.champion_version}: {result.headline()}"
+    create_markdown_artifact(key="drift-check", markdown=result_markdown(result), description=about)
+    if result.columns:
+        create_table_artifact(
+            key="drift-columns", table=column_table(result), description=f"per column: {about}"
+        )
+    for link in links(result):
+        create_link_artifact(
+            key=link.key, link=link.url, link_text=link.text, description=link.note or about
+        )
 
 
 TASKS = DriftSteps(
@@ -126,6 +158,8 @@ TASKS = DriftSteps(
     analyse=analyse,
     plan_retraining=plan_retraining,
     start_retraining=start_retraining,
+    read_history=read_history,
+    draw_charts=draw_charts,
     write_reports=write_reports,
     log_monitoring_run=log_monitoring_run,
     send_report=send_report,
@@ -167,19 +201,14 @@ def drift_check(
     smtp = SmtpSettings()
     logger.info("mail: %s", smtp.describe() if smtp.enabled else "off (FRAUD_SMTP_HOST unset)")
 
-    def publish(result: DriftCheckResult) -> None:
-        create_markdown_artifact(
-            key="drift-check",
-            markdown=result_markdown(result),
-            description=f"{result.model_name} v{result.champion_version}: {result.headline()}",
-        )
-
+    prefect = get_current_settings()
     result, delivery = run_drift_check(
         Settings(),
         config,
         smtp,
         spec=spec,
         flow_run_url=runtime.flow_run.ui_url,
+        ui_url=ui_base_url(prefect.ui_url, prefect.api.url),
         publish=publish,
         steps=TASKS,
     )

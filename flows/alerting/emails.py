@@ -12,14 +12,38 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 
+class InlineImage(BaseModel):
+    """An image the HTML body shows with ``<img src="cid:{cid}">`` (a multipart/related part)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cid: str  # without the angle brackets
+    data: bytes
+    filename: str
+    subtype: str = "png"
+
+
+class Attachment(BaseModel):
+    """A file attached from memory (e.g. a compressed copy of a report)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    filename: str
+    data: bytes
+    maintype: str = "application"
+    subtype: str = "octet-stream"
+
+
 class EmailContent(BaseModel):
-    """What a message says: subject, HTML body and a plain-text alternative."""
+    """What a message says: subject, HTML body, a complete plain-text alternative and the
+    images the HTML shows inline."""
 
     model_config = ConfigDict(frozen=True)
 
     subject: str
     html: str
     text: str
+    images: tuple[InlineImage, ...] = ()
 
 
 @functools.cache

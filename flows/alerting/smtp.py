@@ -15,7 +15,7 @@ import logging
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from flows.alerting.emails import EmailContent
+from flows.alerting.emails import Attachment, EmailContent
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class SmtpSettings(BaseSettings):
     retries: int = Field(3, ge=1, description="Attempts per message before it goes to the outbox.")
     backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each time.")
     mail_all_clear: bool = Field(False, description="Also mail when there is no drift.")
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=0,
+        description="A compressed copy of the full report is attached only when the whole "
+        "message stays within this size (0: never attach; the mail links the report).",
+    )
 
     @field_validator("recipients", mode="before")
     @classmethod
@@ -82,9 +88,15 @@ def resolve_password(smtp: SmtpSettings) -> str | None:
 
 
 def compose_message(
-    content: EmailContent, smtp: SmtpSettings, attachments: list[Path] = ()
+    content: EmailContent, smtp: SmtpSettings, attachments: Sequence[Path | Attachment] = ()
 ) -> EmailMessage:
-    """A MIME message (plain text + HTML alternative) with the attachments."""
+    """A MIME message: plain text + HTML alternative, the HTML's images as multipart/related
+    parts (``Content-ID``), then the attachments.
+
+    Layout: multipart/mixed [ multipart/alternative [ text/plain, multipart/related
+    [ text/html, image/png ... ] ], attachments ... ] (without attachments the top is the
+    alternative part).
+    """
     msg = EmailMessage()
     msg["Subject"] = content.subject
     msg["From"] = smtp.sender
@@ -93,7 +105,24 @@ def compose_message(
     msg["Message-ID"] = make_msgid(domain=smtp.sender.rsplit("@", 1)[-1] or "localhost")
     msg.set_content(content.text)
     msg.add_alternative(content.html, subtype="html")
-    for path in attachments:
+    if content.images:
+        html_part = msg.get_payload()[1]
+        for image in content.images:
+            html_part.add_related(
+                image.data,
+                maintype="image",
+                subtype=image.subtype,
+                cid=f"<{image.cid}>",
+                filename=image.filename,
+                disposition="inline",
+            )
+    for item in attachments:
+        if isinstance(item, Attachment):
+            msg.add_attachment(
+                item.data, maintype=item.maintype, subtype=item.subtype, filename=item.filename
+            )
+            continue
+        path = item
         subtype = "html" if path.suffix == ".html" else "json" if path.suffix == ".json" else None
         maintype = "text" if subtype == "html" else "application"
         msg.add_attachment(

@@ -32,6 +32,7 @@ import pandas as pd
 
 from data_contracts.inference_log import SCORE_COLUMN
 from data_contracts.spec import FeatureKind, FeatureSpec
+from flows.monitoring.charts import Distribution, distributions
 from flows.monitoring.sampling import Frame, Sampling, sample_pair
 from flows.monitoring.statistics import describe_shift, noise_floor, p_value
 from flows.monitoring.verdict import (
@@ -228,7 +229,10 @@ def summary_facts(report: dict[str, Any], spec: FeatureSpec) -> dict[str, Any]:
 
 @dataclass
 class DriftAnalysis:
-    """Everything one check computed; ``snapshot`` is None when there was not enough data."""
+    """Everything one check computed; ``snapshot`` is None when there was not enough data.
+
+    ``distributions`` are the per-column shares of the two samples Evidently saw (for charts).
+    """
 
     verdict: DriftVerdict
     sampling: Sampling
@@ -236,6 +240,7 @@ class DriftAnalysis:
     summary: dict[str, Any] = field(default_factory=dict)
     snapshot: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    distributions: dict[str, Distribution] = field(default_factory=dict)
 
     def report_dict(self) -> dict[str, Any] | None:
         return None if self.snapshot is None else self.snapshot.dict()
@@ -280,6 +285,7 @@ def analyse(
             )
         )
     summary = summary_facts(report, spec)
+    dists = distributions(ref_p, cur_p, kinds)
     timings["statistics"] = time.perf_counter() - started - sum(timings.values())
     return DriftAnalysis(
         verdict=decide(enriched, policy),
@@ -288,6 +294,7 @@ def analyse(
         summary=summary,
         snapshot=snapshot,
         timings=timings,
+        distributions=dists,
     )
 
 

@@ -1,8 +1,8 @@
 """One drift check, step by step, as plain functions, and the one wiring of those steps.
 
 queued mail first -> champion's reference -> inference-log window -> sampled Evidently analysis
--> retraining decision (and trigger) -> reports (home folder + MLflow monitoring run) ->
-published result -> email (outbox when SMTP is down).
+-> retraining decision (and trigger) -> recent checks (MLflow) -> charts -> reports (home folder
++ MLflow monitoring run) -> published result -> email (outbox when SMTP is down).
 
 :func:`run_drift_check` is the only place the steps are put in order. It takes the steps as a
 :class:`DriftSteps` value: the plain functions by default (tests, no Prefect server needed), the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,11 +27,15 @@ from data_contracts.spec import FeatureSpec, default_spec
 from flows.alerting import outbox as mail_outbox
 from flows.alerting import smtp as mail
 from flows.core.settings import Settings
+from flows.monitoring import charts as drift_charts
+from flows.monitoring import history as drift_history
 from flows.monitoring import retraining
 from flows.monitoring.analysis import DriftAnalysis, analyse, max_noise
+from flows.monitoring.charts import Chart, HistoryPoint
 from flows.monitoring.reference import Reference, load_reference
-from flows.monitoring.reports import log_monitoring_run, save_reports
-from flows.monitoring.results import DriftCheckResult, drift_email
+from flows.monitoring.report_mail import report_message
+from flows.monitoring.reports import log_monitoring_run, mlflow_run_url, save_reports
+from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import (
     Window,
@@ -259,13 +263,37 @@ def describe_result(
     )
 
 
+def read_history(settings: Settings, model_name: str) -> list[HistoryPoint]:
+    """The model's recent checks with a verdict, from the MLflow monitoring runs."""
+    return drift_history.recent_checks(settings, model_name)
+
+
+def draw_charts(
+    analysis: DriftAnalysis, result: DriftCheckResult, earlier: list[HistoryPoint]
+) -> list[Chart]:
+    """History of recent checks (this one last) and reference-vs-window of the top columns."""
+    if analysis.snapshot is None:  # not enough data: nothing was compared
+        return []
+    return drift_charts.draw_charts(
+        analysis.distributions,
+        result.columns,
+        drift_history.with_current(earlier, result),
+        result.policy,
+    )
+
+
 def write_reports(
-    analysis: DriftAnalysis, result: DriftCheckResult, folder: Path
+    analysis: DriftAnalysis, result: DriftCheckResult, folder: Path, charts: Sequence[Chart] = ()
 ) -> dict[str, Path]:
-    """The Evidently HTML and JSON and our decision JSON (with the result) in ``folder``."""
-    return save_reports(
+    """The Evidently HTML and JSON, our decision JSON (with the result) and the chart PNGs."""
+    paths = save_reports(
         analysis, folder, {"result": result.model_dump(mode="json", exclude={"columns"})}
     )
+    for chart in charts:
+        path = folder / f"{chart.name}.png"
+        path.write_bytes(chart.png)
+        paths[f"chart:{chart.name}"] = path
+    return paths
 
 
 def send_report(
@@ -274,11 +302,14 @@ def send_report(
     smtp: mail.SmtpSettings,
     outbox: Path,
     sleep: Sleep = time.sleep,
+    charts: Sequence[Chart] = (),
 ) -> mail_outbox.Delivery | None:
-    """Mail the report (the HTML attached) when one is due; None when none is.
+    """Mail the decision with its charts inline and links to the report; None when no mail is due.
 
-    No mail for an all-clear unless ``mail_all_clear``. Delivery retries and queues in the outbox
-    itself (see ``flows.alerting.outbox``), so this step never raises on SMTP errors.
+    A gzip copy of the report is attached only within ``smtp.max_message_bytes``
+    (:func:`~flows.monitoring.report_mail.report_message`). No mail for an all-clear unless
+    ``mail_all_clear``. Delivery retries and queues the whole message in the outbox itself (see
+    ``flows.alerting.outbox``), so this step never raises on SMTP errors.
     """
     all_clear = result.verdict.outcome == Outcome.NO_DRIFT
     if not smtp.enabled or (all_clear and not smtp.mail_all_clear):
@@ -288,8 +319,8 @@ def send_report(
     except Exception as err:  # the message still goes to the outbox when login fails
         log.warning("SMTP password could not be resolved: %s", type(err).__name__)
         password = None
-    attachments = [p for k, p in paths.items() if k == "html"]
-    message = mail.compose_message(drift_email(result), smtp, attachments)
+    secrets = [password] if password else []
+    message = report_message(result, charts, paths.get("html"), smtp, secrets)
     return mail_outbox.deliver(message, smtp, outbox, password, sleep)
 
 
@@ -307,6 +338,8 @@ class DriftSteps:
     analyse: Callable[..., DriftAnalysis] = analyse
     plan_retraining: Callable[..., RetrainPlan] = plan_retraining
     start_retraining: Callable[..., RetrainPlan] = start_retraining
+    read_history: Callable[..., list[HistoryPoint]] = read_history
+    draw_charts: Callable[..., list[Chart]] = draw_charts
     write_reports: Callable[..., dict[str, Path]] = write_reports
     log_monitoring_run: Callable[..., str] = log_monitoring_run
     send_report: Callable[..., mail_outbox.Delivery | None] = send_report
@@ -320,6 +353,7 @@ def run_drift_check(
     spec: FeatureSpec | None = None,
     now: datetime | None = None,
     flow_run_url: str | None = None,
+    ui_url: str | None = None,
     publish: Callable[[DriftCheckResult], Any] | None = None,
     recent_runs: Callable[[str], list[retraining.RecentRun]] = retraining.recent_runs,
     trigger: Callable[[retraining.RetrainDecision, Path], retraining.RetrainDecision] = (
@@ -328,10 +362,12 @@ def run_drift_check(
     sleep: Sleep = time.sleep,
     steps: DriftSteps = DriftSteps(),
 ) -> tuple[DriftCheckResult, mail_outbox.Delivery | None]:
-    """One drift check end to end; the email and MLflow never stop it (their problems are reported).
+    """One drift check end to end; the email, MLflow, the history and the charts never stop it
+    (their problems are reported).
 
-    ``publish`` receives the result before the email goes out (the flow posts its artifact there).
-    Returns the result and what happened to the email (None when none was due).
+    ``ui_url`` is the Prefect UI (for the link to a triggered release run). ``publish`` receives
+    the result before the email goes out (the flow posts its artifacts there). Returns the result
+    and what happened to the email (None when none was due).
     """
     spec = spec or default_spec()
     now = now or datetime.now(UTC)
@@ -346,10 +382,27 @@ def run_drift_check(
     result = describe_result(
         config, reference, window, analysis, plan, folder, now, flow_run_url, problems
     )
-    paths = steps.write_reports(analysis, result, folder)
+    if ui_url and result.retrain.flow_run_id:
+        release = f"{ui_url.rstrip('/')}/runs/flow-run/{result.retrain.flow_run_id}"
+        result = result.model_copy(update={"release_run_url": release})
+    late: list[str] = []
+    earlier: list[HistoryPoint] = []
     try:
+        earlier = steps.read_history(settings, config.model_name)
+    except Exception as err:
+        late.append(f"history of recent checks: {type(err).__name__}: {err}")
+    charts: list[Chart] = []
+    try:
+        charts = steps.draw_charts(analysis, result, earlier)
+    except Exception as err:
+        late.append(f"charts: {type(err).__name__}: {err}")
+    if late:
+        result = result.model_copy(update={"problems": [*result.problems, *late]})
+    paths = steps.write_reports(analysis, result, folder, charts)
+    try:
+        run_id = steps.log_monitoring_run(settings, result, paths)
         result = result.model_copy(
-            update={"mlflow_run_id": steps.log_monitoring_run(settings, result, paths)}
+            update={"mlflow_run_id": run_id, "mlflow_run_url": mlflow_run_url(settings, run_id)}
         )
     except Exception as err:
         result = result.model_copy(
@@ -357,5 +410,5 @@ def run_drift_check(
         )
     if publish is not None:
         publish(result)
-    delivery = steps.send_report(result, paths, smtp, settings.outbox_dir, sleep)
+    delivery = steps.send_report(result, paths, smtp, settings.outbox_dir, sleep, charts)
     return result, delivery

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.alerting.redaction import scrub
 from flows.core.settings import Settings
 from flows.monitoring.analysis import DriftAnalysis
-from flows.monitoring.results import DriftCheckResult, mlflow_payload
+from flows.monitoring.results import LOCAL_MLFLOW_UI, DriftCheckResult, mlflow_payload
 
 
 def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -> dict[str, Path]:
@@ -31,6 +32,19 @@ def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -
     }
     paths["decision"].write_text(json.dumps(decision, indent=1, default=str))
     return paths
+
+
+def mlflow_run_url(settings: Settings, run_id: str) -> str | None:
+    """The run's page in the MLflow UI: the tracking server's, or `make mlflow-ui`'s for the
+    embedded store; None for a tracking URI that is no web server (e.g. a database URL).
+    Credentials in the tracking URI are removed: the link is shown in mail and in Prefect."""
+    if settings.uses_local_mlflow:
+        base = LOCAL_MLFLOW_UI
+    elif settings.tracking_uri.startswith(("http://", "https://")):
+        base = settings.tracking_uri.rstrip("/")
+    else:
+        return None
+    return scrub(f"{base}/#/runs/{run_id}")
 
 
 def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:

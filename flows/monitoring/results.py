@@ -1,16 +1,28 @@
-"""The result of one drift check and how a person reads it: Prefect markdown and the email."""
+"""The result of one drift check and how a person reads it: Prefect artifacts and the email.
+
+Every text a person is shown (the email's HTML and plain text, the Prefect markdown, the table
+and the links) goes through ``flows.alerting.redaction.scrub``: database URLs, credentials in
+URLs and the given secrets (the SMTP password) never reach a mailbox or the Prefect UI.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.alerting.emails import EmailContent, render
+from data_contracts.inference_log import SCORE_COLUMN
+from flows.alerting.emails import EmailContent, InlineImage, render
+from flows.alerting.redaction import scrub
+from flows.monitoring.charts import Chart
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
 from flows.monitoring.sampling import Sampling
 from flows.monitoring.verdict import ColumnDrift, DriftPolicy, DriftVerdict, Outcome
+
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # what `make mlflow-ui` serves for the local store
 
 
 class DriftCheckResult(BaseModel):
@@ -37,7 +49,9 @@ class DriftCheckResult(BaseModel):
     report_dir: str | None = None
     report_html: str | None = None
     mlflow_run_id: str | None = None
+    mlflow_run_url: str | None = None
     flow_run_url: str | None = None
+    release_run_url: str | None = None
     problems: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
 
@@ -84,11 +98,136 @@ def action_text(result: DriftCheckResult) -> str:
     return f"No retraining started: {r.action.value} ({r.reason})."
 
 
-def result_markdown(result: DriftCheckResult) -> str:
-    """The Prefect artifact of a drift-check run: decision first, then the numbers."""
+class Signal(BaseModel):
+    """One signal a drift check judges, and whether it decided this check."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: Literal["decided", "within limits", "not judged", "not measured"]
+    detail: str
+
+
+def signals(result: DriftCheckResult) -> list[Signal]:
+    """Input drift, score drift and realized performance, each with its status.
+
+    Realized performance (the served model's F1 on labelled feedback) is listed as "not
+    measured" until the check joins labels to the window; it then becomes a third deciding
+    signal beside the other two.
+    """
+    v, policy = result.verdict, result.policy
+    if v.outcome == Outcome.NOT_ENOUGH_DATA:
+        why = "window below the minimum size"
+        judged = [Signal(name="input drift", status="not judged", detail=why),
+                  Signal(name="score drift", status="not judged", detail=why)]  # fmt: skip
+    else:
+        crossed = v.drift_share >= policy.drift_share
+        sign = "≥" if crossed else "<"
+        share = (
+            f"{len(v.features_drifted)} of {v.features_tested} features drifted "
+            f"({v.drift_share:.0%} {sign} {policy.drift_share:.0%})"
+        )
+        score = next((c for c in result.columns if c.column == SCORE_COLUMN), None)
+        if score is None or score.statistic is None:
+            score_detail = "score not tested"
+        else:
+            sign = "≥" if score.drifted else "<"
+            score_detail = f"{score.method} {score.statistic:.3f} {sign} {score.threshold}"
+        judged = [
+            Signal(name="input drift", status="decided" if crossed else "within limits",
+                   detail=share),
+            Signal(name="score drift", status="decided" if v.score_drifted else "within limits",
+                   detail=score_detail),
+        ]  # fmt: skip
+    realized = Signal(
+        name="realized performance",
+        status="not measured",
+        detail="no labelled feedback is joined to the window yet",
+    )
+    return [*judged, realized]
+
+
+def decided_by(result: DriftCheckResult) -> str:
+    """Which signals decided, in one line (``score drift``, ``input drift and score drift``)."""
+    names = [s.name for s in signals(result) if s.status == "decided"]
+    if names:
+        return " and ".join(names)
+    if result.verdict.outcome == Outcome.NOT_ENOUGH_DATA:
+        return "nothing: not enough data for a verdict"
+    return "nothing: every signal within its limits"
+
+
+class Link(BaseModel):
+    """Where to look further: the report, the MLflow run, the Prefect runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str  # a Prefect artifact key: lowercase letters, digits, dashes
+    text: str
+    url: str
+    note: str = ""
+
+
+def links(result: DriftCheckResult, secrets: Iterable[str] = ()) -> list[Link]:
+    """The links of this check (only those it has), scrubbed of credentials and secrets."""
+    from pathlib import Path
+
+    out = []
+    if result.report_html:
+        url = Path(result.report_html).resolve().as_uri()
+        note = "on the host that ran the check; also in the MLflow run"
+        out.append(Link(key="drift-report", text="full Evidently report", url=url, note=note))
+    if result.mlflow_run_url:
+        note = "reports, charts and metrics of this check"
+        if result.mlflow_run_url.startswith(LOCAL_MLFLOW_UI):
+            note += "; start the UI with make mlflow-ui"
+        text = f"MLflow run {result.mlflow_run_id}"
+        out.append(Link(key="drift-mlflow-run", text=text, url=result.mlflow_run_url, note=note))
+    if result.flow_run_url:
+        text = "this drift-check run in Prefect"
+        out.append(Link(key="drift-check-run", text=text, url=result.flow_run_url))
+    if result.release_run_url:
+        r = result.retrain
+        text = f"triggered {r.deployment} run {r.flow_run_name or r.flow_run_id}"
+        out.append(Link(key="drift-release-run", text=text, url=result.release_run_url))
+    secrets = tuple(secrets)
+    return [
+        link.model_copy(update={"url": scrub(link.url, secrets), "text": scrub(link.text, secrets)})
+        for link in out
+    ]
+
+
+def column_table(result: DriftCheckResult) -> list[dict[str, Any]]:
+    """Per-column results as rows of a Prefect table artifact, drifted columns first."""
+    ordered = sorted(result.columns, key=lambda c: (not c.drifted, -(c.statistic or 0)))
+    return [
+        {
+            "column": c.column,
+            "kind": c.kind,
+            "test": c.method,
+            "statistic": None if c.statistic is None else round(c.statistic, 4),
+            "threshold": c.threshold,
+            "drifted": c.drifted,
+            "p_value": None if c.p_value is None else float(f"{c.p_value:.3g}"),
+            "p_value_test": c.p_value_test or "",
+            "noise_floor": None if c.noise_floor is None else round(c.noise_floor, 4),
+            "what_changed": c.shift or c.note,
+        }
+        for c in ordered
+    ]
+
+
+def result_markdown(result: DriftCheckResult, secrets: Iterable[str] = ()) -> str:
+    """The Prefect artifact of a drift-check run: decision and deciding signal first."""
     v = result.verdict
     lines = [
         f"## {result.model_name} v{result.champion_version}: {result.headline()}",
+        "",
+        f"**Decided by: {decided_by(result)}.**",
+        "",
+        "| signal | status | detail |",
+        "| --- | --- | --- |",
+        *[f"| {s.name} | {s.status} | {s.detail} |" for s in signals(result)],
         "",
         *[f"- {reason}" for reason in v.reasons],
         f"- {action_text(result)}",
@@ -128,17 +267,39 @@ def result_markdown(result: DriftCheckResult) -> str:
         f"| flow run | {result.flow_run_url or 'n/a'} |",
         f"| retrain by hand | `{result.manual_command}` |",
     ]
+    found = links(result, secrets)
+    if found:
+        lines += ["", "Links:", *[f"- [{link.text}]({link.url})" for link in found]]
     if result.problems:
         lines += ["", "Problems:", *[f"- {p}" for p in result.problems]]
-    return "\n".join(lines) + "\n"
+    return scrub("\n".join(lines) + "\n", tuple(secrets))
 
 
-def drift_email(result: DriftCheckResult) -> EmailContent:
-    """Subject with the outcome at a glance; an HTML body a person can decide from.
+def _clean(value: Any, secrets: tuple[str, ...]) -> Any:
+    """Every string inside ``value`` scrubbed (lists, tuples and dicts walked)."""
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: _clean(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clean(v, secrets) for v in value)
+    return value
 
-    The HTML is ``flows/alerting/templates/drift_report.html`` (autoescaped); the plain text
-    alternative is built here.
+
+def drift_email(
+    result: DriftCheckResult,
+    charts: Sequence[Chart] = (),
+    report_note: str | None = None,
+    secrets: Iterable[str] = (),
+) -> EmailContent:
+    """Subject with the outcome at a glance; an HTML body a person can decide from, with the
+    charts inline; a plain-text part that says everything without the pictures.
+
+    The HTML is ``flows/alerting/templates/drift_report.html`` (autoescaped). ``report_note``
+    says whether a compressed copy of the full report is attached; the mail links the report
+    either way. Every value is scrubbed of credentials and ``secrets`` before rendering.
     """
+    secrets = tuple(secrets)
     v = result.verdict
     subject = f"[{result.model_name} v{result.champion_version}] {result.headline()}"
     colour = {"drift": "#b00020", "no drift": "#1b5e20"}.get(v.outcome.value, "#8a6d00")
@@ -161,6 +322,7 @@ def drift_email(result: DriftCheckResult) -> EmailContent:
                 "shift": c.shift or c.note,
             }
         )
+    hidden = len(result.columns) - len(rows)
     s = result.sampling
     champion = f"{result.model_name} v{result.champion_version} (run {result.champion_run_id})"
     facts = [
@@ -174,34 +336,86 @@ def drift_email(result: DriftCheckResult) -> EmailContent:
         ("MLflow run", result.mlflow_run_id or "not logged"),
         ("Flow run", result.flow_run_url or "n/a"),
     ]  # fmt: skip
+    found = links(result, secrets)
+    note = report_note or (
+        "The full report is linked above." if result.report_html else "No full report was written."
+    )
+    # short Content-IDs: a header over 78 characters gets folded or encoded, and mail clients
+    # then fail to match it with the HTML's cid: reference
+    token = uuid.uuid4().hex[:16]
+    images = [
+        InlineImage(
+            cid=f"chart{i}.{token}@drift-check", data=chart.png, filename=f"{chart.name}.png"
+        )
+        for i, chart in enumerate(charts)
+    ]
+    shown = [
+        {"cid": image.cid, "title": chart.title, "alt": chart.alt}
+        for chart, image in zip(charts, images, strict=True)
+    ]
+    context = _clean(
+        {
+            "headline": result.headline(),
+            "decided_by": decided_by(result),
+            "signals": [sig.model_dump() for sig in signals(result)],
+            "reasons": list(v.reasons),
+            "action": action_text(result),
+            "manual_command": result.manual_command,
+            "rows": rows,
+            "hidden": hidden,
+            "facts": facts,
+            "links": [link.model_dump() for link in found],
+            "report_note": note,
+            "problems": list(result.problems),
+            "charts": shown,
+        },
+        secrets,
+    )
     html_body = render(
         "drift_report.html",
         result=result,
-        headline=result.headline(),
         colour=colour,
-        reasons=v.reasons,
-        action=action_text(result),
-        rows=rows,
-        facts=facts,
-        problems=result.problems,
+        **context,
     )
     text_lines = [
         subject,
         "",
-        *v.reasons,
-        action_text(result),
-        f"Retrain by hand: {result.manual_command}",
+        f"Decided by: {context['decided_by']}.",
+        *[f"  {sig['name']}: {sig['status']} ({sig['detail']})" for sig in context["signals"]],
         "",
+        *context["reasons"],
+        context["action"],
+        f"Retrain by hand: {context['manual_command']}",
+        "",
+        "Columns (effect size against threshold):",
         *[
-            f"{c.column}: {c.method} {_fmt(c.statistic)} (threshold {c.threshold}), "
-            f"p {_p(c.p_value)}; {c.shift or c.note}"
-            for c in result.drifted
+            f"  {r['column']}: {r['verdict']}, {r['method']} {r['statistic']} (threshold "
+            f"{r['threshold']}), p {r['p_value']} {r['p_value_test']}; noise {r['noise']}"
+            + (f"; {r['shift']}" if r["shift"] else "")
+            for r in context["rows"]
         ],
+        *([f"  ... {hidden} more columns without drift"] if hidden else []),
         "",
-        f"Sampling: {s.describe()}",
-        f"Report: {result.report_html or 'not written'}",
+        *([f"Charts (pictures in the HTML part): {len(shown)}"] if shown else []),
+        *[f"  {c['title']}: {c['alt']}" for c in context["charts"]],
+        *([""] if shown else []),
+        *[f"{name}: {value}" for name, value in context["facts"]],
+        "",
+        "Full report and runs:",
+        *[
+            f"  {link['text']}: {link['url']}" + (f" ({link['note']})" if link["note"] else "")
+            for link in context["links"]
+        ],
+        f"  {context['report_note']}",
     ]
-    return EmailContent(subject=subject, html=html_body, text="\n".join(text_lines))
+    if context["problems"]:
+        text_lines += ["", "Problems:", *[f"  - {p}" for p in context["problems"]]]
+    return EmailContent(
+        subject=scrub(subject, secrets),
+        html=html_body,
+        text=scrub("\n".join(text_lines) + "\n", secrets),
+        images=tuple(images),
+    )
 
 
 def mlflow_payload(result: DriftCheckResult) -> dict[str, Any]:
@@ -215,6 +429,7 @@ def mlflow_payload(result: DriftCheckResult) -> dict[str, Any]:
         "retrain.action": result.retrain.action.value,
         "retrain.flow_run_id": result.retrain.flow_run_id or "",
         "sampling": result.sampling.describe(),
+        "checked_at": result.checked_at.isoformat(),
     }
     metrics: dict[str, float] = {
         "window_rows": float(result.sampling.window_rows),

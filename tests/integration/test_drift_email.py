@@ -7,7 +7,9 @@ in as functions, because the Prefect server + worker loop is tested in the deplo
 
 from __future__ import annotations
 
+import gzip
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +27,10 @@ from flows.alerting.outbox import deliver, flush_outbox
 from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.core.http import free_port
 from flows.core.settings import Settings
+from flows.monitoring.charts import distribution, render_distribution
 from flows.monitoring.check import DriftCheckConfig, run_drift_check
-from flows.monitoring.results import drift_email
+from flows.monitoring.report_mail import report_message
+from flows.monitoring.results import decided_by, drift_email
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import Window
@@ -56,13 +60,25 @@ def smtp_server() -> Iterator[tuple[int, Inbox]]:
     controller.stop()
 
 
-def test_drift_email_arrives_with_report_attached(tmp_path, smtp_server):
+def _cids(message) -> tuple[set[str], set[str]]:
+    """(cid: references in the HTML, Content-IDs of the related image parts)."""
+    html = message.get_body(("html",)).get_content()
+    images = [p for p in message.walk() if p.get_content_maintype() == "image"]
+    ids = {str(p["Content-ID"]).strip().strip("<>") for p in images}
+    return set(re.findall(r"src='cid:([^']+)'", html)), ids
+
+
+def test_drift_email_arrives_with_inline_charts_and_the_report_compressed(tmp_path, smtp_server):
     port, inbox = smtp_server
     report = tmp_path / "drift_report.html"
     report.write_text("<html><body>Evidently data drift report</body></html>")
     smtp = SmtpSettings(host="127.0.0.1", port=port, sender="monitor@example.test",
                         recipients=["ops@example.test", "risk@example.test"])  # fmt: skip
-    msg = compose_message(drift_email(result()), smtp, [report])
+    checked = result()
+    rng = np.random.default_rng(0)
+    ref, cur = pd.Series(rng.lognormal(4, 1, 3000)), pd.Series(rng.lognormal(4.6, 1, 2000))
+    charts = [render_distribution(distribution("amount", "numeric", ref, cur), checked.columns[0])]
+    msg = report_message(checked, charts, report, smtp)
     assert deliver(msg, smtp, tmp_path / "outbox", None).status == "sent"
     (envelope,) = inbox.envelopes
     assert envelope.mail_from == "monitor@example.test"
@@ -71,9 +87,14 @@ def test_drift_email_arrives_with_report_attached(tmp_path, smtp_server):
     assert received["Subject"].startswith("[fraud-detector v3] DRIFT: 2/3 features drifted")
     body = received.get_body(("html",)).get_content()
     assert "merchant_category" in body and "0.3953" in body and "brisk-heron" in body
+    referenced, ids = _cids(received)
+    assert referenced == ids and len(ids) == 1
+    (image,) = [p for p in received.walk() if p.get_content_maintype() == "image"]
+    assert image.get_content() == charts[0].png  # the PNG arrives byte for byte
     (attachment,) = list(received.iter_attachments())
-    assert attachment.get_filename() == "drift_report.html"
-    assert "Evidently data drift report" in attachment.get_content()
+    assert attachment.get_filename() == "drift_report.html.gz"
+    assert b"Evidently data drift report" in gzip.decompress(attachment.get_content())
+    assert "Decided by: input drift and score drift" in received.get_body(("plain",)).get_content()
     assert not (tmp_path / "outbox").exists()
 
 
@@ -191,13 +212,25 @@ def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
     assert delivery is not None and delivery.status == "sent"
     (received,) = inbox.messages()
     assert "DRIFT" in received["Subject"] and f"v{version}" in received["Subject"]
-    assert [a.get_filename() for a in received.iter_attachments()] == ["drift_report.html"]
+    # lean: charts inline, the report linked; its gzip copy only within the 1 MB limit
+    assert len(inbox.envelopes[0].original_content) <= smtp.max_message_bytes
+    names = [a.get_filename() for a in received.iter_attachments()]
+    assert names in ([], ["drift_report.html.gz"])
+    referenced, ids = _cids(received)
+    assert referenced == ids and len(ids) >= 3  # history, top drifted columns, score
+    text = received.get_body(("plain",)).get_content()
+    assert "score drift" in decided_by(res) and f"Decided by: {decided_by(res)}." in text
+    assert res.report_html in text
+    assert f"#/runs/{res.mlflow_run_id}" in text and "amount, reference vs window" in text
+    assert "not attached" in text or names
 
     from mlflow import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(res.mlflow_run_id)
     assert run.data.tags["champion_version"] == version and run.data.tags["outcome"] == "drift"
+    logged = {a.path for a in client.list_artifacts(res.mlflow_run_id, "drift_report")}
+    assert {"drift_report/history.png", "drift_report/dist-score.png"} <= logged
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == settings.monitoring_experiment
 
@@ -207,6 +240,8 @@ def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
                                trigger=fake_trigger)  # fmt: skip
     assert again.retrain.action == RetrainAction.ALREADY_RETRAINING and len(triggered) == 1
     assert again.window_id == res.window_id
+    history_text = inbox.messages()[-1].get_body(("plain",)).get_content()
+    assert "last 2 checks" in history_text  # the first check, read back from MLflow, and this one
 
     # a window below the minimum: not enough data, no verdict, no trigger, mail says so
     short, short_mail = run_drift_check(

@@ -1,7 +1,8 @@
 """The whole loop against real servers: Prefect server + worker, MLflow, `bentoml serve`, SMTP.
 
 train-and-release -> the bento serves -> normal traffic -> drift-check: no drift, no retraining
--> drifted traffic -> drift-check: drift, email with the report, one train-and-release triggered
+-> drifted traffic -> drift-check: drift, a lean email with inline charts and links to the report,
+the run's artifacts (summary, per-column table, links), one train-and-release triggered
 and completed -> a second check does not pile up another -> the served version is the one the
 gates chose.
 """
@@ -132,6 +133,16 @@ def flow_runs(stack, flow_name: str) -> list[dict]:
         return json.loads(r.read())
 
 
+def run_artifacts(stack, flow_run_id: str) -> list[dict]:
+    req = urllib.request.Request(
+        stack.env["PREFECT_API_URL"] + "/artifacts/filter",
+        json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def wait_terminal(stack, flow_name: str, count: int, timeout: float = 600) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,12 +211,29 @@ def test_the_whole_loop(stack, smtp, tmp_path):
         "oncall@example.test", "risk-team@example.test"]  # fmt: skip
     body = drift_mail.get_body(("html",)).get_content()
     assert "amount" in body and "train-and-release" in body
+    # charts inline (history of both checks, top columns, score), the report linked, under 1 MB
+    assert len(smtp.envelopes[1].original_content) <= 1_000_000
+    images = [p for p in drift_mail.walk() if p.get_content_maintype() == "image"]
+    cids = {str(p["Content-ID"]).strip().strip("<>") for p in images}
+    assert len(images) >= 3 and all(f"cid:{cid}" in body for cid in cids)
     attachments = [p.get_filename() for p in drift_mail.iter_attachments()]
-    assert any(name and name.endswith(".html") for name in attachments)
+    assert attachments in ([], ["drift_report.html.gz"])
+    text = drift_mail.get_body(("plain",)).get_content()
+    assert "last 2 checks" in text and "Decided by:" in text and "/runs/flow-run/" in text
+
+    # the drift-check run shows the decision: summary, per-column table, links
+    drift_runs = flow_runs(stack, "drift-check")
+    artifacts = {a["key"]: a for a in run_artifacts(stack, drift_runs[1]["id"])}
+    assert "Decided by:" in artifacts["drift-check"]["data"]
+    assert artifacts["drift-columns"]["type"] == "table"
+    assert "amount" in json.dumps(artifacts["drift-columns"]["data"])
+    assert {"drift-report", "drift-mlflow-run", "drift-release-run"} <= set(artifacts)
+    release_link = artifacts["drift-release-run"]["data"]
 
     # exactly one retraining was started, and it runs to the end
     runs = wait_terminal(stack, "train-and-release", 2)
     assert len(runs) == 2 and runs[1]["state"]["type"] == "COMPLETED", runs[1]["state"]
+    assert runs[1]["id"] in release_link  # the drift-check run links the release it started
     assert "drift-triggered" in runs[1]["tags"]
 
     # a second check right after does not pile up another retraining

@@ -173,6 +173,8 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         analyse=step("analyse", analysis()),
         plan_retraining=step("plan", planned),
         start_retraining=step("trigger", lambda plan, *_: plan),
+        read_history=step("history", TimeoutError("MLflow search timed out")),
+        draw_charts=step("charts", []),
         write_reports=step("reports", {}),
         log_monitoring_run=step("mlflow", ConnectionError("MLflow is down")),
         send_report=step("mail", None),
@@ -183,13 +185,14 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         publish=published.append, steps=steps,
     )  # fmt: skip
     assert calls == [
-        "mail-queue", "reference", "window", "analyse", "plan", "trigger", "reports", "mlflow",
-        "mail",
+        "mail-queue", "reference", "window", "analyse", "plan", "trigger", "history", "charts",
+        "reports", "mlflow", "mail",
     ]  # fmt: skip
     assert published == [res] and delivery is None
     assert res.problems == [
         "outbox: queued one refused",
         "labelled data: slow",
+        "history of recent checks: TimeoutError: MLflow search timed out",
         "MLflow: ConnectionError: MLflow is down",
     ]
     assert res.window_id == "v3-w" and res.champion_version == "3"
@@ -198,14 +201,14 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
 
 def test_flow_steps_are_tasks_retried_only_on_io():
     retried = {"load-reference", "read-window", "decide-retraining", "trigger-retraining",
-               "log-monitoring-run"}  # fmt: skip
+               "read-history", "log-monitoring-run"}  # fmt: skip
     names = set()
     for field in DriftSteps.__dataclass_fields__:
         task = getattr(flow_module.TASKS, field)
         assert task.name and task.fn.__module__ == "flows.drift_check", field
         assert (task.retries > 0) == (task.name in retried), task.name
         names.add(task.name)
-    assert {"read-window", "analyse", "write-reports", "send-report"} <= names
+    assert {"read-window", "analyse", "draw-charts", "write-reports", "send-report"} <= names
 
 
 def test_flow_body_is_thin():
