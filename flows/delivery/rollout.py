@@ -195,15 +195,29 @@ def old_drain_s() -> float:
     return float(balancer.BalancerSpec().drain_timeout_s)
 
 
-def begin(settings: Settings, model_name: str, version: str) -> Rollout:
-    """A rollout of ``model_name``'s fleet (if one runs) to ``version``; call ``stage`` next."""
-    return Rollout(settings, model_name, str(version), fleet.FleetPaths.of(settings))
+def begin(
+    settings: Settings, model_name: str, version: str, policy: canary.CanaryPolicy | None = None
+) -> Rollout:
+    """A rollout of ``model_name``'s fleet (if one runs) to ``version``; call ``stage`` next.
+    The canary policy comes from the settings (``FRAUD_CANARY_SECONDS``, ``FRAUD_CANARY_SHARE``)
+    unless ``policy`` is given."""
+    policy = policy or canary.CanaryPolicy(settings.canary_seconds, settings.canary_share)
+    return Rollout(
+        settings, model_name, str(version), fleet.FleetPaths.of(settings), canary_policy=policy
+    )
 
 
-def roll(settings: Settings, model_name: str, version: str, *, ready_timeout_s: float = 90) -> str:
-    """Roll the fleet to ``version`` without moving any alias (the resumed-move path and
-    ``fraud fleet roll``); the summary line."""
-    rollout = begin(settings, model_name, version)
+def roll(
+    settings: Settings,
+    model_name: str,
+    version: str,
+    *,
+    ready_timeout_s: float = 90,
+    policy: canary.CanaryPolicy | None = None,
+) -> str:
+    """Roll the fleet to ``version`` without moving any alias (``fraud fleet roll``); the
+    summary line."""
+    rollout = begin(settings, model_name, version, policy)
     rollout.stage(ready_timeout_s=ready_timeout_s)
     try:
         rollout.shift()

@@ -192,3 +192,10 @@ def test_canary_refuses_a_version_worse_than_the_old_beyond_the_tolerance(new, p
     verdict = canary.judge(old, new, canary.CanaryPolicy())
     assert verdict.passed is passed
     assert why in verdict.text() and "v1: 900 requests" in verdict.text()
+
+
+def test_the_canary_policy_comes_from_the_settings(tmp_path):
+    settings = Settings(home=tmp_path, canary_seconds=0, canary_share=0.2)
+    policy = rollout.begin(settings, "m", "2").canary_policy
+    assert (policy.seconds, policy.share, policy.enabled) == (0, 0.2, False)
+    assert rollout.begin(Settings(home=tmp_path), "m", "2").canary_policy.enabled
