@@ -12,6 +12,10 @@ and a rollout never interleave).
 Replicas run ``--network host`` on ports of their own, mount the shared inference-log folder
 (each writer's file names are its own) and are verified before they get traffic: ``/readyz``,
 then the version's reference records (:func:`flows.delivery.smoke.check_reference`).
+
+One module on purpose (557 lines): the state file, the lock and the replica lifecycle are one
+unit that every fleet command and the rollout hold together; the balancer (``balancer.py``), the
+rollout (``rollout.py``) and the canary (``canary.py``) are already their own modules.
 """
 
 from __future__ import annotations
