@@ -20,8 +20,10 @@ fleet runs, nothing is started: :attr:`MoveResult.fleet` says so.
 Idempotent when retried: if an earlier attempt of the same move got the alias moved and then
 failed (e.g. writing the audit record), the retry finds the alias on its version, publishes
 again (harmless) and writes the audit record only if it is still missing, instead of refusing
-its own move. An alias found on the version through *another* recorded move (the newest audit
-record points there and is not this move) is refused like any other move of the champion.
+its own move. If that retry cannot roll the fleet to the version, the alias is moved back to
+``expected`` with an audit record of the move back, so ``champion`` is again what is served.
+An alias found on the version through *another* recorded move (the newest audit record points
+there and is not this move) is refused like any other move of the champion.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from data_contracts.artifacts import store_tag
+from data_contracts.artifacts import clear_champion_pointer, store_tag
 from flows.core.settings import Settings
 from flows.delivery import audit, locks, registry, rollout
 from flows.delivery.publish import publish_champion, restore_served, served_state
@@ -109,6 +111,38 @@ def unaudited_move(client: object, model_name: str, version: str) -> tuple[bool,
     return False, last.to_version
 
 
+def _move_back(
+    settings: Settings, client: object, request: MoveRequest, err: BaseException
+) -> list[str]:
+    """A retry found the alias on ``request.version`` but could not roll serving to it: move
+    the alias back to ``request.expected`` (serving with it) and audit that move, so the
+    champion is again what the fleet serves. Returns what could not be put back."""
+    name, alias = request.model_name, settings.champion_alias
+    why = f"rollout of v{request.version} failed after the alias had moved: {err}"
+    try:
+        if request.expected is None:
+            client.delete_registered_model_alias(name, alias)  # type: ignore[attr-defined]
+            clear_champion_pointer(settings.bentoml_home, name)
+            return [f"champion alias removed again ({why})"]
+        back = store_tag(name, request.expected)
+        publish_champion(settings, back, image=request.image, repository=request.repository)
+        registry.move_alias(client, name, alias, request.expected)  # type: ignore[arg-type]
+        audit.record_move(
+            client,  # type: ignore[arg-type]
+            settings,
+            model_name=name,
+            alias=alias,
+            action="rollback",
+            from_version=request.version,
+            to_version=request.expected,
+            reason=why,
+            actor=request.actor,
+        )
+    except Exception as undo:  # reported on the propagating error, never raised over it
+        return [f"could not move champion back to v{request.expected}: {undo}"]
+    return [f"champion moved back to v{request.expected} (audited: {why})"]
+
+
 def move_champion(
     settings: Settings,
     request: MoveRequest,
@@ -142,12 +176,13 @@ def move_champion(
             )
         roll = rollout.begin(settings, name, version)
         if resumed:  # the alias is on the version already: serving and the fleet follow it
-            publish_champion(settings, tag, image=request.image, repository=repository)
-            roll.stage(image=request.image)
             try:
+                publish_champion(settings, tag, image=request.image, repository=repository)
+                roll.stage(image=request.image)
                 roll.shift()
-            except BaseException:
-                roll.abandon()
+            except Exception as err:
+                for problem in [*roll.abandon(), *_move_back(settings, client, request, err)]:
+                    err.add_note(problem)
                 raise
         else:
             check_champion_unchanged(current_version, request.expected, version)

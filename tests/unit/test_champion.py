@@ -370,3 +370,29 @@ def test_a_rollout_that_fails_after_the_shift_is_undone_before_the_alias_moves(
         release(settings, FRAUD, "2", "1", lock)
     assert calls == ["stage", "shift", "abandon"]  # never finished: old replicas kept
     assert served(settings, FRAUD) == before
+
+
+def test_a_retry_whose_rollout_fails_moves_the_alias_back_with_an_audit_record(
+    settings, lock, monkeypatch
+):
+    """The alias got to v2 (audit missing), then the retry cannot roll the fleet to v2: the
+    champion goes back to v1, serving with it, and the move back is in the audit log."""
+    register(settings, FRAUD, 2)
+    release(settings, FRAUD, "1", None, lock)
+    _flaky_audit(monkeypatch)
+    request = MoveRequest(FRAUD, "2", "1", "release", "why", "flow-run:r2", image=False)
+    with pytest.raises(ConnectionError):
+        move_champion(settings, request, lock=lock)
+    assert alias(settings, FRAUD) == "2"
+
+    def refuse(self, **_kw):
+        raise rollout.RolloutFailed("v2 never became ready")
+
+    monkeypatch.setattr(rollout.Rollout, "stage", refuse)
+    with pytest.raises(rollout.RolloutFailed, match="never became ready") as failed:
+        move_champion(settings, request, lock=lock)
+    assert any("moved back to v1" in note for note in failed.value.__notes__)
+    assert served(settings, FRAUD) == ("1", f"{FRAUD}:v1", "v1", 2)
+    last = audit.history(registry.configure(settings), FRAUD)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", "2", "1")
+    assert "rollout of v2 failed" in last.reason
