@@ -2,10 +2,11 @@
 # The monitoring story, for a person watching the Prefect UI (run `make run` first):
 # the bento serves normal traffic -> drift-check: no drift -> drifted traffic and a labelled
 # batch from the drifted period -> drift-check: drift, an email with the report, one
-# train-and-release run started -> the new candidate passes every gate or is blocked.
+# train-and-release run started -> the new candidate passes every gate or is blocked -> the
+# version answering on the served port is the champion (it changed when the release promoted).
 set -euo pipefail
 case "${1:-}" in
-  -h | --help | help) sed -n '2,5p' "${BASH_SOURCE[0]}"; exit 0 ;;
+  -h | --help | help) sed -n '2,6p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="$ROOT/scripts/stack.sh"
@@ -14,23 +15,25 @@ FRAUD="$ROOT/.venv/bin/fraud"
 URL="http://127.0.0.1:${FRAUD_SERVE_PORT:-3000}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "1/6 serve the champion with bentoml serve ($URL, OpenAPI page at $URL/)"
+say "1/7 serve the champion with bentoml serve ($URL, OpenAPI page at $URL/)"
 "$STACK" serve
-say "2/6 normal traffic: 5,000 transactions like the training data"
+say "2/7 normal traffic: 5,000 transactions like the training data"
 "$FRAUD" traffic --url "$URL" --rows 5000 --seed 201
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"  # the inference log flushes every 5 s
-say "3/6 drift-check on the last 5,000 served rows: expect no drift, no retraining"
+say "3/7 drift-check on the last 5,000 served rows: expect no drift, no retraining"
 "$STACK" drift --param window='{"rows": 5000}'
-say "4/6 the world changes: amounts x1.8, half the merchant mix moves to gaming/transfers"
+say "4/7 the world changes: amounts x1.8, half the merchant mix moves to gaming/transfers"
 "$FRAUD" generate-data "$FRAUD_HOME/labelled/batch-$(date +%Y%m%d%H%M%S).parquet" \
   --rows 100000 --seed 202 --amount-scale 1.8 --merchant-shift 0.5 --start-day 60 --quiet
 echo "a labelled batch from the drifted period landed in $FRAUD_HOME/labelled/"
 "$FRAUD" traffic --url "$URL" --rows 5000 --seed 203 --amount-scale 1.8 --merchant-shift 0.5
 sleep "${FRAUD_DEMO_FLUSH_WAIT:-7}"
-say "5/6 drift-check again: expect drift, an email, one train-and-release run started"
+say "5/7 drift-check again: expect drift, an email, one train-and-release run started"
 "$STACK" drift --param window='{"rows": 5000}'
-say "6/6 where to look"
+say "6/7 the triggered release runs its gates; the served port follows the champion"
+"$FRAUD" served --url "$URL" --wait --timeout "${FRAUD_DEMO_RELEASE_TIMEOUT:-1200}"
+say "7/7 where to look"
 echo "Prefect UI:  ${PREFECT_API_URL%/api}/runs   (drift-check artifact, the triggered train-and-release)"
 echo "mail:        ${FRAUD_HOME}/mail/new/   (or your FRAUD_SMTP_HOST)"
 echo "reports:     ${FRAUD_HOME}/drift_reports/"
-echo "The triggered release still has to pass every gate; watch it in the UI, then: make status"
+echo "the champion's history: make history"

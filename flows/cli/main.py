@@ -69,6 +69,13 @@ COMMANDS: tuple[Command, ...] = (
         "run",
     ),
     Command(
+        "served",
+        "which version answers at a serving URL; --wait until it is the champion after a release",
+        "flows.cli.served",
+        "add_arguments",
+        "run",
+    ),
+    Command(
         "generate-data",
         "write synthetic card transactions (Parquet or CSV), optionally drifted or broken",
         "flows.cli.generate_data",
