@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -39,10 +40,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from bento import internals
 from bento.config import ServingConfig
 from bento.inference_log import InferenceLogWriter
 from bento.memory import MemoryReleaser
 from bento.metrics import ServiceMetrics
+from bento.model_page import describe_runtime, loading_page, render_page
 from bento.openapi import add_prediction_paths
 from bento.request_body import (
     caller_request_id,
@@ -97,6 +100,7 @@ class _State:
     writer: InferenceLogWriter | None
     metrics: ServiceMetrics | None
     config: ServingConfig
+    in_flight: int = 0  # requests running on this state (only the event loop changes it)
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -159,6 +163,7 @@ class ServingApp:
         self._score_limiter: anyio.CapacityLimiter | None = None
         self._check_limiter: anyio.CapacityLimiter | None = None
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
+        self._model_source: Callable[[], dict[str, Any]] | None = None
         self.memory = MemoryReleaser()
         self.app = _LeanStarlette(
             lifespan=lifespan,
@@ -170,6 +175,9 @@ class ServingApp:
                     methods=["POST"],
                 ),
                 Route("/docs.json", _Endpoint(self._openapi, self.memory), methods=["GET"]),
+                Route("/model", _Endpoint(self._model, self.memory), methods=["GET"]),
+                Route("/", _Endpoint(self._model_page, self.memory), methods=["GET"]),
+                Route("/docs", _Endpoint(self._docs_page, self.memory), methods=["GET"]),
             ],
         )
 
@@ -180,10 +188,14 @@ class ServingApp:
         config: ServingConfig,
         writer: InferenceLogWriter | None,
         metrics: ServiceMetrics | None,
-    ) -> None:
-        """Serve ``runtime``; the request models are generated from its spec here."""
+    ) -> _State | None:
+        """Serve ``runtime`` from the next request on; return what was served before (or None).
+
+        The request models are generated from its spec here, then one assignment swaps the
+        state: a request reads the state once, so it finishes on the model it started with.
+        """
         record_model = build_request_model(runtime.spec)
-        self._state = _State(
+        state = _State(
             runtime=runtime,
             record_model=record_model,
             batch_model=build_batch_model(record_model, config.max_batch_records),
@@ -192,6 +204,27 @@ class ServingApp:
             metrics=metrics,
             config=config,
         )
+        previous, self._state = self._state, state
+        return previous
+
+    @staticmethod
+    def drain(previous: _State, timeout_s: float, grace_s: float = 0.5) -> int:
+        """Wait (on a thread, not the event loop) until no request runs on ``previous``.
+
+        ``grace_s`` first covers a request that had read the old state just before the swap.
+        Returns how many requests still ran on it after ``timeout_s``.
+        """
+        time.sleep(grace_s)
+        deadline = time.monotonic() + timeout_s
+        while previous.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return previous.in_flight
+
+    @property
+    def runtime(self) -> ModelRuntime | None:
+        """The model that answers the next request, or None before :meth:`bind`."""
+        state = self._state
+        return None if state is None else state.runtime
 
     def unbind(self) -> None:
         self._state = None
@@ -200,6 +233,10 @@ class ServingApp:
     def bound(self) -> bool:
         """True while a model is bound."""
         return self._state is not None
+
+    def set_model_source(self, source: Callable[[], dict[str, Any]]) -> None:
+        """Where ``GET /model`` and the page at ``/`` get the served model's description."""
+        self._model_source = source
 
     def set_openapi_source(self, source: Callable[[], dict[str, Any]]) -> None:
         """Where the service's own OpenAPI document comes from (BentoML's generator)."""
@@ -283,6 +320,13 @@ class ServingApp:
         if state is None:
             await self._refuse(send, 503, new_request_id(), "the model is not loaded yet", [])
             return
+        state.in_flight += 1  # the request runs to its end on this state's model and log
+        try:
+            await self._predict_on(state, scope, receive, send)
+        finally:
+            state.in_flight -= 1
+
+    async def _predict_on(self, state: _State, scope: Scope, receive: Receive, send: Send) -> None:
         body, header_id = await self._body(scope, receive, send, state.config.max_record_bytes)
         if body is None:
             return
@@ -334,6 +378,15 @@ class ServingApp:
         if state is None:
             await self._refuse(send, 503, new_request_id(), "the model is not loaded yet", [])
             return
+        state.in_flight += 1
+        try:
+            await self._predict_batch_on(state, scope, receive, send)
+        finally:
+            state.in_flight -= 1
+
+    async def _predict_batch_on(
+        self, state: _State, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         body, header_id = await self._body(scope, receive, send, state.config.max_body_bytes)
         if body is None:
             return
@@ -455,6 +508,44 @@ class ServingApp:
             )
         payload = json.dumps(spec).encode()
         await _send_json(send, 200, payload, new_request_id())
+
+    # -- the served model -----------------------------------------------------------------
+    def _describe(self) -> dict[str, Any] | None:
+        if self._state is None:
+            return None
+        if self._model_source is not None:
+            return self._model_source()
+        return describe_runtime(self._state.runtime)
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        card = self._describe()
+        if card is None:
+            await self._refuse(send, 503, new_request_id(), "the model is not loaded yet", [])
+            return
+        await _send_json(send, 200, json.dumps(card).encode(), new_request_id())
+
+    async def _model_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        card = self._describe()
+        status, page = (503, loading_page()) if card is None else (200, render_page(card))
+        await _send_html(send, status, page.encode())
+
+    async def _docs_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_html(send, 200, internals.openapi_page().read_bytes())
+
+
+async def _send_html(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _LeanStarlette(Starlette):

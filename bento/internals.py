@@ -277,3 +277,17 @@ def bento_store_at(folder: Path) -> Any:
     from bentoml._internal.bento.bento import BentoStore
 
     return BentoStore(folder)
+
+
+# --------------------------------------------------------------------------- API docs page
+
+
+def openapi_page() -> Path:
+    """BentoML's Swagger UI page (its own index), served at ``/docs``: ``/`` is the model page.
+
+    The page loads ``./static_content/...`` and ``./docs.json``, both at the root, so it works
+    from ``/docs`` unchanged.
+    """
+    import _bentoml_impl.server
+
+    return Path(_bentoml_impl.server.__file__).parent / "main-openapi.html"

@@ -17,6 +17,7 @@ import numpy as np
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 OUTCOMES = ("fraud", "legit", "invalid")
 OTHER_FIELD = "other"
+REQUEST_FIELDS = frozenset({"transaction_id", "request_id", "records", "body", "record"})
 
 
 @dataclass
@@ -32,6 +33,12 @@ class ServiceMetrics:
     model_info: Any
     known_fields: frozenset[str]
     category_near_misses: Any = None
+    model_swaps: Any = None
+    model_swaps_refused: Any = None
+
+    def set_features(self, feature_names: Iterable[str]) -> None:
+        """Label field errors by a new model's features (after a swap to another spec)."""
+        self.known_fields = frozenset(feature_names) | REQUEST_FIELDS
 
     def count_one(self, fraud: bool, score: float) -> None:
         """Count one scored ``/predict`` record and observe its score (hot path)."""
@@ -141,12 +148,21 @@ def service_metrics(feature_names: tuple[str, ...]) -> ServiceMetrics:
             ["model_version", "tag", "sha256", "spec_hash"],
             multiprocess_mode="max",
         ),
-        known_fields=frozenset(feature_names)
-        | {"transaction_id", "request_id", "records", "body", "record"},
+        known_fields=frozenset(feature_names) | REQUEST_FIELDS,
         category_near_misses=Counter(
             "fraud_category_near_misses",
             "Categorical values equal to a known category only after folding case and outer "
             "whitespace, by feature and action (normalised by the spec, or kept as sent).",
             ["feature", "action"],
+        ),
+        model_swaps=Counter(
+            "fraud_model_swaps",
+            "New champions verified and swapped in without a restart (champion following).",
+        ),
+        model_swaps_refused=Counter(
+            "fraud_model_swaps_refused",
+            "New champions refused by verification, by reason (missing, verification, "
+            "wrong_model, error); the served model kept answering.",
+            ["reason"],
         ),
     )

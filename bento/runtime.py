@@ -13,15 +13,15 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from data_contracts.artifacts import META_HOLDOUT, SPEC_FILE
 from data_contracts.artifacts import ONNX_FILE as MODEL_FILE
-from data_contracts.artifacts import SPEC_FILE
 from data_contracts.spec import MISSING_CATEGORY, FeatureKind, FeatureSpec, parse_spec
 
 PROBABILITIES = "probabilities"
@@ -185,6 +185,7 @@ class ModelRuntime:
     sha256: str
     spec_hash: str
     labels: Mapping[str, str]
+    holdout: Mapping[str, float] = field(default_factory=dict)  # the release's holdout metrics
 
     def score_feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Positive-class probabilities (float32) for an encoded feed."""
@@ -287,6 +288,14 @@ def _verified_files(
     return spec, digest, model_bytes
 
 
+def _holdout(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """The holdout metrics recorded in the store metadata (none for older imports)."""
+    raw = metadata.get(META_HOLDOUT)
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
+
+
 def load_runtime(
     model_dir: Path,
     metadata: Mapping[str, Any],
@@ -324,6 +333,7 @@ def load_runtime(
         sha256=digest,
         spec_hash=spec_hash,
         labels=dict(labels or {}),
+        holdout=_holdout(metadata),
     )
     try:
         warm = runtime.score_one(example_record(spec))

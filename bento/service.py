@@ -32,19 +32,25 @@ import bentoml
 
 from bento import internals, store
 from bento.config import ServingConfig
+from bento.follow import ChampionFollower, FollowConfigError, FollowStatus, follow_settings
 from bento.http_app import ServingApp
 from bento.inference_log import InferenceLogWriter
 from bento.logs import configure_json_logging
 from bento.memory import tune_allocator
-from bento.metrics import service_metrics
-from bento.runtime import ModelLoadError, load_runtime, verify_files
+from bento.metrics import ServiceMetrics, service_metrics
+from bento.model_page import describe_runtime
+from bento.runtime import ModelLoadError, ModelRuntime, load_runtime, verify_files
+from data_contracts.artifacts import MODEL_TAG_ENV, pointer_path
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
+# a request runs at most traffic.timeout (30 s); twice that, then the old log writer closes
+DRAIN_TIMEOUT_S = 60.0
 
 
-def _model_reference() -> bentoml.models.BentoModel:
-    """The stored model this process serves (see :func:`bento.store.resolve_model_tag`).
+def _model_reference() -> tuple[bentoml.models.BentoModel, str]:
+    """The stored model this process serves, and how it was chosen (``bento``, ``tag`` or
+    ``pointer``; see :func:`bento.store.resolve_model_tag`).
 
     Inside a built bento the only packed model is used. From a checkout without
     ``BENTOML_HOME``, the project's store under ``FRAUD_HOME`` is used, so that a plain
@@ -59,6 +65,8 @@ def _model_reference() -> bentoml.models.BentoModel:
     elif not os.environ.get("BENTOML_HOME"):
         internals.use_model_store(store.fraud_home() / "bentoml" / "models")
     tag = store.resolve_model_tag(packed_tags=packed)
+    source = "tag" if os.environ.get(MODEL_TAG_ENV) else "pointer"
+    source = "bento" if packed is not None else source
     try:
         stored = bentoml.models.get(tag)
     except NotFound as err:
@@ -69,7 +77,22 @@ def _model_reference() -> bentoml.models.BentoModel:
         ) from err
     # integrity first, in every process that imports the service (CLI, build, workers)
     verify_files(Path(stored.path), stored.info.metadata, tag=str(stored.tag))
-    return bentoml.models.BentoModel(stored.tag)
+    return bentoml.models.BentoModel(stored.tag), source
+
+
+def _load_stored(tag: str) -> ModelRuntime:
+    """Load and verify ``tag`` from the model store (a new champion, beside the served one)."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound as err:
+        raise store.ModelNotFoundError(
+            f"model {tag} is not in the BentoML model store {internals.model_store_path()}"
+        ) from err
+    return load_runtime(
+        Path(stored.path), stored.info.metadata, tag=str(stored.tag), labels=stored.info.labels
+    )
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):
@@ -106,6 +129,16 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
     gc.unfreeze()
 
 
+def _model_info(metrics: ServiceMetrics, runtime: ModelRuntime) -> Any:
+    """The ``fraud_model_info`` series of ``runtime`` (1 while it answers, 0 after a swap)."""
+    return metrics.model_info.labels(
+        model_version=runtime.model_version,
+        tag=runtime.tag,
+        sha256=runtime.sha256,
+        spec_hash=runtime.spec_hash,
+    )
+
+
 SERVING = ServingApp(lifespan=_freeze_heap)
 # bounded request heads and route-labelled HTTP metrics: must be in place before the worker
 # builds its ASGI app and uvicorn server, which happens after this import (see the module)
@@ -125,11 +158,16 @@ internals.install()
 class FraudDetector:
     """Scores card transactions with the champion ONNX model and its pinned feature spec."""
 
-    model_ref = _model_reference()
+    model_ref, model_source = _model_reference()
 
     def __init__(self) -> None:
         config = ServingConfig.from_env()
         log = configure_json_logging(logging.DEBUG if config.log_requests else logging.INFO)
+        try:
+            follow, interval, mode = follow_settings(self.model_source)
+        except FollowConfigError as err:
+            log.error("start-up refused: %s", err)
+            raise
         _keep_pandas_out()
         tuned = tune_allocator()
         stored = self.model_ref
@@ -142,28 +180,33 @@ class FraudDetector:
             log.error("start-up refused: %s", err, extra={"model_tag": tag})
             raise
         metrics = service_metrics(tuple(runtime.spec.feature_names))
-        metrics.model_info.labels(
-            model_version=runtime.model_version,
-            tag=tag,
-            sha256=runtime.sha256,
-            spec_hash=runtime.spec_hash,
-        ).set(1)
-        self.writer: InferenceLogWriter | None = None
-        if config.inference_log_enabled:
-            self.writer = InferenceLogWriter(
-                config.inference_log_dir,
-                runtime.spec,
-                runtime.model_version,
-                flush_interval_s=config.log_flush_interval_s,
-                flush_records=config.log_flush_records,
-                on_written=metrics.log_written.inc,
-                on_lost=lambda n, _reason: metrics.log_lost.inc(n),
-            )
-            self.writer.warm_up()
-            self.writer.start()
+        _model_info(metrics, runtime).set(1)
+        self.config, self.metrics = config, metrics
+        self.writer = self._new_writer(runtime)
         SERVING.bind(runtime, config, self.writer, metrics)
         SERVING.set_openapi_source(lambda: FraudDetector.openapi_spec.asdict())
+        SERVING.set_model_source(self._describe)
         self.runtime = runtime
+        home = store.fraud_home() / "bentoml"
+        model_name = runtime.tag.partition(":")[0]
+        self.follow = FollowStatus(
+            mode=mode,
+            following=follow,
+            pointer=str(pointer_path(home, model_name)),
+            interval_s=interval,
+        )
+        self.follower: ChampionFollower | None = None
+        if follow:
+            self.follower = ChampionFollower(
+                bentoml_home=home,
+                model_name=model_name,
+                served_tag=tag,
+                load=_load_stored,
+                install=self._install,
+                status=self.follow,
+                on_swap=metrics.model_swaps.inc,
+                on_refused=lambda reason: metrics.model_swaps_refused.labels(reason=reason).inc(),
+            )
         log.info(
             "model loaded and verified",
             extra={
@@ -177,8 +220,59 @@ class FraudDetector:
                 else "off",
                 "labels": dict(runtime.labels),
                 "allocator_tuned": tuned,
+                "follow_champion": self.follow.pointer if follow else f"off ({mode})",
             },
         )
+        if self.follower is not None:
+            self.follower.start()
+
+    def _new_writer(self, runtime: ModelRuntime) -> InferenceLogWriter | None:
+        """An inference log writer for ``runtime``'s version (None when the log is off)."""
+        config, metrics = self.config, self.metrics
+        if not config.inference_log_enabled:
+            return None
+        writer = InferenceLogWriter(
+            config.inference_log_dir,
+            runtime.spec,
+            runtime.model_version,
+            flush_interval_s=config.log_flush_interval_s,
+            flush_records=config.log_flush_records,
+            on_written=metrics.log_written.inc,
+            on_lost=lambda n, _reason: metrics.log_lost.inc(n),
+        )
+        writer.warm_up()
+        writer.start()
+        return writer
+
+    def _install(self, runtime: ModelRuntime) -> None:
+        """Serve a verified new champion from the next request on; drain the old one.
+
+        Runs on the follower's thread. Requests already running finish on the old model and
+        write to the old log writer, which is closed (flushed) once they are done.
+        """
+        old_runtime, old_writer = self.runtime, self.writer
+        writer = self._new_writer(runtime)
+        self.metrics.set_features(runtime.spec.feature_names)
+        previous = SERVING.bind(runtime, self.config, writer, self.metrics)
+        self.runtime, self.writer = runtime, writer
+        _model_info(self.metrics, runtime).set(1)
+        _model_info(self.metrics, old_runtime).set(0)
+        if previous is not None:
+            still = SERVING.drain(previous, timeout_s=DRAIN_TIMEOUT_S)
+            if still:
+                logger.warning(
+                    "%d requests still ran on %s after %.0f s; its log writer is closed anyway",
+                    still,
+                    old_runtime.tag,
+                    DRAIN_TIMEOUT_S,
+                )
+        if old_writer is not None:
+            old_writer.close()
+
+    def _describe(self) -> dict[str, Any]:
+        """``GET /model``: the model answering now, and the follower's status."""
+        runtime = SERVING.runtime or self.runtime
+        return describe_runtime(runtime) | {"follow": self.follow.as_dict()}
 
     def __is_ready__(self) -> bool:
         """Ready once the verified model is bound to the prediction endpoints."""
@@ -186,7 +280,9 @@ class FraudDetector:
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Stop taking predictions and flush the inference log."""
+        """Stop following, stop taking predictions and flush the inference log."""
+        if self.follower is not None:
+            self.follower.stop()
         SERVING.unbind()
         if self.writer is not None:
             self.writer.close()

@@ -36,6 +36,7 @@ META_THRESHOLD = "threshold"
 META_SHA256 = "sha256"
 META_SPEC_HASH = "spec_hash"
 META_MODEL_VERSION = "model_version"
+META_HOLDOUT = "holdout"  # optional: the release's holdout metrics (f1, precision, ...)
 META_KEYS = (META_THRESHOLD, META_SHA256, META_SPEC_HASH, META_MODEL_VERSION)
 # labels of a stored model and its bento and image: where it came from
 LABEL_KEYS = ("model_name", "model_version", "run_id", "spec_hash", "data_digest", "git_commit")

@@ -206,7 +206,10 @@ def rollback(
         ) from err
     pointer = pointer_path(settings.bentoml_home, model_name)
     notes = [plan.note, f"champion pointer: {pointer} -> {tag}", f"fleet: {moved.fleet}"]
-    notes.append("a running `bentoml serve` keeps its model until restarted (make down serve)")
+    notes.append(
+        "a running `bentoml serve` from the checkout swaps to it within seconds (it follows "
+        "the champion pointer; `fraud served` shows the version answering)"
+    )
     return RollbackResult(
         model_name=model_name,
         from_version=before_version,

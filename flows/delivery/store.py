@@ -9,6 +9,7 @@ homes).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from bento import internals
 from data_contracts.artifacts import (
+    META_HOLDOUT,
     META_MODEL_VERSION,
     META_SHA256,
     META_SPEC_HASH,
@@ -30,6 +32,8 @@ from flows.core.files import write_atomic
 from flows.core.settings import Settings
 from flows.delivery.errors import ModelImportError
 from flows.training.onnx_export import sha256
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,14 @@ def import_model(
     threshold: float,
     spec_hash: str,
     labels: Mapping[str, str],
+    holdout: Mapping[str, float] | None = None,
 ) -> StoredModel:
     """Put ``model.onnx`` and ``feature_spec.json`` into the store as ``<model>:v<version>``.
 
-    Idempotent: the same bytes under the same tag are kept as they are; different bytes under
-    an existing tag replace it (a re-run of a release after a failed attempt).
+    ``holdout`` (the release's holdout metrics) goes into the metadata, so that the served
+    model's page can show how it scored. Idempotent: the same bytes, labels and metrics under
+    the same tag are kept as they are; anything different under an existing tag replaces it
+    (a re-run of a release after a failed attempt).
     """
     import bentoml
 
@@ -122,6 +129,7 @@ def import_model(
             and onnx_path.is_file()
             and sha256(onnx_path.read_bytes()) == digest
             and dict(model.info.labels) == dict(labels)
+            and dict(model.info.metadata.get(META_HOLDOUT) or {}) == dict(holdout or {})
         )
         if same:
             return _stored(model, model_bytes, spec_dict)
@@ -132,6 +140,8 @@ def import_model(
         META_SPEC_HASH: spec_hash,
         META_MODEL_VERSION: str(version),
     }
+    if holdout:
+        metadata[META_HOLDOUT] = {k: float(v) for k, v in holdout.items()}
     try:
         with bentoml.models.create(
             tag, labels=dict(labels), metadata=metadata, _model_store=store
@@ -161,4 +171,26 @@ def import_registered_version(settings: Settings, model_name: str, version: str)
         threshold=downloaded.threshold,
         spec_hash=downloaded.spec_hash,
         labels=store_labels(model_name, version, model_version.tags or {}),
+        holdout=holdout_metrics(client, model_version.run_id),
     )
+
+
+def holdout_metrics(client: Any, run_id: str | None) -> dict[str, float]:
+    """The ``holdout_*`` metrics of the version's training run (``f1``, ``precision``, ...).
+
+    Empty when the run has none or cannot be read: the page then says so, and the import,
+    which matters more, goes on.
+    """
+    if not run_id:
+        return {}
+    try:
+        logged = client.get_run(run_id).data.metrics
+    except Exception as err:  # MLflow raises its own exception types
+        logger.warning("holdout metrics of run %s not read: %s", run_id, err)
+        return {}
+    prefix = "holdout_"
+    return {
+        key[len(prefix) :]: float(value)
+        for key, value in sorted(logged.items())
+        if key.startswith(prefix) and isinstance(value, int | float)
+    }

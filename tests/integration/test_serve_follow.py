@@ -1,0 +1,127 @@
+"""A real ``bentoml serve`` from the checkout follows the champion pointer without a restart."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_contracts.artifacts import write_champion_pointer
+from tests.support.serving import call, running_bento, serve_env, train_tiny_model
+
+pytestmark = pytest.mark.integration
+
+
+def _until(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()) and re.match(
+            rf"^{re.escape(name)}(\{{|$)", head
+        ):
+            total += float(value)
+    return total
+
+
+def test_serve_swaps_to_a_new_champion_and_refuses_a_corrupt_one(spec, tmp_path: Path):
+    home = tmp_path / "home"
+    bentoml_home = home / "bentoml"
+    v1 = train_tiny_model(spec, bentoml_home, version=1)
+    v2 = train_tiny_model(spec, bentoml_home, version=2, rows=3000)  # other trees, other scores
+    write_champion_pointer(bentoml_home, v1.tag)
+    log_dir = home / "inference_log"
+    env = serve_env(
+        home,
+        bentoml_home,
+        FRAUD_FOLLOW_INTERVAL_S="0.2",
+        FRAUD_INFERENCE_LOG_DIR=str(log_dir),
+        FRAUD_INFERENCE_LOG_FLUSH_S="3600",  # the old writer's records reach disk by its drain
+    )
+    record = v1.records(1)[0]
+    with running_bento(env, tmp_path / "serve.log") as server:
+        status, card = call(f"{server.base}/model")
+        assert status == 200 and card["version"] == "1", card
+        assert card["follow"]["following"] and card["follow"]["mode"] == "auto"
+
+        # clients keep calling while the champion moves: not one fails, versions never go back
+        answers: list[tuple[int, str | None]] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                code, body = call(f"{server.base}/predict", record)
+                answers.append((code, body.get("model_version") if code == 200 else None))
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            time.sleep(1.0)
+            write_champion_pointer(bentoml_home, v2.tag)
+            _until(lambda: answers and answers[-1][1] == "2", what="version 2 answering")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            sender.join(30)
+        codes = Counter(code for code, _ in answers)
+        assert codes == {200: len(answers)}, codes
+        versions = [v for _, v in answers]
+        first_two = versions.index("2")
+        assert set(versions[:first_two]) == {"1"} and set(versions[first_two:]) == {"2"}
+        status, body = call(f"{server.base}/predict", v2.records(1)[0])
+        assert body["fraud_probability"] == pytest.approx(float(v2.offline_scores(1)[0]), abs=1e-6)
+
+        status, card = call(f"{server.base}/model")
+        assert card["version"] == "2" and card["follow"]["swaps"] == 1
+        assert card["follow"]["last_swap"]["from"] == v1.tag
+        metrics = call(f"{server.base}/metrics")[1]
+        assert _metric(metrics, "fraud_model_swaps_total") == 1
+        assert _metric(metrics, "fraud_model_info", model_version="2") == 1
+        assert _metric(metrics, "fraud_model_info", model_version="1") == 0
+
+        # a new champion whose bytes do not match the store's record is refused, loudly
+        v3 = train_tiny_model(spec, bentoml_home, version=3)
+        with (bentoml_home / "models" / "fraud-detector" / "v3" / "model.onnx").open("ab") as fh:
+            fh.write(b"tampered")
+        write_champion_pointer(bentoml_home, v3.tag)
+        card = _until(
+            lambda: (c := call(f"{server.base}/model")[1])["follow"]["refused"] and c,
+            what="the refusal of v3",
+        )
+        assert card["version"] == "2"
+        refused = card["follow"]["refused"]
+        assert refused["tag"] == v3.tag and refused["reason"] == "verification"
+        assert "corrupt" in refused["detail"]
+        assert call(f"{server.base}/predict", record)[1]["model_version"] == "2"
+        metrics = call(f"{server.base}/metrics")[1]
+        assert _metric(metrics, "fraud_model_swaps_refused_total", reason="verification") == 1
+        assert "REFUSED" in server.text()
+
+        # the page at / is this model's
+        status, page = call(f"{server.base}/")
+        assert status == 200
+        assert "fraud-detector" in page and "version 2" in page and "corrupt" in page
+        assert all(name in page for name in spec.feature_names)
+        sent = len(answers) + 2  # and the two single calls after the traffic
+    assert server.stop() == 0
+    frame = pd.concat(pd.read_parquet(p) for p in sorted(log_dir.glob("date=*/part-*.parquet")))
+    # every scored request reached the log, each under the version that answered it
+    assert len(frame) == sent
+    by_version = frame["model_version"].value_counts().to_dict()
+    assert by_version == {"1": first_two, "2": sent - first_two}
