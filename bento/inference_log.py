@@ -61,8 +61,10 @@ class InferenceLogWriter:
         loss_log_interval_s: float = 60.0,
         on_written: Callable[[int], None] | None = None,
         on_lost: Callable[[int, str], None] | None = None,
+        id_key: bytes | None = None,
     ) -> None:
         self.root = Path(root)
+        self._id_key = id_key  # None: data_contracts.id_key.load_id_key() at the first id
         self.spec = spec
         self.model_version = model_version
         self.flush_interval_s = flush_interval_s
@@ -323,4 +325,5 @@ class InferenceLogWriter:
             model_version=self.model_version,
             request_ids=bufs["request_id"],
             transaction_ids=bufs["tx"],
+            id_key=self._id_key,
         )

@@ -41,6 +41,7 @@ from bento.metrics import ServiceMetrics, service_metrics
 from bento.model_page import describe_runtime
 from bento.runtime import ModelLoadError, ModelRuntime, load_runtime, verify_files
 from data_contracts.artifacts import MODEL_TAG_ENV, pointer_path
+from data_contracts.id_key import serving_id_key
 
 logger = logging.getLogger("fraud.serving")
 PREDICTION_PATHS = ["/predict", "/predict_batch"]
@@ -226,6 +227,14 @@ class FraudDetector:
         if self.follower is not None:
             self.follower.start()
 
+    def _id_key(self) -> bytes:
+        """The transaction-id hash key, read once; a bad key setting stops start-up here."""
+        if getattr(self, "_key", None) is None:
+            self._key, warning = serving_id_key()
+            if warning:
+                logger.warning("inference log: %s", warning)
+        return self._key
+
     def _new_writer(self, runtime: ModelRuntime) -> InferenceLogWriter | None:
         """An inference log writer for ``runtime``'s version (None when the log is off)."""
         config, metrics = self.config, self.metrics
@@ -239,6 +248,7 @@ class FraudDetector:
             flush_records=config.log_flush_records,
             on_written=metrics.log_written.inc,
             on_lost=lambda n, _reason: metrics.log_lost.inc(n),
+            id_key=self._id_key(),
         )
         writer.warm_up()
         writer.start()

@@ -15,14 +15,13 @@ shared folder, where PIDs repeat.
 
 Columns: every spec feature (raw values as served, spec order), then ``score`` (float64),
 ``decision`` (int8), ``model_version`` (str), ``timestamp`` (timestamp[us, UTC]),
-``request_id`` (str), ``transaction_id_hash`` (sha256 hex of the caller's transaction id, or
-null: ids are never stored in clear).
+``request_id`` (str), ``transaction_id_hash`` (keyed HMAC-SHA256 hex of the caller's
+transaction id, see :mod:`data_contracts.id_key`, or null: ids are never stored in clear).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_contracts.id_key import hash_id, load_id_key
 from data_contracts.spec import FeatureKind, FeatureSpec
 
 LOG_DIR_ENV = "FRAUD_INFERENCE_LOG_DIR"
@@ -71,9 +71,15 @@ def log_schema(spec: FeatureSpec) -> pa.Schema:
     return pa.schema(fields)
 
 
-def hash_transaction_id(value: str | None) -> str | None:
-    """sha256 hex of a transaction id (ids are stored hashed, never in clear)."""
-    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
+def hash_transaction_id(value: str | None, key: bytes | None = None) -> str | None:
+    """Keyed HMAC-SHA256 hex of a transaction id (ids are stored hashed, never in clear).
+
+    ``key`` defaults to :func:`~data_contracts.id_key.load_id_key` (read on every call: callers
+    hashing many ids load it once and pass it).
+    """
+    if value is None:
+        return None
+    return hash_id(value, load_id_key() if key is None else key)
 
 
 def partition_name(day: datetime) -> str:
@@ -105,13 +111,15 @@ def build_table(
     model_version: str,
     request_ids: Sequence[str] | str,
     transaction_ids: Sequence[str | None] | None = None,
+    id_key: bytes | None = None,
 ) -> pa.Table:
     """Scored records, given column-wise, as a table of :func:`log_schema`.
 
     ``features`` maps every spec feature to its values: numbers as anything numpy turns into
     float64 (None or NaN = null, booleans 1.0/0.0), categories as strings or None.
     ``timestamps`` are epoch microseconds (int64) or anything Arrow casts to timestamp[us, UTC].
-    Transaction ids are hashed here, so no caller can store them in clear.
+    Transaction ids are hashed here with ``id_key`` (default: :func:`load_id_key`), so no
+    caller can store them in clear.
     """
     arrays = []
     for f in spec.features:
@@ -131,11 +139,11 @@ def build_table(
     n = len(score)
     ids = [request_ids] * n if isinstance(request_ids, str) else request_ids
     tx = transaction_ids if transaction_ids is not None else [None] * n
-    hashes = (
-        pa.array([hash_transaction_id(t) for t in tx], type=pa.string())
-        if any(t is not None for t in tx)
-        else pa.nulls(n, type=pa.string())
-    )
+    if any(t is not None for t in tx):
+        key = load_id_key() if id_key is None else id_key
+        hashes = pa.array([None if t is None else hash_id(t, key) for t in tx], type=pa.string())
+    else:
+        hashes = pa.nulls(n, type=pa.string())
     arrays += [
         pa.array(score, type=pa.float64()),
         pa.array(np.asarray(decisions, dtype=np.int8), type=pa.int8()),

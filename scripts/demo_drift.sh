@@ -15,7 +15,7 @@ FRAUD="$ROOT/.venv/bin/fraud"
 URL="http://127.0.0.1:${FRAUD_SERVE_PORT:-3000}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "1/7 serve the champion with bentoml serve ($URL, OpenAPI page at $URL/)"
+say "1/7 serve the champion with bentoml serve ($URL: the model page; it follows the champion)"
 "$STACK" serve
 say "2/7 normal traffic: 5,000 transactions like the training data"
 "$FRAUD" traffic --url "$URL" --rows 5000 --seed 201

@@ -7,10 +7,14 @@ server instead of the local SQLite store.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from data_contracts.artifacts import HOME_ENV
+from data_contracts.id_key import KEY_ENV, load_id_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +59,16 @@ class Settings(BaseSettings):
     )
     labelled_data_dir: Path | None = Field(
         None, description="Folder where labelled batches land; default: <home>/labelled."
+    )
+    feedback_dir: Path | None = Field(
+        None,
+        description="Folder where labelled feedback for served transactions lands (hashed or "
+        "clear transaction id, label, labelled_at); default: <home>/feedback.",
+    )
+    id_hash_key_block: str | None = Field(
+        None,
+        description="Prefect Secret block holding the transaction-id hash key (instead of "
+        "FRAUD_ID_HASH_KEY or the key file under the home folder).",
     )
 
     @property
@@ -113,6 +127,24 @@ class Settings(BaseSettings):
     def labelled_root(self) -> Path:
         """Where labelled batches (chargeback-resolved transactions) land for retraining."""
         return self.labelled_data_dir or self.home / "labelled"
+
+    @property
+    def feedback_root(self) -> Path:
+        """Labelled feedback for served transactions: the drift check joins it to the window."""
+        return self.feedback_dir or self.home / "feedback"
+
+    def id_key(self) -> bytes:
+        """The transaction-id hash key the bento uses with this home folder (never logged).
+
+        A Prefect Secret block named by ``FRAUD_ID_HASH_KEY_BLOCK`` wins; otherwise
+        :func:`data_contracts.id_key.load_id_key` (env, key file, or ``<home>/secrets``).
+        """
+        if self.id_hash_key_block:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(self.id_hash_key_block).get()
+            return load_id_key({KEY_ENV: str(value)})
+        return load_id_key({**os.environ, HOME_ENV: str(self.home)})
 
     @property
     def drift_reports_dir(self) -> Path:

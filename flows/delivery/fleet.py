@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import socket
 import tempfile
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from data_contracts.artifacts import image_tag, parse_tag
+from data_contracts.id_key import KEY_ENV as ID_KEY_ENV
 from data_contracts.inference_log import LOG_DIR_ENV
 from flows.core.files import write_atomic
 from flows.core.http import free_port, http_json
@@ -256,12 +258,22 @@ def start_replica(settings: Settings, image: str, port: int, paths: FleetPaths) 
         LOG_DIR_ENV: CONTAINER_LOG_DIR,
     }
     env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-    proc = container.docker(
-        "run", "-d", "--name", name, "--network", "host", *env_args,
-        "-v", f"{shared_log_dir(settings)}:{CONTAINER_LOG_DIR}",
-        "--label", f"fraud.fleet={paths.root}", "--label", f"fraud.model_version={version}",
-        image,
-    )  # fmt: skip
+    # the id-hash key reaches the replica through a 0600 env file, never on a command line
+    key_file = paths.root / f".{name}.id-key.env"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{ID_KEY_ENV}={settings.id_key().decode()}\n")
+    try:
+        proc = container.docker(
+            "run", "-d", "--name", name, "--network", "host", *env_args,
+            "--env-file", str(key_file),
+            "-v", f"{shared_log_dir(settings)}:{CONTAINER_LOG_DIR}",
+            "--label", f"fraud.fleet={paths.root}", "--label", f"fraud.model_version={version}",
+            image,
+        )  # fmt: skip
+    finally:
+        key_file.unlink(missing_ok=True)
     if proc.returncode != 0:
         container.docker("rm", "-f", name, timeout=60)
         raise FleetError(f"docker run {image} failed: {proc.stderr.strip()}")

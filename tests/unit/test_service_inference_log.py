@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from pathlib import Path
 
@@ -138,11 +140,13 @@ def test_full_buffer_drops_and_counts(tmp_path, spec, values):
     assert writer.lost == 1
 
 
-def test_hash_is_sha256_hex():
-    assert hash_transaction_id(None) is None
-    assert hash_transaction_id("abc") == (
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    )
+def test_hash_is_a_keyed_hmac_not_a_bare_sha256():
+    key = b"k" * 32
+    assert hash_transaction_id(None, key) is None
+    expected = hmac.new(key, b"abc", hashlib.sha256).hexdigest()
+    assert hash_transaction_id("abc", key) == expected
+    assert hash_transaction_id("abc", key) != hashlib.sha256(b"abc").hexdigest()
+    assert hash_transaction_id("abc", b"other-key-of-16+") != expected
 
 
 def test_a_failed_date_partition_loses_only_its_own_records(tmp_path, spec, values, monkeypatch):
