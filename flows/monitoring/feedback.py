@@ -1,0 +1,373 @@
+"""Realized performance: the served model's precision, recall and F1 on transactions it scored.
+
+Fraud labels arrive late (chargebacks, weeks after the payment). Labelled feedback lands as
+Parquet or CSV files in ``Settings().feedback_root``, one row per resolved transaction:
+
+``transaction_id_hash`` (keyed HMAC hex, as the inference log stores it) *or* ``transaction_id``
+(clear; hashed here with the same key and never written anywhere), ``label`` (0/1, or the
+spec's positive/negative labels, booleans), ``labelled_at`` (when the label was known; rows
+known after the check's time are not used yet; no column: known).
+
+:func:`realized_performance` joins the feedback to the window's scored rows on the hash and
+computes the served decisions' precision, recall, F1 and PR-AUC, with the label coverage and a
+bootstrap interval of F1. Faults are counted, never raised: unreadable files, labels of another
+value set, ids that match no scored row of the window (unknown, or outside it), duplicate labels
+(one kept), conflicting labels (the latest ``labelled_at`` kept). A transaction scored more
+than once in the window counts once (its last score). Too few labels give "not enough labels"
+instead of a number. Pure pandas and numpy except :func:`read_feedback`, which reads the folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_contracts.id_key import hash_id
+from data_contracts.inference_log import (
+    DECISION_COLUMN,
+    SCORE_COLUMN,
+    TIMESTAMP_COLUMN,
+    TRANSACTION_ID_HASH_COLUMN,
+)
+
+CLEAR_ID = "transaction_id"
+LABEL = "label"
+LABELLED_AT = "labelled_at"
+SUFFIXES = (".parquet", ".pq", ".csv")
+_TRUE = {"1", "true", "fraud", "yes"}
+_FALSE = {"0", "false", "legit", "legitimate", "no"}
+
+Status = Literal["no feedback", "not enough labels", "not judged", "within limits", "dropped"]
+
+
+class FeedbackPolicy(BaseModel):
+    """When realized performance is judged and what counts as a drop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_labels: int = Field(500, ge=1, description="Labelled scored rows needed to judge.")
+    min_positives: int = Field(20, ge=1, description="Labelled frauds needed to judge.")
+    f1_tolerance: float = Field(
+        0.05, ge=0, lt=1, description="A drop: the F1 interval's top below holdout F1 minus this."
+    )
+    resamples: int = Field(1000, ge=100, description="Bootstrap resamples of the F1 interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+    trigger: bool = Field(True, description="A drop triggers retraining without input drift.")
+
+
+class FeedbackCounts(BaseModel):
+    """What the feedback folder held and what of it could not be used (never double-counted)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    files: int = 0
+    rows: int = 0
+    unreadable: list[str] = Field(default_factory=list)
+    invalid_labels: int = 0
+    not_yet_known: int = 0
+    duplicates: int = 0
+    conflicting: int = 0
+    outside_window: int = 0
+    rescored: int = 0
+
+    def faults(self) -> list[str]:
+        """The counts worth telling a reader, as phrases."""
+        out = [f"unreadable feedback file {u}" for u in self.unreadable]
+        for n, what in (
+            (self.invalid_labels, "labels outside 0/1 ignored"),
+            (self.not_yet_known, "labels known only after this check, not used yet"),
+            (self.duplicates, "duplicate labels counted once"),
+            (self.conflicting, "conflicting labels: the latest kept"),
+            (self.outside_window, "labels for transactions not scored in this window"),
+            (self.rescored, "transactions scored more than once: the last score counted"),
+        ):
+            if n:
+                out.append(f"{n:,} {what}")
+        return out
+
+
+class RealizedPerformance(BaseModel):
+    """The served model's realized precision, recall and F1 on labelled feedback, judged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    detail: str
+    scored_rows: int = 0
+    with_id: int = 0
+    labelled: int = 0
+    positives: int = 0
+    coverage: float = 0.0
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    f1_low: float | None = None
+    f1_high: float | None = None
+    pr_auc: float | None = None
+    champion_f1: float | None = None
+    tolerance: float = 0.0
+    confidence: float = 0.95
+    counts: FeedbackCounts = FeedbackCounts()
+
+    @property
+    def dropped(self) -> bool:
+        return self.status == "dropped"
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics of the monitoring run (``realized_f1``, ``label_coverage`` ...)."""
+        out = {
+            "label_coverage": self.coverage,
+            "labelled_rows": float(self.labelled),
+            "labelled_positives": float(self.positives),
+            "realized_dropped": float(self.dropped),
+        }
+        for name in ("precision", "recall", "f1", "f1_low", "f1_high", "pr_auc"):
+            value = getattr(self, name)
+            if value is not None:
+                out[f"realized_{name}"] = float(value)
+        return out
+
+
+def feedback_files(root: Path) -> list[Path]:
+    """Feedback files in ``root`` (recursively), oldest name first; hidden files skipped."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _labels(values: pd.Series) -> pd.Series:
+    """0/1 as Int8, <NA> for anything that is not a label of a binary outcome."""
+    text = values.astype("string").str.strip().str.lower().replace({"1.0": "1", "0.0": "0"})
+    out = pd.Series(pd.NA, index=values.index, dtype="Int8")
+    out[text.isin(_TRUE).fillna(False)] = 1
+    out[text.isin(_FALSE).fillna(False)] = 0
+    return out
+
+
+def read_feedback(
+    root: Path, key: bytes, now: datetime | None = None
+) -> tuple[pd.DataFrame, FeedbackCounts]:
+    """Every usable feedback row as (``transaction_id_hash``, ``label``, ``labelled_at``).
+
+    Clear ids are hashed with ``key`` at once and dropped. Never raises on a bad file: it is
+    named in the counts and skipped.
+    """
+    now = now or datetime.now(UTC)
+    frames, unreadable = [], []
+    rows = invalid = not_yet = 0
+    files = feedback_files(root)
+    for path in files:
+        try:
+            raw = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        except Exception as err:
+            unreadable.append(f"{path.name}: {type(err).__name__}")
+            continue
+        if TRANSACTION_ID_HASH_COLUMN in raw.columns:
+            ids = raw[TRANSACTION_ID_HASH_COLUMN].astype("string")
+        elif CLEAR_ID in raw.columns:
+            ids = raw[CLEAR_ID].map(lambda v: None if pd.isna(v) else hash_id(str(v), key))
+            ids = ids.astype("string")
+        else:
+            unreadable.append(f"{path.name}: no {TRANSACTION_ID_HASH_COLUMN} or {CLEAR_ID} column")
+            continue
+        if LABEL not in raw.columns:
+            unreadable.append(f"{path.name}: no {LABEL} column")
+            continue
+        rows += len(raw)
+        labels = _labels(raw[LABEL])
+        when = (
+            pd.to_datetime(raw[LABELLED_AT], utc=True, errors="coerce")
+            if LABELLED_AT in raw.columns
+            else pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+        )
+        bad = labels.isna() | ids.isna()
+        invalid += int(bad.sum())
+        later = ~bad & when.notna() & (when > pd.Timestamp(now))
+        not_yet += int(later.sum())
+        keep = ~bad & ~later
+        frames.append(
+            pd.DataFrame(
+                {
+                    TRANSACTION_ID_HASH_COLUMN: ids[keep].to_numpy(dtype=object),
+                    LABEL: labels[keep].astype("int8").to_numpy(),
+                    LABELLED_AT: when[keep].to_numpy(),
+                }
+            )
+        )
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(
+            {
+                TRANSACTION_ID_HASH_COLUMN: pd.Series(dtype=object),
+                LABEL: pd.Series(dtype="int8"),
+                LABELLED_AT: pd.Series(dtype="datetime64[ns, UTC]"),
+            }
+        )
+    )
+    counts = FeedbackCounts(
+        files=len(files),
+        rows=rows,
+        unreadable=unreadable,
+        invalid_labels=invalid,
+        not_yet_known=not_yet,
+    )
+    return frame, counts
+
+
+def _dedupe_labels(feedback: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """One label per transaction: duplicates dropped, conflicts resolved by the latest."""
+    if feedback.empty:
+        return feedback, 0, 0
+    ordered = feedback.sort_values(LABELLED_AT, kind="stable", na_position="first")
+    groups = ordered.groupby(TRANSACTION_ID_HASH_COLUMN, sort=False)[LABEL]
+    distinct = groups.nunique()
+    sizes = groups.size()
+    conflicting = int((distinct > 1).sum())
+    duplicates = int((sizes - 1)[distinct == 1].sum())
+    latest = ordered.drop_duplicates(TRANSACTION_ID_HASH_COLUMN, keep="last")
+    return latest, duplicates, conflicting
+
+
+def _window_rows(window: pa.Table | pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Scored rows with an id: (hash, score, decision), the last scoring of each; counts."""
+    wanted = [TRANSACTION_ID_HASH_COLUMN, SCORE_COLUMN, DECISION_COLUMN, TIMESTAMP_COLUMN]
+    if isinstance(window, pa.Table):
+        present = [c for c in wanted if c in window.column_names]
+        frame = window.select(present).to_pandas()
+    else:
+        frame = window[[c for c in wanted if c in window.columns]]
+    if TRANSACTION_ID_HASH_COLUMN not in frame.columns:
+        return frame.iloc[0:0], 0, 0
+    scored = frame[frame[TRANSACTION_ID_HASH_COLUMN].notna()]
+    with_id = len(scored)
+    last = scored.sort_values(TIMESTAMP_COLUMN, kind="stable").drop_duplicates(
+        TRANSACTION_ID_HASH_COLUMN, keep="last"
+    )
+    return last, with_id, with_id - len(last)
+
+
+def f1_interval(
+    labels: np.ndarray, decisions: np.ndarray, resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Bootstrap percentile interval of F1: resamples of the 4 (label, decision) cell counts.
+
+    Drawing n rows with replacement gives multinomial cell counts, so no index matrix is built.
+    """
+    cells = np.bincount(2 * labels.astype(np.int64) + decisions.astype(np.int64), minlength=4)
+    n = int(cells.sum())
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=resamples)
+    tp, fn, fp = draws[:, 3], draws[:, 2], draws[:, 1]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros(resamples), where=denom > 0)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(f1, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """PR-AUC as average precision (scikit-learn's definition); None without a positive."""
+    if labels.sum() == 0:
+        return None
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels, scores))
+
+
+def realized_performance(
+    window: pa.Table | pd.DataFrame,
+    feedback: pd.DataFrame,
+    counts: FeedbackCounts,
+    policy: FeedbackPolicy,
+    champion_f1: float | None,
+) -> RealizedPerformance:
+    """Join labels to the window's scored rows; the served decisions' metrics, judged."""
+    scored, with_id, rescored = _window_rows(window)
+    labels, duplicates, conflicting = _dedupe_labels(feedback)
+    joined = scored.merge(labels, on=TRANSACTION_ID_HASH_COLUMN, how="inner")
+    counts = counts.model_copy(
+        update={
+            "duplicates": duplicates,
+            "conflicting": conflicting,
+            "outside_window": len(labels) - len(joined),
+            "rescored": rescored,
+        }
+    )
+    base = {
+        "scored_rows": len(window),
+        "with_id": with_id,
+        "labelled": len(joined),
+        "coverage": len(joined) / len(scored) if len(scored) else 0.0,
+        "champion_f1": champion_f1,
+        "tolerance": policy.f1_tolerance,
+        "confidence": policy.confidence,
+        "counts": counts,
+    }
+    if counts.files == 0:
+        return RealizedPerformance(status="no feedback", detail="no labelled feedback yet", **base)
+    y = joined[LABEL].to_numpy(dtype=np.int64)
+    d = joined[DECISION_COLUMN].to_numpy(dtype=np.int64)
+    positives = int(y.sum())
+    base["positives"] = positives
+    if len(joined) < policy.min_labels or positives < policy.min_positives:
+        return RealizedPerformance(
+            status="not enough labels",
+            detail=(
+                f"not enough labels to judge: {len(joined):,} labelled scored rows "
+                f"({positives:,} frauds); needs {policy.min_labels:,} and "
+                f"{policy.min_positives:,} frauds"
+            ),
+            **base,
+        )
+    tp = int(((y == 1) & (d == 1)).sum())
+    fp = int(((y == 0) & (d == 1)).sum())
+    fn = int(((y == 1) & (d == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    low, high = f1_interval(y, d, policy.resamples, policy.confidence, policy.seed)
+    level = f"{policy.confidence * 100:g}%"
+    measured = (
+        f"F1 {f1:.3f} ({level} {low:.3f} to {high:.3f}), precision {precision:.3f}, "
+        f"recall {recall:.3f} on {len(joined):,} labelled rows ({positives:,} frauds)"
+    )
+    if champion_f1 is None:
+        status: Status = "not judged"
+        detail = f"{measured}; the champion has no holdout F1 to compare with"
+    else:
+        line = champion_f1 - policy.f1_tolerance
+        dropped = high < line
+        status = "dropped" if dropped else "within limits"
+        sign = "<" if dropped else "≥"
+        detail = (
+            f"{measured}; top of the interval {high:.3f} {sign} holdout F1 {champion_f1:.3f} "
+            f"- {policy.f1_tolerance:g}"
+        )
+    return RealizedPerformance(
+        status=status,
+        detail=detail,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        f1_low=low,
+        f1_high=high,
+        pr_auc=average_precision(y, joined[SCORE_COLUMN].to_numpy(dtype=np.float64)),
+        **base,
+    )
+
+
+def feedback_columns() -> Sequence[str]:
+    """The window's columns the join needs beside the monitored ones."""
+    return (TRANSACTION_ID_HASH_COLUMN, DECISION_COLUMN)
