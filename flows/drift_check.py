@@ -1,6 +1,7 @@
 """The ``drift-check`` Prefect flow: thin wiring over the monitoring and alerting steps.
 
 queued mail -> champion's reference -> inference-log window -> sampled Evidently analysis ->
+realized performance on labelled feedback ->
 retraining decision (and trigger) -> recent checks -> charts -> reports (home folder + MLflow
 monitoring run) -> Prefect artifacts (markdown summary with the deciding signal, per-column
 table, links to the report, the MLflow run and a triggered release) -> email with inline charts
@@ -36,6 +37,7 @@ from flows.core.settings import Settings
 from flows.monitoring import analysis, check, reference, reports
 from flows.monitoring.charts import Chart, HistoryPoint
 from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
+from flows.monitoring.feedback import FeedbackPolicy, RealizedPerformance
 from flows.monitoring.reference import Reference
 from flows.monitoring.results import DriftCheckResult, column_table, links, result_markdown
 from flows.monitoring.retraining import RecentRun, RetrainDecision
@@ -80,6 +82,17 @@ def analyse(
     return analysis.analyse(reference, window, spec, policy)
 
 
+@task(name="realized-performance", cache_policy=NO_CACHE, **IO_RETRIES)
+def measure_performance(
+    settings: Settings,
+    config: DriftCheckConfig,
+    window: pa.Table,
+    champion_f1: float | None,
+    now: datetime,
+) -> RealizedPerformance:
+    return check.measure_performance(settings, config, window, champion_f1, now)
+
+
 @task(name="decide-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
 def plan_retraining(
     settings: Settings,
@@ -88,8 +101,9 @@ def plan_retraining(
     window: str,
     now: datetime,
     recent_runs: Callable[[str], list[RecentRun]],
+    performance: RealizedPerformance | None = None,
 ) -> check.RetrainPlan:
-    return check.plan_retraining(settings, config, drift, window, now, recent_runs)
+    return check.plan_retraining(settings, config, drift, window, now, recent_runs, performance)
 
 
 @task(name="trigger-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -156,6 +170,7 @@ TASKS = DriftSteps(
     fetch_reference=fetch_reference,
     read_window=read_window,
     analyse=analyse,
+    measure_performance=measure_performance,
     plan_retraining=plan_retraining,
     start_retraining=start_retraining,
     read_history=read_history,
@@ -177,6 +192,7 @@ def drift_check(
     window: Window = Window(hours=24),  # noqa: B008 - pydantic models are immutable
     policy: DriftPolicy = DriftPolicy(),  # noqa: B008
     retraining: RetrainPolicy = RetrainPolicy(),  # noqa: B008
+    feedback: FeedbackPolicy = FeedbackPolicy(),  # noqa: B008
     model_name: str | None = None,
     spec_path: str | None = None,
 ) -> DriftCheckResult:
@@ -190,13 +206,21 @@ def drift_check(
             no retraining) and sampling (``sample_rows`` 30,000 per side, ``seed``).
         retraining: ``trigger`` train-and-release when drift crosses the threshold,
             ``deployment`` to start, ``cooldown_hours`` (6) of quiet after a retraining.
+        feedback: realized performance on labelled feedback (``FRAUD_FEEDBACK_DIR``, default
+            ``<home>/feedback``): judged with ``min_labels`` (500) and ``min_positives`` (20);
+            a drop is the F1 interval's top below the champion's holdout F1 minus
+            ``f1_tolerance`` (0.05), and it triggers retraining unless ``trigger`` is false.
         model_name: registered model; default: the spec's name.
         spec_path: feature spec file; default: the card-fraud spec.
     """
     logger = get_run_logger()
     spec = load_spec(spec_path) if spec_path else default_spec()
     config = DriftCheckConfig(
-        model_name=model_name or spec.name, window=window, policy=policy, retraining=retraining
+        model_name=model_name or spec.name,
+        window=window,
+        policy=policy,
+        retraining=retraining,
+        feedback=feedback,
     )
     smtp = SmtpSettings()
     logger.info("mail: %s", smtp.describe() if smtp.enabled else "off (FRAUD_SMTP_HOST unset)")

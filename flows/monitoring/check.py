@@ -32,6 +32,13 @@ from flows.monitoring import history as drift_history
 from flows.monitoring import retraining
 from flows.monitoring.analysis import DriftAnalysis, analyse, max_noise
 from flows.monitoring.charts import Chart, HistoryPoint
+from flows.monitoring.feedback import (
+    FeedbackPolicy,
+    RealizedPerformance,
+    feedback_columns,
+    read_feedback,
+    realized_performance,
+)
 from flows.monitoring.reference import Reference, load_reference
 from flows.monitoring.report_mail import report_message
 from flows.monitoring.reports import log_monitoring_run, mlflow_run_url, save_reports
@@ -72,6 +79,7 @@ class DriftCheckConfig(BaseModel):
     window: Window = Window(hours=24)
     policy: DriftPolicy = DriftPolicy()
     retraining: RetrainPolicy = RetrainPolicy()
+    feedback: FeedbackPolicy = FeedbackPolicy()
     labelled_max_rows: int = Field(
         500_000, ge=1, description="Rows of labelled batches to train on."
     )
@@ -136,7 +144,7 @@ def read_window(
         config.window,
         now=now,
         model_version=champion_version if config.only_champion_rows else None,
-        columns=monitored_columns(spec),
+        columns=[*monitored_columns(spec), *feedback_columns()],
         as_table=True,
     )
     bounds = time_range(table)
@@ -146,6 +154,19 @@ def read_window(
         start=bounds[0] if bounds else None,
         end=bounds[1] if bounds else None,
     )
+
+
+def measure_performance(
+    settings: Settings,
+    config: DriftCheckConfig,
+    window: pa.Table,
+    champion_f1: float | None,
+    now: datetime,
+) -> RealizedPerformance:
+    """The served model's realized F1 on the labelled feedback for the window's transactions."""
+    key = settings.id_key()  # clear ids in feedback are hashed as the bento hashes them
+    feedback, counts = read_feedback(settings.feedback_root, key, now)
+    return realized_performance(window, feedback, counts, config.feedback, champion_f1)
 
 
 @dataclass(frozen=True)
@@ -164,14 +185,22 @@ def plan_retraining(
     window: str,
     now: datetime,
     recent_runs: Callable[[str], list[retraining.RecentRun]] = retraining.recent_runs,
+    performance: RealizedPerformance | None = None,
 ) -> RetrainPlan:
     """Decide about retraining; assemble the labelled training file when retraining is wanted.
 
-    The file is built even when no run is started, so the manual command in the email works as
-    printed. ``recent_runs`` asks the Prefect API only when a trigger is possible.
+    Input or score drift, or realized performance that dropped (when its policy lets it
+    trigger), each want retraining. The file is built even when no run is started, so the
+    manual command in the email works as printed. ``recent_runs`` asks the Prefect API only
+    when a trigger is possible.
     """
     policy = config.retraining
-    wanted = analysis.verdict.retrain_wanted
+    realized = bool(performance and performance.dropped and config.feedback.trigger)
+    wanted = analysis.verdict.retrain_wanted or realized
+    why = [
+        *(["drift crossed the threshold"] if analysis.verdict.retrain_wanted else []),
+        *(["realized performance dropped"] if realized else []),
+    ]
     decision = retraining.decide_retraining(
         outcome=analysis.verdict.outcome,
         retrain_wanted=wanted,
@@ -182,6 +211,7 @@ def plan_retraining(
         window=window,
         deployment=policy.deployment,
         has_labelled_data=bool(retraining.labelled_batches(settings.labelled_root)),
+        why=" and ".join(why) or "drift crossed the threshold",
     )
     if not wanted or decision.action == retraining.RetrainAction.NOT_NEEDED:
         return RetrainPlan(decision)
@@ -232,6 +262,7 @@ def describe_result(
     now: datetime,
     flow_run_url: str | None,
     problems: list[str],
+    performance: RealizedPerformance | None = None,
 ) -> DriftCheckResult:
     """Everything the check found and did, as the flow returns it."""
     worst = max_noise(analysis.results)
@@ -260,6 +291,7 @@ def describe_result(
         flow_run_url=flow_run_url,
         problems=[*problems, *plan.problems],
         timings=analysis.timings,
+        performance=performance,
     )
 
 
@@ -311,7 +343,8 @@ def send_report(
     ``mail_all_clear``. Delivery retries and queues the whole message in the outbox itself (see
     ``flows.alerting.outbox``), so this step never raises on SMTP errors.
     """
-    all_clear = result.verdict.outcome == Outcome.NO_DRIFT
+    dropped = result.performance is not None and result.performance.dropped
+    all_clear = result.verdict.outcome == Outcome.NO_DRIFT and not dropped
     if not smtp.enabled or (all_clear and not smtp.mail_all_clear):
         return None
     try:
@@ -336,6 +369,7 @@ class DriftSteps:
     fetch_reference: Callable[..., Reference] = fetch_reference
     read_window: Callable[..., CurrentWindow] = read_window
     analyse: Callable[..., DriftAnalysis] = analyse
+    measure_performance: Callable[..., RealizedPerformance] = measure_performance
     plan_retraining: Callable[..., RetrainPlan] = plan_retraining
     start_retraining: Callable[..., RetrainPlan] = start_retraining
     read_history: Callable[..., list[HistoryPoint]] = read_history
@@ -375,12 +409,21 @@ def run_drift_check(
     reference = steps.fetch_reference(settings, config.model_name)
     window = steps.read_window(settings, config, spec, reference.version, now)
     analysis = steps.analyse(reference.frame, window.table, spec, config.policy)
-    plan = steps.plan_retraining(settings, config, analysis, window.id, now, recent_runs)
+    performance: RealizedPerformance | None = None
+    try:  # labels are a second opinion: a broken feed is reported, the drift verdict stands
+        performance = steps.measure_performance(
+            settings, config, window.table, reference.holdout_f1, now
+        )
+    except Exception as err:
+        problems = [*problems, f"realized performance: {type(err).__name__}: {err}"]
+    plan = steps.plan_retraining(
+        settings, config, analysis, window.id, now, recent_runs, performance
+    )
     if plan.decision.should_trigger:
         plan = steps.start_retraining(plan, settings.labelled_root, trigger)
     folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{window.id}"
     result = describe_result(
-        config, reference, window, analysis, plan, folder, now, flow_run_url, problems
+        config, reference, window, analysis, plan, folder, now, flow_run_url, problems, performance
     )
     if ui_url and result.retrain.flow_run_id:
         release = f"{ui_url.rstrip('/')}/runs/flow-run/{result.retrain.flow_run_id}"

@@ -249,8 +249,8 @@ def _window_rows(window: pa.Table | pd.DataFrame) -> tuple[pd.DataFrame, int, in
         frame = window.select(present).to_pandas()
     else:
         frame = window[[c for c in wanted if c in window.columns]]
-    if TRANSACTION_ID_HASH_COLUMN not in frame.columns:
-        return frame.iloc[0:0], 0, 0
+    if TRANSACTION_ID_HASH_COLUMN not in frame.columns or DECISION_COLUMN not in frame.columns:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted}), 0, 0
     scored = frame[frame[TRANSACTION_ID_HASH_COLUMN].notna()]
     with_id = len(scored)
     last = scored.sort_values(TIMESTAMP_COLUMN, kind="stable").drop_duplicates(

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.inference_log import SCORE_COLUMN
 
+HOLDOUT_F1_METRIC = "holdout_f1"  # logged by the release on the version's run
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -24,6 +26,7 @@ class Reference:
     version: str
     run_id: str
     frame: pa.Table
+    holdout_f1: float | None = None  # the champion's own holdout F1 (realized F1 is judged by it)
 
 
 def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -> Reference:
@@ -43,7 +46,8 @@ def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -
     frame = pq.read_table(local)
     if SCORE_COLUMN not in frame.column_names:
         raise ValueError(f"reference of {model_name} v{version.version} has no {SCORE_COLUMN!r}")
-    return Reference(model_name, str(version.version), str(version.run_id), frame)
+    holdout_f1 = client.get_run(version.run_id).data.metrics.get(HOLDOUT_F1_METRIC)
+    return Reference(model_name, str(version.version), str(version.run_id), frame, holdout_f1)
 
 
 MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})

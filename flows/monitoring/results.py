@@ -21,6 +21,7 @@ from data_contracts.inference_log import SCORE_COLUMN
 from flows.alerting.emails import EmailContent, InlineImage, render
 from flows.alerting.redaction import scrub
 from flows.monitoring.charts import Chart
+from flows.monitoring.feedback import RealizedPerformance
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
 from flows.monitoring.sampling import Sampling
 from flows.monitoring.verdict import ColumnDrift, DriftPolicy, DriftVerdict, Outcome
@@ -57,6 +58,11 @@ class DriftCheckResult(BaseModel):
     release_run_url: str | None = None
     problems: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    performance: RealizedPerformance | None = None
+
+    @property
+    def realized_dropped(self) -> bool:
+        return self.performance is not None and self.performance.dropped
 
     @property
     def drifted(self) -> list[ColumnDrift]:
@@ -74,6 +80,14 @@ class DriftCheckResult(BaseModel):
             f"{len(v.features_drifted)}/{v.features_tested} features drifted ({v.drift_share:.0%})"
         )
         score = ", score drifted" if v.score_drifted else ""
+        perf = self.performance
+        if perf is not None and perf.dropped and perf.f1 is not None:
+            drift = "DRIFT" if v.outcome == Outcome.DRIFT else "no input drift"
+            return (
+                f"REALIZED PERFORMANCE DROPPED: F1 {perf.f1:.3f} vs holdout "
+                f"{perf.champion_f1:.3f}; {drift}: {share}{score}; "
+                f"retraining {self.retrain.action.value}"
+            )
         if v.outcome == Outcome.NO_DRIFT:
             return f"no drift: {share}{score}"
         return f"DRIFT: {share}{score}; retraining {self.retrain.action.value}"
@@ -114,9 +128,8 @@ class Signal(BaseModel):
 def signals(result: DriftCheckResult) -> list[Signal]:
     """Input drift, score drift and realized performance, each with its status.
 
-    Realized performance (the served model's F1 on labelled feedback) is listed as "not
-    measured" until the check joins labels to the window; it then becomes a third deciding
-    signal beside the other two.
+    Realized performance (the served model's F1 on labelled feedback joined to the window)
+    decides when it dropped; "not judged" with too few labels, "not measured" without feedback.
     """
     v, policy = result.verdict, result.policy
     if v.outcome == Outcome.NOT_ENOUGH_DATA:
@@ -142,12 +155,17 @@ def signals(result: DriftCheckResult) -> list[Signal]:
             Signal(name="score drift", status="decided" if v.score_drifted else "within limits",
                    detail=score_detail),
         ]  # fmt: skip
-    realized = Signal(
-        name="realized performance",
-        status="not measured",
-        detail="no labelled feedback is joined to the window yet",
-    )
-    return [*judged, realized]
+    return [*judged, realized_signal(result.performance)]
+
+
+def realized_signal(perf: RealizedPerformance | None) -> Signal:
+    """The realized-performance signal of a check."""
+    name = "realized performance"
+    if perf is None or perf.status == "no feedback":
+        return Signal(name=name, status="not measured", detail="no labelled feedback yet")
+    coverage = f"; label coverage {perf.coverage:.1%} of {perf.scored_rows:,} scored rows"
+    status = {"dropped": "decided", "within limits": "within limits"}.get(perf.status, "not judged")
+    return Signal(name=name, status=status, detail=perf.detail + coverage)  # type: ignore[arg-type]
 
 
 def decided_by(result: DriftCheckResult) -> str:
@@ -265,6 +283,10 @@ def result_markdown(result: DriftCheckResult, secrets: Iterable[str] = ()) -> st
         f"| champion | {champion} |",
         f"| window rows / sampled | {s.window_rows:,} / {s.window_sampled:,} |",
         f"| reference rows / sampled | {s.reference_rows:,} / {s.reference_sampled:,} |",
+        *[
+            f"| {name.lower()} | {value} |"
+            for name, value in _performance_facts(result.performance)
+        ],
         f"| HTML report | {result.report_html or 'none'} |",
         f"| MLflow run | {result.mlflow_run_id or 'none'} |",
         f"| flow run | {result.flow_run_url or 'n/a'} |",
@@ -289,6 +311,33 @@ def _clean(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
+def _performance_facts(perf: RealizedPerformance | None) -> list[tuple[str, str]]:
+    """Rows of the email's facts table about labelled feedback (none without feedback)."""
+    if perf is None or perf.status == "no feedback":
+        return []
+    rows = [
+        (
+            "Labels",
+            f"{perf.labelled:,} of {perf.scored_rows:,} scored rows labelled "
+            f"({perf.coverage:.1%}), {perf.positives:,} frauds",
+        )
+    ]
+    if perf.f1 is not None:
+        rows.append(
+            (
+                "Realized",
+                f"precision {perf.precision:.3f}, recall {perf.recall:.3f}, F1 {perf.f1:.3f} "
+                f"[{perf.f1_low:.3f}, {perf.f1_high:.3f}], PR-AUC "
+                + ("n/a" if perf.pr_auc is None else f"{perf.pr_auc:.3f}")
+                + (f"; holdout F1 {perf.champion_f1:.3f}" if perf.champion_f1 is not None else ""),
+            )
+        )
+    faults = perf.counts.faults()
+    if faults:
+        rows.append(("Feedback faults", "; ".join(faults)))
+    return rows
+
+
 def drift_email(
     result: DriftCheckResult,
     charts: Sequence[Chart] = (),
@@ -306,6 +355,8 @@ def drift_email(
     v = result.verdict
     subject = f"[{result.model_name} v{result.champion_version}] {result.headline()}"
     colour = {"drift": "#b00020", "no drift": "#1b5e20"}.get(v.outcome.value, "#8a6d00")
+    if result.realized_dropped:
+        colour = "#b00020"
     rows = []
     for c in sorted(result.columns, key=lambda c: (not c.drifted, -(c.statistic or 0))):
         if not c.drifted and len(rows) >= 5 and v.outcome == Outcome.DRIFT:
@@ -335,6 +386,7 @@ def drift_email(
         ("Sampling", s.describe()),
         ("Thresholds", f"feature share ≥ {result.policy.drift_share:.0%} or score drift; "
                        f"minimum window {result.policy.min_window_rows:,} rows"),
+        *_performance_facts(result.performance),
         ("Report", result.report_html or "not written"),
         ("MLflow run", result.mlflow_run_id or "not logged"),
         ("Flow run", result.flow_run_url or "n/a"),
@@ -444,4 +496,7 @@ def mlflow_payload(result: DriftCheckResult) -> dict[str, Any]:
     for c in result.columns:
         if c.statistic is not None:
             metrics[f"drift.{c.column}"] = c.statistic
+    if result.performance is not None:
+        tags["realized.status"] = result.performance.status
+        metrics.update(result.performance.metrics())
     return {"tags": tags, "metrics": metrics}

@@ -94,6 +94,7 @@ def decide_retraining(
     window: str,
     deployment: str,
     has_labelled_data: bool,
+    why: str = "drift crossed the threshold",
 ) -> RetrainDecision:
     """Decide whether to start retraining (pure: no I/O); the reason says why or why not."""
 
@@ -133,7 +134,7 @@ def decide_retraining(
         )
     if not has_labelled_data:
         return result(RetrainAction.NO_LABELLED_DATA, "no labelled batch has landed yet")
-    return result(RetrainAction.TRIGGERED, "drift crossed the threshold")
+    return result(RetrainAction.TRIGGERED, why)
 
 
 def labelled_batches(folder: Path) -> list[Path]:

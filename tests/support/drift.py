@@ -24,7 +24,9 @@ DEP = "train-and-release/fraud-detector"
 def write_log(
     frame: pd.DataFrame, root: Path, spec: FeatureSpec, model_version: str, threshold: float = 0.5
 ) -> list[Path]:
-    """Write ``frame`` (features, ``score``, ``timestamp``) with the inference log's one writer."""
+    """Write ``frame`` (features, ``score``, ``timestamp``, optionally ``transaction_id``) with
+    the inference log's one writer (ids hashed with the home folder's key)."""
+    ids = list(frame["transaction_id"]) if "transaction_id" in frame.columns else None
     table = build_table(
         spec,
         frame,
@@ -33,6 +35,7 @@ def write_log(
         timestamps=pd.to_datetime(frame["timestamp"], utc=True),
         model_version=str(model_version),
         request_ids="backfill",
+        transaction_ids=ids,
     )
     written = LogFiles(root).write(table)
     assert not written.failures, written.failures

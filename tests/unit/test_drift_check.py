@@ -171,6 +171,7 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         fetch_reference=step("reference", Reference("fraud-detector", "3", "run-3", table)),
         read_window=step("window", CurrentWindow(table, "v3-w", NOW, NOW)),
         analyse=step("analyse", analysis()),
+        measure_performance=step("performance", OSError("feedback folder unreadable")),
         plan_retraining=step("plan", planned),
         start_retraining=step("trigger", lambda plan, *_: plan),
         read_history=step("history", TimeoutError("MLflow search timed out")),
@@ -185,12 +186,14 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         publish=published.append, steps=steps,
     )  # fmt: skip
     assert calls == [
-        "mail-queue", "reference", "window", "analyse", "plan", "trigger", "history", "charts",
-        "reports", "mlflow", "mail",
+        "mail-queue", "reference", "window", "analyse", "performance", "plan", "trigger",
+        "history", "charts", "reports", "mlflow", "mail",
     ]  # fmt: skip
     assert published == [res] and delivery is None
+    assert res.performance is None  # a broken label feed: reported, the drift verdict stands
     assert res.problems == [
         "outbox: queued one refused",
+        "realized performance: OSError: feedback folder unreadable",
         "labelled data: slow",
         "history of recent checks: TimeoutError: MLflow search timed out",
         "MLflow: ConnectionError: MLflow is down",
@@ -200,8 +203,8 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
 
 
 def test_flow_steps_are_tasks_retried_only_on_io():
-    retried = {"load-reference", "read-window", "decide-retraining", "trigger-retraining",
-               "read-history", "log-monitoring-run"}  # fmt: skip
+    retried = {"load-reference", "read-window", "realized-performance", "decide-retraining",
+               "trigger-retraining", "read-history", "log-monitoring-run"}  # fmt: skip
     names = set()
     for field in DriftSteps.__dataclass_fields__:
         task = getattr(flow_module.TASKS, field)
@@ -242,3 +245,67 @@ def test_a_missing_model_or_alias_is_not_retried_but_an_outage_is():
     assert retry(None, None, Failed(data=outage)) is True
     assert retry(None, None, Failed(data=ConnectionError("reset"))) is True
     assert flow_module.TASKS.fetch_reference.retry_condition_fn is retry
+
+
+def served_with_feedback(settings, spec, caught_every: int):
+    """500 frauds among 5,000 served rows; the model catches one fraud in ``caught_every``."""
+    import numpy as np
+    import pandas as pd
+
+    from data_contracts.synthetic import GeneratorConfig, generate
+
+    frame = generate(GeneratorConfig(rows=5000, seed=4))
+    fraud = np.arange(len(frame)) % 10 == 0
+    caught = fraud & (np.arange(len(frame)) % (10 * caught_every) == 0)
+    frame["score"] = np.where(caught, 0.9, 0.1)
+    frame["timestamp"] = [NOW - timedelta(seconds=i + 1) for i in range(len(frame))]
+    write_log(frame, settings.inference_log_root, spec, "3")
+    settings.feedback_root.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "transaction_id": frame["transaction_id"],
+            "label": fraud.astype(int),
+            "labelled_at": NOW - timedelta(minutes=1),
+        }
+    ).to_csv(settings.feedback_root / "chargebacks.csv", index=False)
+    settings.labelled_root.mkdir(parents=True)
+    frame.drop(columns=["score", "timestamp"]).to_parquet(settings.labelled_root / "b.parquet")
+
+
+def test_a_recall_collapse_without_input_drift_triggers_retraining(settings, spec):
+    served_with_feedback(settings, spec, caught_every=4)
+    config = DriftCheckConfig(window=Window(hours=24))
+    window = read_window(settings, config, spec, "3", NOW)
+    perf = check.measure_performance(settings, config, window.table, 0.8, NOW)
+    assert perf.labelled == 5000 and perf.coverage == 1.0  # clear ids hashed with the bento's key
+    assert perf.recall == pytest.approx(0.25) and perf.dropped
+    plan = plan_retraining(
+        settings, config, analysis(Outcome.NO_DRIFT), window.id, NOW, lambda _: [], perf
+    )
+    assert plan.decision.action == RetrainAction.TRIGGERED
+    assert plan.decision.reason == "realized performance dropped"
+    res = result(drifted=False, triggered=True).model_copy(update={"performance": perf})
+    assert res.headline().startswith("REALIZED PERFORMANCE DROPPED: F1 0.400 vs holdout 0.800")
+    from flows.monitoring.results import decided_by, drift_email, mlflow_payload
+
+    assert decided_by(res) == "realized performance"
+    mail = drift_email(res)
+    assert "realized performance: decided" in mail.text and "recall 0.250" in mail.text
+    assert mlflow_payload(res)["metrics"]["realized_recall"] == pytest.approx(0.25)
+    off = config.model_copy(
+        update={"feedback": config.feedback.model_copy(update={"trigger": False})}
+    )
+    calm = plan_retraining(settings, off, analysis(Outcome.NO_DRIFT), window.id, NOW, None, perf)
+    assert calm.decision.action == RetrainAction.NOT_NEEDED
+
+
+def test_a_model_still_catching_fraud_is_within_limits(settings, spec):
+    served_with_feedback(settings, spec, caught_every=1)
+    config = DriftCheckConfig(window=Window(hours=24))
+    window = read_window(settings, config, spec, "3", NOW)
+    perf = check.measure_performance(settings, config, window.table, 0.8, NOW)
+    assert perf.status == "within limits" and perf.f1 == 1.0
+    plan = plan_retraining(
+        settings, config, analysis(Outcome.NO_DRIFT), window.id, NOW, lambda _: [], perf
+    )
+    assert plan.decision.action == RetrainAction.NOT_NEEDED
