@@ -44,6 +44,14 @@ class DriftKnobs(BaseModel):
         False, description="Upstream bug: distances arrive null and velocity counts as zero."
     )
     start_day: int = Field(0, ge=0, description="Days after 2026-01-01 the data starts.")
+    new_fraud_pattern: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of frauds in a pattern unseen before (synthetic identities): "
+        "legitimate-looking payments of very young customers with very high credit limits. "
+        "Inputs barely move; a model trained before misses them.",
+    )
 
 
 class GeneratorConfig(BaseModel):
@@ -69,6 +77,10 @@ def _chunk(rng: np.random.Generator, n: int, offset: int, cfg: GeneratorConfig) 
     fraud = rng.random(n) < rate
     # pattern: 0 legit, 1 card-not-present, 2 account takeover, 3 skimmed card
     pattern = np.where(fraud, rng.choice([1, 2, 3], size=n, p=[0.5, 0.3, 0.2]), 0)
+    novel = np.zeros(n, dtype=bool)
+    if d.new_fraud_pattern:  # drawn only when asked, so every other stream stays as it was
+        novel = fraud & (rng.random(n) < d.new_fraud_pattern)
+        pattern = np.where(novel, 0, pattern)  # looks legitimate in every old signal
     is_ = [pattern == k for k in range(4)]
     u = rng.random
 
@@ -102,6 +114,10 @@ def _chunk(rng: np.random.Generator, n: int, offset: int, cfg: GeneratorConfig) 
     account_age = np.clip(rng.exponential(1500, n), 0, 36000).astype(np.int64)
     account_age = np.where(is_[1] & (u(n) < 0.5), rng.integers(0, 60, n), account_age)
     credit_limit = np.round(np.clip(_lognormal(rng, 5000, 0.6, n), 300, 100_000), -2)
+    if novel.any():
+        k = int(novel.sum())
+        customer_age[novel] = rng.integers(18, 22, k)
+        credit_limit[novel] = np.round(np.clip(_lognormal(rng, 30_000, 0.25, k), 300, 100_000), -2)
 
     avg30 = np.clip(_lognormal(rng, 55, 0.7, n), 2, 5000)
     amount = avg30 * _lognormal(rng, 1.0, 0.6, n)

@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--broken-feed", action="store_true", help="distances null and velocity counts zero"
     )
     drift.add_argument("--start-day", type=int, default=0, help="days after 2026-01-01 to start")
+    drift.add_argument(
+        "--new-fraud-pattern",
+        type=float,
+        default=0.0,
+        help="share of frauds in a pattern unseen before (inputs barely move, recall drops)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 fraud_rate=args.drift_fraud_rate,
                 broken_feed=args.broken_feed,
                 start_day=args.start_day,
+                new_fraud_pattern=args.new_fraud_pattern,
             ),
         )
     except ValueError as err:

@@ -1,6 +1,11 @@
 """Send generated transactions to a running bento, as live traffic (demos, load, drift tests).
 
 python -m flows.cli.traffic --url http://127.0.0.1:3000 --rows 5000 [--amount-scale 1.8 ...]
+
+Every record carries its generated ``transaction_id``, so the bento logs its keyed hash. With
+``--feedback`` the sender also plays the chargeback feed: it writes the labels of what it sent
+(hashed ids, ``label``, ``labelled_at`` = now + ``--label-delay-hours``) to the feedback folder
+the drift check joins (``FRAUD_FEEDBACK_DIR``, default ``<home>/feedback``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported only when traffic is sent: `fraud --help` stays fast
+    import pandas as pd
 
 DESCRIPTION = (
     "Send generated transactions to a running bento, as live traffic (demos, load, drift tests)."
@@ -41,6 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amount-scale", type=float, default=1.0, help="drift: scale amounts")
     parser.add_argument("--merchant-shift", type=float, default=0.0, help="drift: merchant mix")
     parser.add_argument("--broken-feed", action="store_true", help="drift: a broken feed")
+    parser.add_argument(
+        "--new-fraud-pattern",
+        type=float,
+        default=0.0,
+        help="share of frauds in a pattern unseen before (fraud changes, inputs barely do)",
+    )
+    parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="also write the labels of the sent transactions to the feedback folder",
+    )
+    parser.add_argument(
+        "--label-delay-hours",
+        type=float,
+        default=0.0,
+        help="labels become known this many hours after sending (0: at once)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
                 amount_scale=args.amount_scale,
                 merchant_shift=args.merchant_shift,
                 broken_feed=args.broken_feed,
+                new_fraud_pattern=args.new_fraud_pattern,
                 start_day=60,
             ),
         )
     )
     records = request_records(frame, default_spec())
+    for record, tx in zip(records, frame["transaction_id"], strict=True):
+        record["transaction_id"] = tx
     scored = fraud = 0
     try:
         with tqdm(total=len(records), unit="tx", desc="scoring") as bar:
@@ -77,7 +107,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"scored {scored:,} transactions at {args.url}; {fraud:,} flagged as fraud")
+    if args.feedback:
+        path = write_feedback(frame, args.label_delay_hours)
+        print(f"labels of the {len(frame):,} transactions: {path}")
     return 0
+
+
+def write_feedback(frame: pd.DataFrame, delay_hours: float) -> Path:
+    """The chargeback feed of a traffic run: hashed ids, labels, when each label is known."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from data_contracts.id_key import hash_id
+    from flows.core.settings import Settings
+    from flows.monitoring.feedback import LABEL, LABELLED_AT
+
+    settings = Settings()
+    key = settings.id_key()
+    known = datetime.now(UTC) + timedelta(hours=delay_hours)
+    labels = pd.DataFrame(
+        {
+            "transaction_id_hash": [hash_id(str(t), key) for t in frame["transaction_id"]],
+            LABEL: frame["is_fraud"].astype("int8"),
+            LABELLED_AT: pd.Timestamp(known),
+        }
+    )
+    path = settings.feedback_root / f"feedback-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")  # hidden: the drift check skips it
+    labels.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
