@@ -89,8 +89,9 @@ def measure_performance(
     window: pa.Table,
     champion_f1: float | None,
     now: datetime,
+    report_dir: Path | None = None,
 ) -> RealizedPerformance:
-    return check.measure_performance(settings, config, window, champion_f1, now)
+    return check.measure_performance(settings, config, window, champion_f1, now, report_dir)
 
 
 @task(name="decide-retraining", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -162,11 +162,13 @@ def measure_performance(
     window: pa.Table,
     champion_f1: float | None,
     now: datetime,
+    report_dir: Path | None = None,
 ) -> RealizedPerformance:
-    """The served model's realized F1 on the labelled feedback for the window's transactions."""
+    """The served model's realized F1 on the labelled feedback for the window's transactions
+    (and Evidently's classification report of them in ``report_dir``)."""
     key = settings.id_key()  # clear ids in feedback are hashed as the bento hashes them
     feedback, counts = read_feedback(settings.feedback_root, key, now)
-    return realized_performance(window, feedback, counts, config.feedback, champion_f1)
+    return realized_performance(window, feedback, counts, config.feedback, champion_f1, report_dir)
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,9 @@ def write_reports(
     paths = save_reports(
         analysis, folder, {"result": result.model_dump(mode="json", exclude={"columns"})}
     )
+    perf = result.performance
+    if perf is not None and perf.report_html and Path(perf.report_html).exists():
+        paths["performance_html"] = Path(perf.report_html)
     for chart in charts:
         path = folder / f"{chart.name}.png"
         path.write_bytes(chart.png)
@@ -409,10 +414,11 @@ def run_drift_check(
     reference = steps.fetch_reference(settings, config.model_name)
     window = steps.read_window(settings, config, spec, reference.version, now)
     analysis = steps.analyse(reference.frame, window.table, spec, config.policy)
+    folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{window.id}"
     performance: RealizedPerformance | None = None
     try:  # labels are a second opinion: a broken feed is reported, the drift verdict stands
         performance = steps.measure_performance(
-            settings, config, window.table, reference.holdout_f1, now
+            settings, config, window.table, reference.holdout_f1, now, folder
         )
     except Exception as err:
         problems = [*problems, f"realized performance: {type(err).__name__}: {err}"]
@@ -421,7 +427,6 @@ def run_drift_check(
     )
     if plan.decision.should_trigger:
         plan = steps.start_retraining(plan, settings.labelled_root, trigger)
-    folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{window.id}"
     result = describe_result(
         config, reference, window, analysis, plan, folder, now, flow_run_url, problems, performance
     )

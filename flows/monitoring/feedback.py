@@ -113,6 +113,7 @@ class RealizedPerformance(BaseModel):
     f1_high: float | None = None
     pr_auc: float | None = None
     champion_f1: float | None = None
+    report_html: str | None = None  # Evidently's classification report of the labelled rows
     tolerance: float = 0.0
     confidence: float = 0.95
     counts: FeedbackCounts = FeedbackCounts()
@@ -292,8 +293,13 @@ def realized_performance(
     counts: FeedbackCounts,
     policy: FeedbackPolicy,
     champion_f1: float | None,
+    report_dir: Path | None = None,
 ) -> RealizedPerformance:
-    """Join labels to the window's scored rows; the served decisions' metrics, judged."""
+    """Join labels to the window's scored rows; the served decisions' metrics, judged.
+
+    With ``report_dir``, Evidently's classification report of the labelled rows (served
+    decisions and scores against the labels) is written there as ``performance_report.html``.
+    """
     scored, with_id, rescored = _window_rows(window)
     labels, duplicates, conflicting = _dedupe_labels(feedback)
     joined = scored.merge(labels, on=TRANSACTION_ID_HASH_COLUMN, how="inner")
@@ -321,6 +327,8 @@ def realized_performance(
     d = joined[DECISION_COLUMN].to_numpy(dtype=np.int64)
     positives = int(y.sum())
     base["positives"] = positives
+    if report_dir is not None and len(joined) and 0 < positives < len(joined):
+        base["report_html"] = str(classification_report(joined, report_dir))
     if len(joined) < policy.min_labels or positives < policy.min_positives:
         return RealizedPerformance(
             status="not enough labels",
@@ -366,6 +374,31 @@ def realized_performance(
         pr_auc=average_precision(y, joined[SCORE_COLUMN].to_numpy(dtype=np.float64)),
         **base,
     )
+
+
+def classification_report(joined: pd.DataFrame, folder: Path) -> Path:
+    """Evidently's classification preset on the labelled rows, at the served threshold."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.presets import ClassificationPreset
+
+    frame = pd.DataFrame(
+        {
+            "target": joined[LABEL].astype(int).to_numpy(),
+            "prediction": joined[DECISION_COLUMN].astype(int).to_numpy(),
+        }
+    )
+    definition = DataDefinition(
+        classification=[
+            BinaryClassification(target="target", prediction_labels="prediction", pos_label=1)
+        ]
+    )
+    snapshot = Report([ClassificationPreset()]).run(
+        Dataset.from_pandas(frame, data_definition=definition), None
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "performance_report.html"
+    snapshot.save_html(str(path))
+    return path
 
 
 def feedback_columns() -> Sequence[str]:

@@ -198,6 +198,11 @@ def links(result: DriftCheckResult, secrets: Iterable[str] = ()) -> list[Link]:
         url = Path(result.report_html).resolve().as_uri()
         note = "on the host that ran the check; also in the MLflow run"
         out.append(Link(key="drift-report", text="full Evidently report", url=url, note=note))
+    perf = result.performance
+    if perf is not None and perf.report_html:
+        url = Path(perf.report_html).resolve().as_uri()
+        text = "Evidently classification report of the labelled rows"
+        out.append(Link(key="drift-performance-report", text=text, url=url))
     if result.mlflow_run_url:
         note = "reports, charts and metrics of this check"
         if result.mlflow_run_url.startswith(LOCAL_MLFLOW_UI):

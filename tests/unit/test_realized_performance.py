@@ -147,3 +147,21 @@ def test_the_interval_is_reproducible_and_narrows_with_more_labels():
     assert a == f1_interval(y, d, 1000, 0.95, 0)
     small = f1_interval(y[:1000], d[:1000], 1000, 0.95, 0)
     assert (a[1] - a[0]) < (small[1] - small[0])
+
+
+def test_evidently_writes_the_classification_report_of_the_labelled_rows(tmp_path):
+    n = 2000
+    labels = (np.arange(n) % 10 == 0).astype(int)
+    decisions = np.where(np.arange(n) % 20 == 0, labels, 0)
+    write(
+        tmp_path / "fb" / "a.parquet",
+        pd.DataFrame({"transaction_id_hash": [hash_id(f"tx-{i}", KEY) for i in range(n)],
+                      "label": labels}),
+    )  # fmt: skip
+    feedback, counts = read_feedback(tmp_path / "fb", KEY, NOW)
+    perf = realized_performance(
+        window(n, decisions), feedback, counts, FeedbackPolicy(), 0.8, tmp_path / "report"
+    )
+    html = (tmp_path / "report" / "performance_report.html").read_text()
+    assert perf.report_html == str(tmp_path / "report" / "performance_report.html")
+    assert "Recall" in html and "Precision" in html
