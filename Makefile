@@ -20,7 +20,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -103,7 +103,10 @@ bench-soak: install ## the bento at its measured capacity for 60 s: non-2xx, RSS
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m benchmarks.serve.soak
 
-bench-hostile: install ## one bento worker under issue 14's hostile requests + normal scoring for 60 s: p99, RSS, /metrics, 5xx
+bench-swap: install ## checkout bentoml serve under wrk while the champion moves: failed requests, swap latency, req/s vs steady
+	$(PY) -m benchmarks.serve.swap
+
+bench-hostile: install ## one bento worker under hostile requests + normal scoring for 60 s: p99, RSS, /metrics, 5xx
 	$(PY) -m benchmarks.serve.hostile
 
 bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
