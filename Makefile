@@ -20,7 +20,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui monitor-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_I
 
 history: install ## every move of the champion alias (releases and rollbacks), oldest first
 	@$(FRAUD) history
+
+monitor-ui: install ## the Evidently UI on http://127.0.0.1:8000: drift and realized performance over time (stopped by make down)
+	@scripts/stack.sh monitor-ui
 
 mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \

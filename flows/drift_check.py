@@ -3,9 +3,9 @@
 queued mail -> champion's reference -> inference-log window -> sampled Evidently analysis ->
 realized performance on labelled feedback ->
 retraining decision (and trigger) -> recent checks -> charts -> reports (home folder + MLflow
-monitoring run) -> Prefect artifacts (markdown summary with the deciding signal, per-column
-table, links to the report, the MLflow run and a triggered release) -> email with inline charts
-(outbox when SMTP is down).
+monitoring run) -> a point on the Evidently dashboard -> Prefect artifacts (markdown summary
+with the deciding signal, per-column table, links to the report, the MLflow run, the dashboard
+and a triggered release) -> email with inline charts (outbox when SMTP is down).
 
 Each task is one call of a plain step in :mod:`flows.monitoring.check`; the order of the steps
 is :func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
@@ -140,6 +140,11 @@ def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict
     return reports.log_monitoring_run(settings, result, paths)
 
 
+@task(name="record-dashboard", cache_policy=NO_CACHE)
+def record_dashboard(settings: Settings, result: DriftCheckResult, spec: FeatureSpec) -> str | None:
+    return check.record_dashboard(settings, result, spec)
+
+
 @task(name="send-report", cache_policy=NO_CACHE)
 def send_report(
     result: DriftCheckResult,
@@ -178,6 +183,7 @@ TASKS = DriftSteps(
     draw_charts=draw_charts,
     write_reports=write_reports,
     log_monitoring_run=log_monitoring_run,
+    record_dashboard=record_dashboard,
     send_report=send_report,
 )
 

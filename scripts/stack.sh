@@ -8,6 +8,8 @@
 #   scripts/stack.sh fleet-up [ARGS]  the serving fleet: champion containers behind HAProxy on
 #                              127.0.0.1:3000 (installs haproxy when missing; ARGS: fraud fleet up)
 #   scripts/stack.sh fleet-down  stop the fleet (balancer by PID, replicas by container id)
+#   scripts/stack.sh monitor-ui  the Evidently UI over the drift dashboard on 127.0.0.1:8000
+#   scripts/stack.sh install-chromium  apt-get install chromium when missing (the UI tests' browser)
 #   scripts/stack.sh install-haproxy  apt-get install haproxy when missing (root), nothing else
 #   scripts/stack.sh down      stop what `up` started, by PID
 #   scripts/stack.sh status    show what is running
@@ -17,7 +19,7 @@
 # Set PREFECT_API_URL before calling to use an existing Prefect server instead of a local one.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}"; }
 case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
 esac
@@ -141,6 +143,28 @@ serve() {
   "$ROOT/scripts/prometheus.sh" register serve "127.0.0.1:$SERVE_PORT" replica=bentoml-serve
 }
 
+monitor_ui() { # the Evidently UI over the workspace every drift check adds its point to
+  local port="${FRAUD_EVIDENTLY_PORT:-8000}" ws="${FRAUD_EVIDENTLY_DIR:-$FRAUD_HOME/evidently}"
+  if alive evidently-ui; then
+    log "Evidently UI already on http://127.0.0.1:$port (pid $(cat "$RUN_DIR/evidently-ui.pid"))"
+    return 0
+  fi
+  mkdir -p "$ws"
+  log "starting the Evidently UI on http://127.0.0.1:$port over $ws (log: $LOG_DIR/evidently-ui.log)"
+  start_bg evidently-ui "$BIN/evidently" ui --workspace "$ws" --host 127.0.0.1 --port "$port"
+  wait_healthy evidently-ui "http://127.0.0.1:$port/" 60 || exit 1
+  log "the dashboard: http://127.0.0.1:$port (project: the model's name)"
+}
+
+install_chromium() { # Debian's chromium: the headless browser the dashboard test looks with
+  command -v chromium >/dev/null 2>&1 && return 0
+  [[ "$(id -u)" == 0 ]] || { log "the UI test needs chromium: as root, apt-get install chromium"; exit 1; }
+  log "installing chromium (log: $LOG_DIR/apt-chromium.log)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium; } >>"$LOG_DIR/apt-chromium.log" 2>&1 \
+    || { log "apt-get install chromium failed; see $LOG_DIR/apt-chromium.log"; exit 1; }
+}
+
 install_haproxy() { # Debian's haproxy (2.6 on bookworm) for the fleet's balancer, when missing
   command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] && return 0
   [[ "$(id -u)" == 0 ]] || { log "the fleet needs haproxy: as root, apt-get install haproxy"; exit 1; }
@@ -176,10 +200,11 @@ down() {
   wait
   stop_pid prefect-server
   stop_pid mail-catcher
+  stop_pid evidently-ui
 }
 
 status() {
-  print_status prefect-server prefect-worker prefect-alert-worker mail-catcher bento
+  print_status prefect-server prefect-worker prefect-alert-worker mail-catcher bento evidently-ui
   [[ -f "$FRAUD_HOME/fleet/fleet.json" ]] && { "$BIN/fraud" fleet status || true; }
   healthy && echo "Prefect API: $PREFECT_API_URL (healthy)" || echo "Prefect API: $PREFECT_API_URL (not answering)"
 }
@@ -221,7 +246,9 @@ case "${1:-}" in
   serve) serve ;;
   fleet-up) shift; fleet_up "$@" ;;
   fleet-down) fleet_down ;;
+  monitor-ui) monitor_ui ;;
   install-haproxy) install_haproxy ;;
+  install-chromium) install_chromium ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         description="Folder where labelled feedback for served transactions lands (hashed or "
         "clear transaction id, label, labelled_at); default: <home>/feedback.",
     )
+    evidently_dir: Path | None = Field(
+        None, description="Evidently workspace of the drift dashboard; default: <home>/evidently."
+    )
+    evidently_url: str | None = Field(
+        None, description="The Evidently UI service to record checks in (instead of the folder)."
+    )
+    evidently_ui_url: str = Field(
+        "http://127.0.0.1:8000", description="Where a reader opens the dashboard (make monitor-ui)."
+    )
     id_hash_key_block: str | None = Field(
         None,
         description="Prefect Secret block holding the transaction-id hash key (instead of "
@@ -132,6 +141,11 @@ class Settings(BaseSettings):
     def feedback_root(self) -> Path:
         """Labelled feedback for served transactions: the drift check joins it to the window."""
         return self.feedback_dir or self.home / "feedback"
+
+    @property
+    def evidently_root(self) -> Path:
+        """The Evidently workspace folder every drift check adds its point to."""
+        return self.evidently_dir or self.home / "evidently"
 
     def id_key(self) -> bytes:
         """The transaction-id hash key the bento uses with this home folder (never logged).

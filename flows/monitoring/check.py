@@ -28,6 +28,7 @@ from flows.alerting import outbox as mail_outbox
 from flows.alerting import smtp as mail
 from flows.core.settings import Settings
 from flows.monitoring import charts as drift_charts
+from flows.monitoring import dashboard as drift_dashboard
 from flows.monitoring import history as drift_history
 from flows.monitoring import retraining
 from flows.monitoring.analysis import DriftAnalysis, analyse, max_noise
@@ -333,6 +334,17 @@ def write_reports(
     return paths
 
 
+def record_dashboard(settings: Settings, result: DriftCheckResult, spec: FeatureSpec) -> str | None:
+    """Add the check to the Evidently dashboard; the project's page (None: nothing to add)."""
+    url = settings.evidently_url
+    project = drift_dashboard.record_check(
+        result, spec.feature_names, None if url else settings.evidently_root, url
+    )
+    if project is None:
+        return None
+    return drift_dashboard.project_url(url or settings.evidently_ui_url, project)
+
+
 def send_report(
     result: DriftCheckResult,
     paths: dict[str, Path],
@@ -381,6 +393,7 @@ class DriftSteps:
     draw_charts: Callable[..., list[Chart]] = draw_charts
     write_reports: Callable[..., dict[str, Path]] = write_reports
     log_monitoring_run: Callable[..., str] = log_monitoring_run
+    record_dashboard: Callable[..., str | None] = record_dashboard
     send_report: Callable[..., mail_outbox.Delivery | None] = send_report
 
 
@@ -456,6 +469,12 @@ def run_drift_check(
         result = result.model_copy(
             update={"problems": [*result.problems, f"MLflow: {type(err).__name__}: {err}"]}
         )
+    try:  # the dashboard is a view: an unwritable workspace or a UI that is down is reported
+        dashboard = steps.record_dashboard(settings, result, spec)
+        result = result.model_copy(update={"dashboard_url": dashboard})
+    except Exception as err:
+        problem = f"Evidently dashboard: {type(err).__name__}: {err}"
+        result = result.model_copy(update={"problems": [*result.problems, problem]})
     if publish is not None:
         publish(result)
     delivery = steps.send_report(result, paths, smtp, settings.outbox_dir, sleep, charts)

@@ -59,6 +59,7 @@ class DriftCheckResult(BaseModel):
     problems: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     performance: RealizedPerformance | None = None
+    dashboard_url: str | None = None
 
     @property
     def realized_dropped(self) -> bool:
@@ -209,6 +210,10 @@ def links(result: DriftCheckResult, secrets: Iterable[str] = ()) -> list[Link]:
             note += "; start the UI with make mlflow-ui"
         text = f"MLflow run {result.mlflow_run_id}"
         out.append(Link(key="drift-mlflow-run", text=text, url=result.mlflow_run_url, note=note))
+    if result.dashboard_url:
+        text = "drift and realized performance over time (Evidently dashboard)"
+        note = "start the UI with make monitor-ui" if "127.0.0.1" in result.dashboard_url else None
+        out.append(Link(key="drift-dashboard", text=text, url=result.dashboard_url, note=note))
     if result.flow_run_url:
         text = "this drift-check run in Prefect"
         out.append(Link(key="drift-check-run", text=text, url=result.flow_run_url))

@@ -178,6 +178,7 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         draw_charts=step("charts", []),
         write_reports=step("reports", {}),
         log_monitoring_run=step("mlflow", ConnectionError("MLflow is down")),
+        record_dashboard=step("dashboard", PermissionError("workspace is read-only")),
         send_report=step("mail", None),
     )
     published = []
@@ -187,7 +188,7 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
     )  # fmt: skip
     assert calls == [
         "mail-queue", "reference", "window", "analyse", "performance", "plan", "trigger",
-        "history", "charts", "reports", "mlflow", "mail",
+        "history", "charts", "reports", "mlflow", "dashboard", "mail",
     ]  # fmt: skip
     assert published == [res] and delivery is None
     assert res.performance is None  # a broken label feed: reported, the drift verdict stands
@@ -197,6 +198,7 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
         "labelled data: slow",
         "history of recent checks: TimeoutError: MLflow search timed out",
         "MLflow: ConnectionError: MLflow is down",
+        "Evidently dashboard: PermissionError: workspace is read-only",
     ]
     assert res.window_id == "v3-w" and res.champion_version == "3"
     assert res.manual_command.endswith("--param data_path=/data/train.parquet --watch")
