@@ -37,3 +37,4 @@ echo "Prefect UI:  ${PREFECT_API_URL%/api}/runs   (drift-check artifact, the tri
 echo "mail:        ${FRAUD_HOME}/mail/new/   (or your FRAUD_SMTP_HOST)"
 echo "reports:     ${FRAUD_HOME}/drift_reports/"
 echo "the champion's history: make history"
+echo "dashboard:   make monitor-ui, then http://127.0.0.1:${FRAUD_EVIDENTLY_PORT:-8000} (drift and realized F1 over time)"
