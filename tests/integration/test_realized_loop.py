@@ -23,7 +23,7 @@ from flows.delivery import registry
 from tests.integration.test_drift_loop import Bento, flow_runs, wait_for_rows, wait_terminal
 from tests.support.drift import Inbox
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_only]  # the drift loop covers prod
 ROOT = Path(__file__).resolve().parents[2]
 SMTP_PORT = free_port()
 INBOX = Inbox()
