@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The production profile on this machine: PostgreSQL (Debian package, a private cluster), a Prefect
 # server on PostgreSQL, an MLflow tracking server on PostgreSQL with its own artifact root, then
-# the worker, deployments and mail catcher of scripts/stack.sh pointed at them.
+# the worker, deployments and mail catcher of scripts/stack.sh pointed at them, and the Evidently
+# UI service the drift checks record their dashboard points in.
 #   scripts/prod.sh up           start what is not running (cluster, databases, servers, worker,
 #                                Prometheus)
 #   scripts/prod.sh down         stop what `up` started, by PID (the cluster only if it is ours)
@@ -17,11 +18,12 @@
 # FRAUD_PG_PASSWORD_FILE, default $FRAUD_PROD_HOME/secrets/pg-password, mode 0600),
 # FRAUD_PG_DIR (cluster directory, default $FRAUD_PROD_HOME/pg), FRAUD_PROD_DB_PREFIX (fraud),
 # FRAUD_PROD_PREFECT_PORT (4201), FRAUD_MLFLOW_PORT (5001), FRAUD_MAIL_PORT (8026),
-# FRAUD_PROD_PROMETHEUS_PORT (9091; scripts/prometheus.sh with this profile's home).
+# FRAUD_PROD_PROMETHEUS_PORT (9091; scripts/prometheus.sh with this profile's home),
+# FRAUD_PROD_EVIDENTLY_PORT (8001: the Evidently UI service, workspace $FRAUD_PROD_HOME/evidently).
 # Passwords are never printed nor put on a command line: the servers read them from a pgpass file.
 set -euo pipefail
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}"; }
 case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
 esac
@@ -54,6 +56,8 @@ LOG_DIR="$PROD_HOME/logs"
 PREFECT_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 MLFLOW_URL="http://127.0.0.1:${MLFLOW_PORT}"
 PROMETHEUS_PORT="${FRAUD_PROD_PROMETHEUS_PORT:-9091}"
+EVIDENTLY_PORT="${FRAUD_PROD_EVIDENTLY_PORT:-8001}"
+EVIDENTLY_URL="http://127.0.0.1:${EVIDENTLY_PORT}"
 
 # The pipeline of this profile keeps its state apart from the embedded defaults.
 export FRAUD_HOME="$PROD_HOME"
@@ -225,12 +229,22 @@ start_servers() {
       --artifacts-destination "$ARTIFACTS" --serve-artifacts \
       --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
   fi
+  if alive evidently-ui; then
+    log "Evidently UI already running (pid $(cat "$RUN_DIR/evidently-ui.pid"))"
+  else
+    mkdir -p "$PROD_HOME/evidently"
+    log "starting the Evidently UI service at $EVIDENTLY_URL (log: $LOG_DIR/evidently-ui.log)"
+    start_bg evidently-ui "$BIN/evidently" ui --workspace "$PROD_HOME/evidently" \
+      --host 127.0.0.1 --port "$EVIDENTLY_PORT"
+  fi
   wait_healthy prefect-server "$PREFECT_URL/health" 180 || exit 1
   wait_healthy mlflow-server "$MLFLOW_URL/health" 180 || exit 1
+  wait_healthy evidently-ui "$EVIDENTLY_URL/" 120 || exit 1
 }
 
 stack() { # scripts/stack.sh against this profile's servers
-  PREFECT_API_URL="$PREFECT_URL" MLFLOW_TRACKING_URI="$MLFLOW_URL" "$STACK" "$@"
+  PREFECT_API_URL="$PREFECT_URL" MLFLOW_TRACKING_URI="$MLFLOW_URL" \
+    FRAUD_EVIDENTLY_URL="$EVIDENTLY_URL" FRAUD_EVIDENTLY_UI_URL="$EVIDENTLY_URL" "$STACK" "$@"
 }
 
 prometheus() { # scripts/prometheus.sh with this profile's home and port
@@ -243,7 +257,7 @@ up() {
   start_servers
   stack up
   prometheus up
-  log "Prefect API $PREFECT_URL, MLflow $MLFLOW_URL, Prometheus http://127.0.0.1:$PROMETHEUS_PORT, state in $PROD_HOME"
+  log "Prefect API $PREFECT_URL, MLflow $MLFLOW_URL, Evidently $EVIDENTLY_URL, Prometheus http://127.0.0.1:$PROMETHEUS_PORT, state in $PROD_HOME"
 }
 
 own_cluster() { [[ "$(cd "$PG_DIR" 2>/dev/null && pwd)" == "$PROD_HOME/pg" ]]; }
@@ -251,6 +265,7 @@ own_cluster() { [[ "$(cd "$PG_DIR" 2>/dev/null && pwd)" == "$PROD_HOME/pg" ]]; }
 down() {
   prometheus down || true
   stack down || true
+  stop_pid evidently-ui
   stop_pid mlflow-server
   stop_pid prefect-server
   if own_cluster; then pg_down; fi
@@ -258,7 +273,7 @@ down() {
 
 status() {
   if pg_ready; then echo "postgresql: running on 127.0.0.1:$PG_PORT ($PG_DIR)"; else echo "postgresql: stopped"; fi
-  print_status prefect-server mlflow-server
+  print_status prefect-server mlflow-server evidently-ui
   stack status
   prometheus status
   curl -fsS --max-time 2 "$MLFLOW_URL/health" >/dev/null 2>&1 \
@@ -268,6 +283,7 @@ status() {
 env_lines() {
   stack env
   echo "export MLFLOW_TRACKING_URI=$MLFLOW_URL"
+  echo "export FRAUD_EVIDENTLY_URL=$EVIDENTLY_URL FRAUD_EVIDENTLY_UI_URL=$EVIDENTLY_URL"
 }
 
 case "${1:-}" in

@@ -21,10 +21,6 @@ from data_contracts.inference_log import SCORE_COLUMN
 from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.verdict import Outcome
 
-TAB_DRIFT = "Drift"
-TAB_PERFORMANCE = "Realized performance"
-TAB_FEATURES = "Features"
-
 
 def check_values(result: DriftCheckResult) -> dict[str, float]:
     """The figures one check adds to the dashboard (absent ones are left out, not zero)."""
@@ -61,28 +57,24 @@ def _line(title: str, series: list[tuple[str, str]], description: str, size: str
     )
 
 
-def panels(feature_names: list[str]) -> list[tuple[str, Any]]:
-    """The dashboard: (tab, panel) pairs."""
+def panels(feature_names: list[str]) -> list[Any]:
+    """The dashboard's panels, in page order (one page: Evidently OSS has no tabs remotely)."""
     return [
-        (TAB_DRIFT, _line("Share of drifted features", [("share", "drift_share")],
-                          "drift-check decides drift at the policy's share (0.3 by default)")),
-        (TAB_DRIFT, _line("Score drift", [("score", "score_drift")],
-                          "drift statistic of the model score (threshold 0.1 by default)")),
-        (TAB_PERFORMANCE, _line(
-            "Realized F1 on labelled feedback",
-            [("F1", "realized_f1"), ("interval low", "realized_f1_low"),
-             ("interval high", "realized_f1_high")],
-            "served decisions against delayed labels, with the 95% bootstrap interval")),
-        (TAB_PERFORMANCE, _line(
-            "Label coverage", [("labelled share", "label_coverage")],
-            "share of the window's scored transactions with a label yet")),
-        (TAB_PERFORMANCE, _line(
-            "Realized precision and recall",
-            [("precision", "realized_precision"), ("recall", "realized_recall")],
-            "at the served threshold")),
-        (TAB_FEATURES, _line(
-            "Per-feature drift statistic", [(f, f"drift.{f}") for f in feature_names],
-            "Wasserstein (numeric) or Jensen-Shannon (categorical) per spec feature", "full")),
+        _line("Share of drifted features", [("share", "drift_share")],
+              "drift-check decides drift at the policy's share (0.3 by default)"),
+        _line("Score drift", [("score", "score_drift")],
+              "drift statistic of the model score (threshold 0.1 by default)"),
+        _line("Realized F1 on labelled feedback",
+              [("F1", "realized_f1"), ("interval low", "realized_f1_low"),
+               ("interval high", "realized_f1_high")],
+              "served decisions against delayed labels, with the 95% bootstrap interval"),
+        _line("Label coverage", [("labelled share", "label_coverage")],
+              "share of the window's scored transactions with a label yet"),
+        _line("Realized precision and recall",
+              [("precision", "realized_precision"), ("recall", "realized_recall")],
+              "at the served threshold"),
+        _line("Per-feature drift statistic", [(f, f"drift.{f}") for f in feature_names],
+              "Wasserstein (numeric) or Jensen-Shannon (categorical) per spec feature", "full"),
     ]  # fmt: skip
 
 
@@ -107,8 +99,8 @@ def project_for(workspace: Any, model_name: str, feature_names: list[str]) -> An
     project = workspace.create_project(
         model_name, description=f"drift-check of {model_name}: drift and realized performance"
     )
-    for tab, panel in panels(feature_names):
-        project.dashboard.add_panel(panel, tab=tab)
+    for panel in panels(feature_names):
+        project.dashboard.add_panel(panel)
     return project
 
 

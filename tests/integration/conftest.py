@@ -179,13 +179,14 @@ def _embedded_stack(home: Path, port: int, env: dict[str, str]) -> Iterator[Stac
 
 
 def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> Iterator[Stack]:
-    mlflow_port = free_port()
+    mlflow_port, evidently_port = free_port(), free_port()
     env |= pg.env | {
         "FRAUD_PROD_HOME": str(home),
         "FRAUD_PROD_DB_PREFIX": f"it{port}",
         "FRAUD_PROD_PREFECT_PORT": str(port),
         "FRAUD_MLFLOW_PORT": str(mlflow_port),
         "FRAUD_PROD_PROMETHEUS_PORT": str(free_port()),
+        "FRAUD_PROD_EVIDENTLY_PORT": str(evidently_port),
     }
     s = Stack(home=home, env=env, profile="prod", secrets=(pg.password,))
     try:
@@ -195,6 +196,7 @@ def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> It
         env |= {
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
             "MLFLOW_TRACKING_URI": s.tracking_uri,
+            "FRAUD_EVIDENTLY_URL": f"http://127.0.0.1:{evidently_port}",
             "PREFECT_HOME": str(home / "prefect"),
             "BENTOML_HOME": str(home / "bentoml"),
         }

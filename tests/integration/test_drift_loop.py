@@ -227,7 +227,15 @@ def test_the_whole_loop(stack, smtp, tmp_path):
     assert "Decided by:" in artifacts["drift-check"]["data"]
     assert artifacts["drift-columns"]["type"] == "table"
     assert "amount" in json.dumps(artifacts["drift-columns"]["data"])
-    assert {"drift-report", "drift-mlflow-run", "drift-release-run"} <= set(artifacts)
+    assert {"drift-report", "drift-mlflow-run", "drift-release-run", "drift-dashboard"} <= set(
+        artifacts
+    )  # the dashboard: the local workspace, or the profile's Evidently UI service
+    dashboard = artifacts["drift-dashboard"]["data"]
+    assert "/projects/" in dashboard
+    evidently_url = stack.env.get("FRAUD_EVIDENTLY_URL")
+    if evidently_url:  # the service holds the project the link names
+        with urllib.request.urlopen(f"{evidently_url}/api/projects", timeout=10) as r:
+            assert dashboard.rsplit("/", 1)[1] in r.read().decode()
     release_link = artifacts["drift-release-run"]["data"]
 
     # exactly one retraining was started, and it runs to the end

@@ -36,4 +36,4 @@ def test_checks_become_points_of_one_project_with_its_panels(tmp_path):
     assert str(found.id) == project
     assert len(workspace.list_runs(found.id)) == 2
     titles = {p.title for p in workspace.get_dashboard(found.id).panels}
-    assert titles == {panel.title for _, panel in panels(spec.feature_names)}
+    assert titles == {panel.title for panel in panels(spec.feature_names)}
