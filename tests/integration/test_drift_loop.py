@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,12 +231,12 @@ def test_the_whole_loop(stack, smtp, tmp_path):
     assert {"drift-report", "drift-mlflow-run", "drift-release-run", "drift-dashboard"} <= set(
         artifacts
     )  # the dashboard: the local workspace, or the profile's Evidently UI service
-    dashboard = artifacts["drift-dashboard"]["data"]
-    assert "/projects/" in dashboard
+    found = re.search(r"/projects/([0-9a-f-]{36})", artifacts["drift-dashboard"]["data"])
+    assert found, artifacts["drift-dashboard"]["data"]
     evidently_url = stack.env.get("FRAUD_EVIDENTLY_URL")
     if evidently_url:  # the service holds the project the link names
         with urllib.request.urlopen(f"{evidently_url}/api/projects", timeout=10) as r:
-            assert dashboard.rsplit("/", 1)[1] in r.read().decode()
+            assert found.group(1) in r.read().decode()
     release_link = artifacts["drift-release-run"]["data"]
 
     # exactly one retraining was started, and it runs to the end
