@@ -26,25 +26,18 @@ from pathlib import Path
 
 from data_contracts.artifacts import (
     DEFAULT_MODEL_NAME,
-    HOME_ENV,
     MODEL_NAME_ENV,
     MODEL_TAG_ENV,
+    fraud_home,
     pointer_path,
     read_champion_pointer,
 )
 
 # the repository root when running from a checkout (bento/ sits at the top level)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ModelNotFoundError(RuntimeError):
     """No model can be chosen, or the chosen tag is not in the store."""
-
-
-def fraud_home(environ: Mapping[str, str] | None = None) -> Path:
-    """``FRAUD_HOME``, or ``<repo>/.fraud`` (the same default as the pipeline's settings)."""
-    env = os.environ if environ is None else environ
-    return Path(env[HOME_ENV]) if env.get(HOME_ENV) else REPO_ROOT / ".fraud"
 
 
 def served_model_name(environ: Mapping[str, str] | None = None) -> str:

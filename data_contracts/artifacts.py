@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 # --------------------------------------------------------------------------- artifact files
@@ -46,6 +47,15 @@ LABEL_KEYS = ("model_name", "model_version", "run_id", "spec_hash", "data_digest
 MODEL_TAG_ENV = "FRAUD_MODEL_TAG"  # serve exactly this stored model
 MODEL_NAME_ENV = "FRAUD_MODEL_NAME"  # serve this model's champion (default DEFAULT_MODEL_NAME)
 HOME_ENV = "FRAUD_HOME"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fraud_home(environ: Mapping[str, str] | None = None) -> Path:
+    """``FRAUD_HOME``, or ``<repo>/.fraud`` (the same default as the pipeline's settings)."""
+    env = os.environ if environ is None else environ
+    return Path(env[HOME_ENV]) if env.get(HOME_ENV) else _REPO_ROOT / ".fraud"
+
+
 DEFAULT_MODEL_NAME = "fraud-detector"  # the shipped spec's name (a test checks they agree)
 
 # --------------------------------------------------------------------------- response fields

@@ -26,12 +26,11 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from data_contracts.artifacts import HOME_ENV
+from data_contracts.artifacts import fraud_home
 
 KEY_ENV = "FRAUD_ID_HASH_KEY"
 KEY_FILE_ENV = "FRAUD_ID_HASH_KEY_FILE"
 MIN_KEY_CHARS = 16
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class IdKeyError(ValueError):
@@ -40,9 +39,7 @@ class IdKeyError(ValueError):
 
 def default_key_path(environ: Mapping[str, str] | None = None) -> Path:
     """``<FRAUD_HOME>/secrets/id-hash.key`` (``FRAUD_HOME`` defaults to ``<repo>/.fraud``)."""
-    env = os.environ if environ is None else environ
-    home = Path(env[HOME_ENV]) if env.get(HOME_ENV) else _REPO_ROOT / ".fraud"
-    return home / "secrets" / "id-hash.key"
+    return fraud_home(environ) / "secrets" / "id-hash.key"
 
 
 def _checked(raw: str, where: str) -> bytes:

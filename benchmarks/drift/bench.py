@@ -51,27 +51,42 @@ def stand_in_score(df: pd.DataFrame) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def make_data(rows: int, folder: Path) -> tuple[pd.DataFrame, Path]:
-    spec = default_spec()
+def make_reference(rows: int) -> pd.DataFrame:
+    """The generated reference with its stand-in score."""
     reference = generate(GeneratorConfig(rows=rows, seed=11))
     reference[SCORE_COLUMN] = stand_in_score(reference)
+    return reference
+
+
+def write_window(rows: int, root: Path, id_key: bytes | None = None) -> pd.DataFrame:
+    """A drifted window of the last 23 h written to ``root`` in the bento's format.
+
+    With ``id_key`` the transaction ids are logged as their keyed hashes, as the bento does.
+    """
     window = generate(GeneratorConfig(rows=rows, seed=12, days=2, drift=DRIFT))
     window[SCORE_COLUMN] = stand_in_score(window)
     now = pd.Timestamp.now(tz="UTC").floor("s")
     seconds = np.random.default_rng(13).integers(1, 23 * 3600, rows)
     window["timestamp"] = now - pd.to_timedelta(seconds, unit="s")
-    root = folder / "inference_log"
     table = build_table(
-        spec,
+        default_spec(),
         window,
         scores=window[SCORE_COLUMN],
         decisions=window[SCORE_COLUMN] >= 0.5,
         timestamps=window["timestamp"],
         model_version="1",
         request_ids="bench",
+        transaction_ids=list(window["transaction_id"]) if id_key else None,
+        id_key=id_key,
     )
     LogFiles(root).write(table)
-    return reference, root
+    return window
+
+
+def make_data(rows: int, folder: Path) -> tuple[pd.DataFrame, Path]:
+    root = folder / "inference_log"
+    write_window(rows, root)
+    return make_reference(rows), root
 
 
 def naive(reference: pd.DataFrame, window: pd.DataFrame) -> tuple[float, dict[str, float], set]:

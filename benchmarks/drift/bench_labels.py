@@ -18,15 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from benchmarks.drift.bench import DRIFT, stand_in_score
+from benchmarks.drift.bench import make_reference, write_window
 from data_contracts.id_key import hash_id
-from data_contracts.inference_log import SCORE_COLUMN, LogFiles, build_table
 from data_contracts.spec import default_spec
-from data_contracts.synthetic import GeneratorConfig, generate
 from flows.monitoring.analysis import analyse
 from flows.monitoring.feedback import (
     FeedbackPolicy,
@@ -41,29 +38,11 @@ KEY = b"benchmark-id-hash-key-0123456789abcdef"
 
 
 def make_data(rows: int, labels: int, folder: Path) -> tuple[Path, Path, Path]:
-    spec = default_spec()
-    reference = generate(GeneratorConfig(rows=rows, seed=11))
-    reference[SCORE_COLUMN] = stand_in_score(reference)
     ref_path = folder / "reference.parquet"
-    reference.to_parquet(ref_path, index=False)
-    window = generate(GeneratorConfig(rows=rows, seed=12, days=2, drift=DRIFT))
-    window[SCORE_COLUMN] = stand_in_score(window)
-    now = pd.Timestamp.now(tz="UTC").floor("s")
-    seconds = np.random.default_rng(13).integers(1, 23 * 3600, rows)
-    window["timestamp"] = now - pd.to_timedelta(seconds, unit="s")
+    make_reference(rows).to_parquet(ref_path, index=False)
     root = folder / "inference_log"
-    table = build_table(
-        spec,
-        window,
-        scores=window[SCORE_COLUMN],
-        decisions=window[SCORE_COLUMN] >= 0.5,
-        timestamps=window["timestamp"],
-        model_version="1",
-        request_ids="bench",
-        transaction_ids=list(window["transaction_id"]),
-        id_key=KEY,
-    )
-    LogFiles(root).write(table)
+    window = write_window(rows, root, id_key=KEY)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
     picked = window.sample(labels, random_state=14)
     feedback = folder / "feedback"
     feedback.mkdir()

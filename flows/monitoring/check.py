@@ -8,6 +8,10 @@ queued mail first -> champion's reference -> inference-log window -> sampled Evi
 :class:`DriftSteps` value: the plain functions by default (tests, no Prefect server needed), the
 Prefect tasks of ``flows.drift_check`` in the flow, so the UI shows every step as a task run and
 the I/O steps retry on their own, while tests and production run the same wiring.
+
+Over 400 lines on purpose: each step here is a few lines that call the module that does the
+work (analysis, feedback, retraining, reports, dashboard); keeping the steps beside their one
+wiring lets a reader check the order and the error handling of a check in one place.
 """
 
 from __future__ import annotations
