@@ -10,7 +10,8 @@ with HAProxy's Prometheus exporter (``/metrics``) and stats page (``/stats``).
 :func:`install_config` writes a configuration atomically and only after ``haproxy -c``
 accepted it: a bad configuration never replaces a good one. :func:`reload` asks the master
 for a graceful reload (SIGUSR2): a new worker takes the listeners, the old one finishes its
-requests in flight and exits. :func:`processes` reads the master CLI (``show proc``) so a
+requests in flight (and the next request of each idle keep-alive connection, answered with
+``Connection: close``) and exits. :func:`processes` reads the master CLI (``show proc``) so a
 caller can see that the reload happened and when the old worker has drained.
 """
 
@@ -108,6 +109,10 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
         "    timeout check 2s",
+        # on a reload the old worker answers the next request of an idle keep-alive connection
+        # with "Connection: close" instead of closing it under a client that is sending: a
+        # closed idle connection races the client's next request (a broken pipe, not retried)
+        "    option idle-close-on-response",
         f"    retries {spec.retries}",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response junk-response response-timeout 502 503 504",
