@@ -220,13 +220,57 @@ class LogFiles:
 # Reading
 
 
+def log_files(folder: Path) -> list[Path]:
+    """The finished log files of one date folder (hidden temporary files excluded), by name."""
+    return sorted(p for p in folder.glob("*.parquet") if p.is_file())
+
+
+def read_file(path: Path, columns: Sequence[str] | None) -> pa.Table:
+    """One log file, only the ``columns`` it has (older files may lack newer columns).
+
+    Only those columns are decoded, and the timestamp is cast to :data:`TIMESTAMP_TYPE`.
+    """
+    names = pq.read_schema(path).names
+    wanted = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+    table = pq.read_table(path, columns=wanted)
+    if TIMESTAMP_COLUMN in table.column_names:
+        index = table.schema.get_field_index(TIMESTAMP_COLUMN)
+        table = table.set_column(
+            index, TIMESTAMP_COLUMN, pc.cast(table[TIMESTAMP_COLUMN], TIMESTAMP_TYPE)
+        )
+    return table
+
+
+def partitions(root: Path) -> list[tuple[datetime, Path]]:
+    """The date folders of the log, newest first."""
+    found = ((d, p) for p in (root.iterdir() if root.is_dir() else []) if (d := partition_date(p)))
+    return sorted(found, key=lambda item: item[0], reverse=True)
+
+
+def version_set(model_version: str | None) -> pa.Array | None:
+    """The ``model_version`` values that mean ``model_version`` (with and without ``v``)."""
+    if model_version is None:
+        return None
+    bare = str(model_version).removeprefix("v")
+    return pa.array([bare, f"v{bare}"])
+
+
+def in_window(
+    table: pa.Table, now: datetime, cutoff: datetime | None, versions: pa.Array | None
+) -> pa.Array:
+    """The rows of ``table`` (timestamp cast) up to ``now``, after ``cutoff``, of ``versions``."""
+    ts = table[TIMESTAMP_COLUMN]
+    keep = pc.less_equal(ts, pa.scalar(now, TIMESTAMP_TYPE))
+    if cutoff is not None:
+        keep = pc.and_(keep, pc.greater(ts, pa.scalar(cutoff, TIMESTAMP_TYPE)))
+    if versions is not None:
+        served = pc.cast(table[MODEL_VERSION_COLUMN], pa.string())
+        keep = pc.and_(keep, pc.is_in(served, value_set=versions))
+    return pc.fill_null(keep, False)
+
+
 def _read_partition(folder: Path, columns: list[str] | None) -> pa.Table | None:
-    tables = []
-    for path in sorted(p for p in folder.glob("*.parquet") if p.is_file()):
-        table = pq.read_table(path)
-        if columns is not None:
-            table = table.select([c for c in columns if c in table.column_names])
-        tables.append(table)
+    tables = [read_file(path, columns) for path in log_files(folder)]
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
@@ -249,35 +293,17 @@ def read_log(
     No rows: an empty table with the wanted columns.
     """
     wanted = None if columns is None else [*columns, TIMESTAMP_COLUMN, MODEL_VERSION_COLUMN]
-    parts = sorted(
-        ((d, p) for p in (root.iterdir() if root.is_dir() else []) if (d := partition_date(p))),
-        key=lambda item: item[0],
-        reverse=True,
-    )
     cutoff = now - timedelta(hours=hours) if hours is not None else None
-    versions = None
-    if model_version is not None:
-        bare = str(model_version).removeprefix("v")
-        versions = pa.array([bare, f"v{bare}"])
+    versions = version_set(model_version)
     tables: list[pa.Table] = []
     have = 0
-    for day, folder in parts:
+    for day, folder in partitions(root):
         if cutoff is not None and day + timedelta(days=1) <= cutoff:
             break
         table = _read_partition(folder, wanted)
         if table is None or table.num_rows == 0:
             continue
-        ts = pc.cast(table[TIMESTAMP_COLUMN], TIMESTAMP_TYPE)
-        table = table.set_column(
-            table.schema.get_field_index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, ts
-        )
-        keep = pc.less_equal(ts, pa.scalar(now, TIMESTAMP_TYPE))
-        if cutoff is not None:
-            keep = pc.and_(keep, pc.greater(ts, pa.scalar(cutoff, TIMESTAMP_TYPE)))
-        if versions is not None:
-            served = pc.cast(table[MODEL_VERSION_COLUMN], pa.string())
-            keep = pc.and_(keep, pc.is_in(served, value_set=versions))
-        table = table.filter(keep)
+        table = table.filter(in_window(table, now, cutoff, versions))
         tables.append(table)
         have += table.num_rows
         if rows is not None and have >= rows:

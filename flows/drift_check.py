@@ -77,16 +77,20 @@ def read_window(
 
 @task(name="analyse", cache_policy=NO_CACHE)
 def analyse(
-    reference: pa.Table, window: pa.Table, spec: FeatureSpec, policy: DriftPolicy
+    reference: pa.Table,
+    window: pa.Table,
+    spec: FeatureSpec,
+    policy: DriftPolicy,
+    window_rows: int | None = None,
 ) -> analysis.DriftAnalysis:
-    return analysis.analyse(reference, window, spec, policy)
+    return analysis.analyse(reference, window, spec, policy, window_rows)
 
 
 @task(name="realized-performance", cache_policy=NO_CACHE, **IO_RETRIES)
 def measure_performance(
     settings: Settings,
     config: DriftCheckConfig,
-    window: pa.Table,
+    window: check.CurrentWindow,
     champion_f1: float | None,
     now: datetime,
     report_dir: Path | None = None,

@@ -247,22 +247,31 @@ class DriftAnalysis:
 
 
 def analyse(
-    reference: Frame, current: Frame, spec: FeatureSpec, policy: DriftPolicy
+    reference: Frame,
+    current: Frame,
+    spec: FeatureSpec,
+    policy: DriftPolicy,
+    window_rows: int | None = None,
 ) -> DriftAnalysis:
-    """Compare the window with the reference; guard small windows; return the verdict."""
+    """Compare the window with the reference; guard small windows; return the verdict.
+
+    ``current`` is the whole window, or a uniform sample of it drawn while reading (a scan)
+    with ``window_rows`` the window's size: the guard and the sampling statement use that size.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    short = not_enough_data(len(current), policy)
+    rows = len(current) if window_rows is None else window_rows
+    short = not_enough_data(rows, policy)
     if short is not None:
         info = Sampling(
             reference_rows=len(reference),
-            window_rows=len(current),
+            window_rows=rows,
             reference_sampled=0,
             window_sampled=0,
             seed=policy.seed,
         )
         return DriftAnalysis(verdict=short, sampling=info)
-    ref_s, cur_s, info = sample_pair(reference, current, policy.sample_rows, policy.seed)
+    ref_s, cur_s, info = sample_pair(reference, current, policy.sample_rows, policy.seed, rows)
     ref_p, cur_p, untestable = prepare_frames(ref_s, cur_s, spec)
     timings["sample"] = time.perf_counter() - started
     snapshot = run_evidently(ref_p, cur_p, spec, policy, exclude=untestable)

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from data_contracts.inference_log import SCORE_COLUMN, TIMESTAMP_COLUMN
 from data_contracts.spec import FeatureSpec, default_spec
 from flows.alerting import outbox as mail_outbox
 from flows.alerting import smtp as mail
@@ -41,6 +42,7 @@ from flows.monitoring.feedback import (
     FeedbackPolicy,
     RealizedPerformance,
     feedback_columns,
+    feedback_files,
     read_feedback,
     realized_performance,
 )
@@ -49,13 +51,7 @@ from flows.monitoring.report_mail import report_message
 from flows.monitoring.reports import log_monitoring_run, mlflow_run_url, save_reports
 from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.verdict import DriftPolicy, Outcome
-from flows.monitoring.window import (
-    Window,
-    monitored_columns,
-    read_inference_log,
-    time_range,
-    window_id,
-)
+from flows.monitoring.window import Window, identity, monitored_columns, scan_window
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +124,15 @@ def fetch_reference(settings: Settings, model_name: str) -> Reference:
 
 @dataclass(frozen=True)
 class CurrentWindow:
-    """The window's rows (Arrow, converted only once sampled) and its identity."""
+    """The window's size and identity, a uniform sample of its monitored columns (Arrow), and
+    the id, score, decision and timestamp of every row when there is feedback to join."""
 
-    table: pa.Table
+    sample: pa.Table
+    rows: int
     id: str
     start: datetime | None
     end: datetime | None
+    scored: pa.Table | None = None
 
 
 def read_window(
@@ -143,28 +142,36 @@ def read_window(
     champion_version: str,
     now: datetime,
 ) -> CurrentWindow:
-    """The monitored columns of the window, served by the champion unless configured otherwise."""
-    table = read_inference_log(
+    """The window scanned file by file, served by the champion unless configured otherwise.
+
+    Only the sample Evidently sees (``policy.sample_rows``) and, when labelled feedback exists,
+    the four columns of the join are held, so a 10M-row day fits in a few GB (benchmarks/drift).
+    """
+    join = bool(feedback_files(settings.feedback_root))
+    scan = scan_window(
         settings.inference_log_root,
         config.window,
         now=now,
         model_version=champion_version if config.only_champion_rows else None,
-        columns=[*monitored_columns(spec), *feedback_columns()],
-        as_table=True,
+        sample_columns=monitored_columns(spec),
+        sample_rows=config.policy.sample_rows,
+        seed=config.policy.seed,
+        keep_columns=[*feedback_columns(), SCORE_COLUMN, TIMESTAMP_COLUMN] if join else [],
     )
-    bounds = time_range(table)
     return CurrentWindow(
-        table=table,
-        id=window_id(table, champion_version),
-        start=bounds[0] if bounds else None,
-        end=bounds[1] if bounds else None,
+        sample=scan.sample,
+        rows=scan.rows,
+        id=identity(champion_version, scan.first, scan.last, scan.rows),
+        start=scan.first,
+        end=scan.last,
+        scored=scan.kept if join else None,
     )
 
 
 def measure_performance(
     settings: Settings,
     config: DriftCheckConfig,
-    window: pa.Table,
+    window: CurrentWindow,
     champion_f1: float | None,
     now: datetime,
     report_dir: Path | None = None,
@@ -173,7 +180,10 @@ def measure_performance(
     (and Evidently's classification report of them in ``report_dir``)."""
     key = settings.id_key()  # clear ids in feedback are hashed as the bento hashes them
     feedback, counts = read_feedback(settings.feedback_root, key, now)
-    return realized_performance(window, feedback, counts, config.feedback, champion_f1, report_dir)
+    scored = window.scored if window.scored is not None else pa.table({})
+    return realized_performance(
+        scored, feedback, counts, config.feedback, champion_f1, report_dir, window.rows
+    )
 
 
 @dataclass(frozen=True)
@@ -430,12 +440,12 @@ def run_drift_check(
     problems = steps.send_queued_mail(smtp, settings.outbox_dir, sleep)
     reference = steps.fetch_reference(settings, config.model_name)
     window = steps.read_window(settings, config, spec, reference.version, now)
-    analysis = steps.analyse(reference.frame, window.table, spec, config.policy)
+    analysis = steps.analyse(reference.frame, window.sample, spec, config.policy, window.rows)
     folder = settings.drift_reports_dir / f"{now:%Y%m%dT%H%M%SZ}-{window.id}"
     performance: RealizedPerformance | None = None
     try:  # labels are a second opinion: a broken feed is reported, the drift verdict stands
         performance = steps.measure_performance(
-            settings, config, window.table, reference.holdout_f1, now, folder
+            settings, config, window, reference.holdout_f1, now, folder
         )
     except Exception as err:
         problems = [*problems, f"realized performance: {type(err).__name__}: {err}"]

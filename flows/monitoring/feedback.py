@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts.id_key import hash_id
@@ -245,22 +246,34 @@ def _dedupe_labels(feedback: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     return latest, duplicates, conflicting
 
 
-def _window_rows(window: pa.Table | pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Scored rows with an id: (hash, score, decision), the last scoring of each; counts."""
+def _window_rows(
+    window: pa.Table | pd.DataFrame, labelled: pd.Series
+) -> tuple[pd.DataFrame, int, int]:
+    """Scored rows with a label: (hash, score, decision), the last scoring of each; counts.
+
+    Returns the labelled rows, how many window rows carry an id and how many distinct ids they
+    are. Counting and the label filter run in Arrow, so pandas only sees the labelled rows, not
+    the millions of hashes of a large window.
+    """
     wanted = [TRANSACTION_ID_HASH_COLUMN, SCORE_COLUMN, DECISION_COLUMN, TIMESTAMP_COLUMN]
-    if isinstance(window, pa.Table):
-        present = [c for c in wanted if c in window.column_names]
-        frame = window.select(present).to_pandas()
-    else:
-        frame = window[[c for c in wanted if c in window.columns]]
-    if TRANSACTION_ID_HASH_COLUMN not in frame.columns or DECISION_COLUMN not in frame.columns:
+    if isinstance(window, pd.DataFrame):
+        present = [c for c in wanted if c in window.columns]
+        window = pa.Table.from_pandas(window[present], preserve_index=False)
+    table = window.select([c for c in wanted if c in window.column_names])
+    if TRANSACTION_ID_HASH_COLUMN not in table.column_names or (
+        DECISION_COLUMN not in table.column_names
+    ):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted}), 0, 0
-    scored = frame[frame[TRANSACTION_ID_HASH_COLUMN].notna()]
-    with_id = len(scored)
-    last = scored.sort_values(TIMESTAMP_COLUMN, kind="stable").drop_duplicates(
+    ids = pc.cast(table[TRANSACTION_ID_HASH_COLUMN], pa.string())
+    with_id = len(ids) - ids.null_count
+    distinct = pc.count_distinct(ids, mode="only_valid").as_py()
+    values = pa.array(labelled.dropna().astype(str).unique(), pa.string())
+    frame = table.filter(pc.fill_null(pc.is_in(ids, value_set=values), False)).to_pandas()
+    frame[TRANSACTION_ID_HASH_COLUMN] = frame[TRANSACTION_ID_HASH_COLUMN].astype(object)
+    last = frame.sort_values(TIMESTAMP_COLUMN, kind="stable").drop_duplicates(
         TRANSACTION_ID_HASH_COLUMN, keep="last"
     )
-    return last, with_id, with_id - len(last)
+    return last, with_id, distinct
 
 
 def f1_interval(
@@ -297,14 +310,19 @@ def realized_performance(
     policy: FeedbackPolicy,
     champion_f1: float | None,
     report_dir: Path | None = None,
+    scored_rows: int | None = None,
 ) -> RealizedPerformance:
     """Join labels to the window's scored rows; the served decisions' metrics, judged.
 
-    With ``report_dir``, Evidently's classification report of the labelled rows (served
-    decisions and scores against the labels) is written there as ``performance_report.html``.
+    ``window`` holds the id, score, decision and timestamp of every window row;
+    ``scored_rows`` is the window's row count when ``window`` holds no rows because there is no
+    feedback to join (a scan then skips the id column). With ``report_dir``, Evidently's
+    classification report of the labelled rows (served decisions and scores against the
+    labels) is written there as ``performance_report.html``.
     """
-    scored, with_id, rescored = _window_rows(window)
     labels, duplicates, conflicting = _dedupe_labels(feedback)
+    scored, with_id, distinct = _window_rows(window, labels[TRANSACTION_ID_HASH_COLUMN])
+    rescored = with_id - distinct
     joined = scored.merge(labels, on=TRANSACTION_ID_HASH_COLUMN, how="inner")
     counts = counts.model_copy(
         update={
@@ -315,10 +333,10 @@ def realized_performance(
         }
     )
     base = {
-        "scored_rows": len(window),
+        "scored_rows": len(window) if scored_rows is None else scored_rows,
         "with_id": with_id,
         "labelled": len(joined),
-        "coverage": len(joined) / len(scored) if len(scored) else 0.0,
+        "coverage": len(joined) / distinct if distinct else 0.0,
         "champion_f1": champion_f1,
         "tolerance": policy.f1_tolerance,
         "confidence": policy.confidence,

@@ -47,11 +47,16 @@ Frame = pd.DataFrame | pa.Table
 
 
 def sample_pair(
-    reference: Frame, current: Frame, sample_rows: int, seed: int
+    reference: Frame,
+    current: Frame,
+    sample_rows: int,
+    seed: int,
+    window_rows: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Sampling]:
     """Sample each side down to ``sample_rows`` (uniformly, seeded); smaller sides stay whole.
 
     Arrow tables are sampled before conversion, so pandas only ever holds the sample.
+    ``window_rows`` is the window's size when ``current`` is already a sample of it.
     """
     rng = np.random.default_rng(seed)
 
@@ -66,7 +71,7 @@ def sample_pair(
     ref, cur = take(reference), take(current)
     info = Sampling(
         reference_rows=len(reference),
-        window_rows=len(current),
+        window_rows=len(current) if window_rows is None else window_rows,
         reference_sampled=len(ref),
         window_sampled=len(cur),
         seed=seed,

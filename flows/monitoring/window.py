@@ -1,8 +1,9 @@
 """The current window: which rows of the inference log a drift check looks at, and their identity.
 
-The rows are read by the contract's one reader (:func:`data_contracts.inference_log.read_log`),
-the same module the bento writes with; this module adds the flow's view of it: a
-:class:`Window` parameter (last hours or last rows), pandas or Arrow, and the window's id.
+The rows are read by the contract's reader (:func:`data_contracts.inference_log.read_log`,
+the same module the bento writes with, or :func:`data_contracts.log_scan.scan_log` for a
+window too large to hold); this module adds the flow's view of it: a :class:`Window` parameter
+(last hours or last rows), pandas or Arrow, and the window's id.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_contracts.inference_log import SCORE_COLUMN, TIMESTAMP_COLUMN, read_log
+from data_contracts.log_scan import LogScan, scan_log
 from data_contracts.spec import FeatureSpec
 
 
@@ -87,9 +89,43 @@ def window_id(frame: pd.DataFrame | pa.Table, champion_version: str) -> str:
     Two checks over the same rows get the same id, which makes a retraining trigger idempotent.
     """
     bounds = time_range(frame)
-    if bounds is None:
+    first, last = bounds if bounds is not None else (None, None)
+    return identity(champion_version, first, last, len(frame))
+
+
+def identity(
+    champion_version: str, first: datetime | None, last: datetime | None, rows: int
+) -> str:
+    """:func:`window_id` from the window's bounds and row count (what a scan knows)."""
+    if first is None or last is None or rows == 0:
         return f"v{champion_version}-empty"
-    first, last = bounds
-    raw = f"{champion_version}|{first.isoformat()}|{last.isoformat()}|{len(frame)}"
+    first, last = pd.Timestamp(first), pd.Timestamp(last)
+    raw = f"{champion_version}|{first.isoformat()}|{last.isoformat()}|{rows}"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:10]
     return f"v{champion_version}-{first:%Y%m%dT%H%M}-{last:%Y%m%dT%H%M}-{digest}"
+
+
+def scan_window(
+    root: Path,
+    window: Window,
+    *,
+    now: datetime,
+    model_version: str | None,
+    sample_columns: list[str],
+    sample_rows: int,
+    seed: int,
+    keep_columns: list[str],
+) -> LogScan:
+    """The window scanned file by file (see :mod:`data_contracts.log_scan`): its row count,
+    bounds, a uniform sample of ``sample_columns`` and ``keep_columns`` of every row."""
+    return scan_log(
+        root,
+        now=now,
+        hours=window.hours,
+        rows=window.rows,
+        model_version=model_version,
+        sample_columns=sample_columns,
+        sample_rows=sample_rows,
+        seed=seed,
+        keep_columns=keep_columns,
+    )

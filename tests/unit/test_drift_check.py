@@ -83,12 +83,22 @@ def test_read_window_keeps_the_champions_rows(settings, spec):
     write_log(frame.iloc[30:], settings.inference_log_root, spec, "v3")
     config = DriftCheckConfig(window=Window(hours=24))
     window = read_window(settings, config, spec, "2", NOW)
-    assert window.table.num_rows == 30 and window.id.startswith("v2-")
+    assert window.rows == window.sample.num_rows == 30 and window.id.startswith("v2-")
     assert window.end == NOW - timedelta(minutes=1)
+    assert window.scored is None  # no feedback yet: the id column is not even read
     every = read_window(
         settings, config.model_copy(update={"only_champion_rows": False}), spec, "2", NOW
     )
-    assert every.table.num_rows == 40
+    assert every.rows == 40
+    # a window larger than the policy's sample: the size is the window's, the sample exact
+    small = config.model_copy(
+        update={"policy": config.policy.model_copy(update={"sample_rows": 25})}
+    )
+    sampled = read_window(
+        settings, small.model_copy(update={"only_champion_rows": False}), spec, "2", NOW
+    )
+    assert sampled.rows == 40 and sampled.sample.num_rows == 25
+    assert sampled.id == every.id  # the identity is the window's, not the sample's
 
 
 def test_plan_asks_prefect_only_when_a_trigger_is_possible(settings):
@@ -169,7 +179,7 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
     steps = DriftSteps(
         send_queued_mail=step("mail-queue", ["outbox: queued one refused"]),
         fetch_reference=step("reference", Reference("fraud-detector", "3", "run-3", table)),
-        read_window=step("window", CurrentWindow(table, "v3-w", NOW, NOW)),
+        read_window=step("window", CurrentWindow(table, 1, "v3-w", NOW, NOW)),
         analyse=step("analyse", analysis()),
         measure_performance=step("performance", OSError("feedback folder unreadable")),
         plan_retraining=step("plan", planned),
@@ -278,7 +288,7 @@ def test_a_recall_collapse_without_input_drift_triggers_retraining(settings, spe
     served_with_feedback(settings, spec, caught_every=4)
     config = DriftCheckConfig(window=Window(hours=24))
     window = read_window(settings, config, spec, "3", NOW)
-    perf = check.measure_performance(settings, config, window.table, 0.8, NOW)
+    perf = check.measure_performance(settings, config, window, 0.8, NOW)
     assert perf.labelled == 5000 and perf.coverage == 1.0  # clear ids hashed with the bento's key
     assert perf.recall == pytest.approx(0.25) and perf.dropped
     plan = plan_retraining(
@@ -305,7 +315,7 @@ def test_a_model_still_catching_fraud_is_within_limits(settings, spec):
     served_with_feedback(settings, spec, caught_every=1)
     config = DriftCheckConfig(window=Window(hours=24))
     window = read_window(settings, config, spec, "3", NOW)
-    perf = check.measure_performance(settings, config, window.table, 0.8, NOW)
+    perf = check.measure_performance(settings, config, window, 0.8, NOW)
     assert perf.status == "within limits" and perf.f1 == 1.0
     plan = plan_retraining(
         settings, config, analysis(Outcome.NO_DRIFT), window.id, NOW, lambda _: [], perf
