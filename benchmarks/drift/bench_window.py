@@ -5,8 +5,9 @@ Setup (not measured): a 1M-row generated reference with its stand-in score, and 
 (:class:`~data_contracts.inference_log.LogFiles`) in the bento's layout, one file per 10,000
 rows (the bento's ``flush_records``, what it writes under load), date-partitioned.
 
-Each measurement runs in a fresh interpreter, so its peak RSS (``ru_maxrss``) is the check's
-alone, imports included:
+Each measurement runs in a fresh interpreter, so its peak RSS (``VmHWM`` of /proc/self/status;
+``ru_maxrss`` would include the parent's size at fork time) is the check's alone, imports
+included:
 
 - product: what the drift flow runs, ``check.read_window`` (the log scanned file by file, a
   uniform sample of ``sample_rows`` drawn while reading) then ``analysis.analyse``;
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess  # nosec B404 # this interpreter, argv list only
 import sys
 import tempfile
@@ -74,6 +74,14 @@ def write_day(rows: int, root: Path) -> int:
     return files
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure(path: str, home: Path, reference: Path) -> dict[str, float | int | str]:
     """One check's read + analysis in this interpreter; the figures as a dict."""
     import evidently.presets  # noqa: F401 - the check's imports, counted in RSS, not in time
@@ -88,7 +96,7 @@ def measure(path: str, home: Path, reference: Path) -> dict[str, float | int | s
     spec = default_spec()
     settings = Settings(home=home)
     config = check.DriftCheckConfig(window=Window(hours=24))
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = peak_rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     frame = pq.read_table(reference, columns=monitored_columns(spec))
     now = datetime.now(UTC)
@@ -110,7 +118,7 @@ def measure(path: str, home: Path, reference: Path) -> dict[str, float | int | s
     return {
         "wall": time.perf_counter() - started,
         "cpu": time.process_time() - cpu,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": peak_rss_mb(),
         "import_rss_mb": base_rss,
         "rows": rows,
         "sampled": result.sampling.window_sampled,

@@ -48,7 +48,12 @@ from flows.monitoring.feedback import (
 )
 from flows.monitoring.reference import Reference, load_reference
 from flows.monitoring.report_mail import report_message
-from flows.monitoring.reports import log_monitoring_run, mlflow_run_url, save_reports
+from flows.monitoring.reports import (
+    complete_decision,
+    log_monitoring_run,
+    mlflow_run_url,
+    save_reports,
+)
 from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import Window, identity, monitored_columns, scan_window
@@ -488,6 +493,13 @@ def run_drift_check(
         result = result.model_copy(update={"dashboard_url": dashboard})
     except Exception as err:
         problem = f"Evidently dashboard: {type(err).__name__}: {err}"
+        result = result.model_copy(update={"problems": [*result.problems, problem]})
+    try:  # the local decision file names where the check was recorded
+        if "decision" in paths:
+            final = result.model_dump(mode="json", exclude={"columns"})
+            complete_decision(paths["decision"], final)
+    except (OSError, ValueError) as err:
+        problem = f"decision file: {type(err).__name__}: {err}"
         result = result.model_copy(update={"problems": [*result.problems, problem]})
     if publish is not None:
         publish(result)

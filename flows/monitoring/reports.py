@@ -34,6 +34,19 @@ def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -
     return paths
 
 
+def complete_decision(path: Path, result: dict[str, Any]) -> None:
+    """Replace the decision JSON's ``result`` with the final one (MLflow run, dashboard links).
+
+    The decision file is written before MLflow and the dashboard record the check (MLflow logs
+    it); this rewrite, atomic, lets the local copy name where the check was recorded too.
+    """
+    decision = json.loads(path.read_text())
+    decision["result"] = result
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(decision, indent=1, default=str))
+    tmp.replace(path)
+
+
 def mlflow_run_url(settings: Settings, run_id: str) -> str | None:
     """The run's page in the MLflow UI: the tracking server's, or `make mlflow-ui`'s for the
     embedded store; None for a tracking URI that is no web server (e.g. a database URL).

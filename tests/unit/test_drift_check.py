@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,6 +213,41 @@ def test_the_wiring_runs_every_step_in_order_and_reports_problems(settings, spec
     ]
     assert res.window_id == "v3-w" and res.champion_version == "3"
     assert res.manual_command.endswith("--param data_path=/data/train.parquet --watch")
+
+
+def test_the_decision_file_names_where_the_check_was_recorded(settings, spec, tmp_path):
+    table = pa.table({"timestamp": pa.array([NOW], pa.timestamp("us", tz="UTC"))})
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps({"result": {"mlflow_run_id": None}, "verdict": {"x": 1}}))
+    planned = RetrainPlan(
+        RetrainDecision(action=RetrainAction.NOT_NEEDED, reason="calm", deployment=DEP)
+    )
+
+    def const(value):
+        return lambda *args, **kwargs: value
+
+    steps = DriftSteps(
+        send_queued_mail=const([]),
+        fetch_reference=const(Reference("fraud-detector", "3", "run-3", table)),
+        read_window=const(CurrentWindow(table, 1, "v3-w", NOW, NOW)),
+        analyse=const(analysis()),
+        measure_performance=const(None),
+        plan_retraining=const(planned),
+        start_retraining=const(planned),
+        read_history=const([]),
+        draw_charts=const([]),
+        write_reports=const({"decision": decision}),
+        log_monitoring_run=const("run-77"),
+        record_dashboard=const("http://127.0.0.1:8000/projects/p1"),
+        send_report=const(None),
+    )
+    res, _ = run_drift_check(
+        settings, DriftCheckConfig(), SMTP_OFF, spec=spec, now=NOW, steps=steps
+    )
+    written = json.loads(decision.read_text())
+    assert written["result"]["mlflow_run_id"] == res.mlflow_run_id == "run-77"
+    assert written["result"]["dashboard_url"] == "http://127.0.0.1:8000/projects/p1"
+    assert written["verdict"] == {"x": 1} and res.problems == []  # the rest of the file stays
 
 
 def test_flow_steps_are_tasks_retried_only_on_io():
