@@ -112,8 +112,9 @@ bench-swap: install ## checkout bentoml serve under wrk while the champion moves
 bench-hostile: install ## one bento worker under hostile requests + normal scoring for 60 s: p99, RSS, /metrics, 5xx
 	$(PY) -m benchmarks.serve.hostile
 
-bench-drift: install ## drift check of a 1M-row window vs a 1M-row reference, beside naive Evidently
+bench-drift: install ## drift check: 1M-row window vs naive Evidently; 1M and 10M windows, wall and peak RSS
 	$(PY) -m benchmarks.drift.bench
+	$(PY) -m benchmarks.drift.bench_window
 
 bench-bootstrap: install ## the gate's paired F1 bootstrap on a 40k-row holdout vs the row-index bootstrap
 	$(PY) benchmarks/bench_bootstrap.py

@@ -2,10 +2,11 @@
 
 Same data for both runs: a generated reference, a 1M-row window written in the bento's format
 with transaction ids (keyed hashes), and a feedback file with labels for 100k of them. The
-baseline is today's check without labels (read the monitored columns, sampled analysis); the
-labelled run reads the window with the id and decision columns, runs the same analysis, reads
-the feedback and computes realized performance (join, metrics, bootstrap interval, Evidently's
-classification report). Printed: both wall and CPU times, and their ratio (target: within 1.5x).
+baseline is the check without labels (``check.read_window`` scans the monitored columns into a
+sample, then the analysis); the labelled run's scan also keeps the id, decision, score and
+timestamp of every row, runs the same analysis, reads the feedback and computes realized
+performance (join, metrics, bootstrap interval, Evidently's classification report), as the flow
+does. Printed: both wall and CPU times, and their ratio (target: within 1.5x).
 
     uv run python -m benchmarks.drift.bench_labels [--rows 1000000] [--labels 100000]
 """
@@ -16,6 +17,7 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -24,15 +26,12 @@ import pyarrow.parquet as pq
 from benchmarks.drift.bench import make_reference, write_window
 from data_contracts.id_key import hash_id
 from data_contracts.spec import default_spec
+from flows.core.settings import Settings
+from flows.monitoring import check
 from flows.monitoring.analysis import analyse
-from flows.monitoring.feedback import (
-    FeedbackPolicy,
-    feedback_columns,
-    read_feedback,
-    realized_performance,
-)
+from flows.monitoring.check import DriftCheckConfig
 from flows.monitoring.verdict import DriftPolicy
-from flows.monitoring.window import Window, monitored_columns, read_inference_log
+from flows.monitoring.window import Window, monitored_columns
 
 KEY = b"benchmark-id-hash-key-0123456789abcdef"
 
@@ -77,25 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"generating {args.rows:,} reference and window rows, {args.labels:,} labels ...")
-        ref_path, root, feedback_dir = make_data(args.rows, args.labels, folder)
+        ref_path, _, feedback_dir = make_data(args.rows, args.labels, folder)
+
+        config = DriftCheckConfig(window=Window(hours=24), policy=policy)
+        unlabelled = Settings(home=folder, feedback_dir=folder / "no-feedback")
+        labelled = Settings(home=folder, feedback_dir=feedback_dir)
 
         def without_labels() -> str:
             reference = pq.read_table(ref_path, columns=monitored_columns(spec))
-            window = read_inference_log(
-                root, Window(hours=24), columns=monitored_columns(spec), as_table=True
-            )
-            drift = analyse(reference, window, spec, policy)
-            return f"{drift.verdict.outcome.value}, {len(window):,} window rows"
+            window = check.read_window(unlabelled, config, spec, "1", datetime.now(UTC))
+            drift = analyse(reference, window.sample, spec, policy, window.rows)
+            return f"{drift.verdict.outcome.value}, {window.rows:,} window rows"
 
         def with_labels() -> str:
             reference = pq.read_table(ref_path, columns=monitored_columns(spec))
-            columns = [*monitored_columns(spec), *feedback_columns()]
-            window = read_inference_log(root, Window(hours=24), columns=columns, as_table=True)
-            drift = analyse(reference, window, spec, policy)
-            labels, counts = read_feedback(feedback_dir, KEY)
-            perf = realized_performance(
-                window, labels, counts, FeedbackPolicy(), 0.8, folder / "report"
-            )
+            now = datetime.now(UTC)
+            window = check.read_window(labelled, config, spec, "1", now)
+            drift = analyse(reference, window.sample, spec, policy, window.rows)
+            perf = check.measure_performance(labelled, config, window, 0.8, now, folder / "report")
             return (
                 f"{drift.verdict.outcome.value}; realized: {perf.labelled:,} labelled "
                 f"({perf.coverage:.1%}), F1 {perf.f1:.3f} [{perf.f1_low:.3f}, {perf.f1_high:.3f}]"
