@@ -9,6 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from data_contracts.schemas import LABEL_INT, model_frame
 from data_contracts.spec import FeatureSpec
+from flows.training.train import fit_threads
 
 
 def feature_importance(
@@ -38,14 +39,15 @@ def feature_importance(
         negatives = negatives.sample(n=min(len(negatives), max_rows - keep), random_state=seed)
     sample = pd.concat([positives, negatives])
     y = sample[LABEL_INT].to_numpy(dtype=np.int64)
-    result = permutation_importance(
-        pipeline,
-        model_frame(sample, spec),
-        y,
-        scoring="average_precision",
-        n_repeats=repeats,
-        random_state=seed,
-    )
+    with fit_threads(len(sample)):
+        result = permutation_importance(
+            pipeline,
+            model_frame(sample, spec),
+            y,
+            scoring="average_precision",
+            n_repeats=repeats,
+            random_state=seed,
+        )
     table = pd.DataFrame(
         {
             "feature": spec.feature_names,

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from data_contracts.schemas import LABEL_INT, model_frame
 from data_contracts.spec import FeatureSpec
-from flows.training.train import Splits, TrainParams, build_pipeline, tune_threshold
+from flows.training.train import Splits, TrainParams, build_pipeline, fit_threads, tune_threshold
 
 Preset = Literal["off", "quick", "thorough"]
 Family = Literal["logistic", "hgb"]
@@ -218,7 +218,8 @@ def refit(
     """
     y = train[LABEL_INT].to_numpy(dtype=np.int64)
     pipeline = build_pipeline(spec, params)
-    pipeline.fit(model_frame(train, spec), y)
+    with fit_threads(len(train)):
+        pipeline.fit(model_frame(train, spec), y)
     return pipeline, params
 
 
@@ -240,9 +241,9 @@ def _cross_validate(
         pipeline = _pipeline(spec, params)
         with threadpool_limits(1, user_api="openmp"):
             pipeline.fit(x.iloc[fit_idx], y[fit_idx])
+            p = pipeline.predict_proba(x.iloc[score_idx])[:, 1]
         if params.classifier == "hgb":
             rounds.append(int(pipeline.named_steps["model"].n_iter_))
-        p = pipeline.predict_proba(x.iloc[score_idx])[:, 1]
         oof[score_idx] = p
         if len(np.unique(y[score_idx])) == 2:
             scores.append(float(average_precision_score(y[score_idx], p)))

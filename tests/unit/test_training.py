@@ -72,3 +72,36 @@ def test_crippled_model_is_bad(spec, splits):
 
     bad = train_candidate(splits, spec, TrainParams(max_iter=30, cripple=True))
     assert bad.metrics.f1 < 0.3
+
+
+def _openmp_threads_now() -> int:
+    from threadpoolctl import threadpool_info
+
+    pools = [p for p in threadpool_info() if p["user_api"] == "openmp"]
+    assert pools, "scikit-learn's OpenMP runtime is not loaded"
+    return pools[0]["num_threads"]
+
+
+def test_small_tables_fit_on_one_openmp_thread_and_large_ones_on_the_default(monkeypatch):
+    from flows.training.train import ONE_THREAD_BELOW_ROWS, THREADS_ENV, fit_threads, openmp_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert openmp_threads(ONE_THREAD_BELOW_ROWS - 1) == 1
+    assert openmp_threads(ONE_THREAD_BELOW_ROWS) is None
+    import sklearn.ensemble  # noqa: F401 - loads the OpenMP runtime threadpoolctl inspects
+
+    default = _openmp_threads_now()
+    with fit_threads(1_000):
+        assert _openmp_threads_now() == 1
+    assert _openmp_threads_now() == default  # restored after the fit
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert openmp_threads(1_000) == 3 and openmp_threads(10_000_000) == 3
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_count_names_the_variable(monkeypatch, raw):
+    from flows.training.train import THREADS_ENV, openmp_threads
+
+    monkeypatch.setenv(THREADS_ENV, raw)
+    with pytest.raises(ValueError, match=f"{THREADS_ENV}={raw!r}: expected a whole number"):
+        openmp_threads(1_000)
