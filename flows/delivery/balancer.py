@@ -94,7 +94,11 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         "global",
         "    log stdout format raw local0 notice",
         f"    hard-stop-after {spec.drain_timeout_s}s",
-        "    close-spread-time 2s",
+        # no close-spread-time: a spread window gives the old worker's idle keep-alive
+        # connections random short timeouts that close them even with idle-close-on-response
+        # (below), racing a client's next request; "infinite" instead keeps busy connections on
+        # the old worker until hard-stop-after cuts them. Unset, every connection of the old
+        # worker is closed after its next response, with "Connection: close".
     ]
     lines += [
         "",
