@@ -13,6 +13,9 @@ for a graceful reload (SIGUSR2): a new worker takes the listeners, the old one f
 requests in flight (and the next request of each idle keep-alive connection, answered with
 ``Connection: close``) and exits. :func:`processes` reads the master CLI (``show proc``) so a
 caller can see that the reload happened and when the old worker has drained.
+
+One module on purpose: configuration, process control and the stats view are the three sides of
+one HAProxy instance and share its spec and paths; split apart they would pass these around.
 """
 
 from __future__ import annotations
@@ -94,11 +97,9 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         "global",
         "    log stdout format raw local0 notice",
         f"    hard-stop-after {spec.drain_timeout_s}s",
-        # no close-spread-time: a spread window gives the old worker's idle keep-alive
-        # connections random short timeouts that close them even with idle-close-on-response
-        # (below), racing a client's next request; "infinite" instead keeps busy connections on
-        # the old worker until hard-stop-after cuts them. Unset, every connection of the old
-        # worker is closed after its next response, with "Connection: close".
+        # no close-spread-time: its window closes idle keep-alive connections of the old worker
+        # under a sending client even with idle-close-on-response ("infinite" keeps busy ones
+        # until hard-stop-after); unset, each ends after its next response (Connection: close)
     ]
     lines += [
         "",
