@@ -106,7 +106,7 @@ def champion_score(
         return None
     return release.score_champion(
         str(champion.version.version), champion.model_bytes, champion.threshold,
-        champion.spec, champion.spec_hash, holdout, spec,
+        champion.spec, champion.spec_hash, holdout, spec, dict(champion.version.tags or {}),
     )  # fmt: skip
 
 

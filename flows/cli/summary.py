@@ -16,6 +16,7 @@ def evidence_lines(tags: dict[str, str]) -> list[str]:
     """The holdout F1 with its interval, and the difference to the champion, from version tags."""
     from data_contracts.artifacts import (
         TAG_F1_VS_CHAMPION,
+        TAG_F1_VS_CHAMPION_ROWS,
         TAG_HOLDOUT_F1,
         TAG_HOLDOUT_F1_INTERVAL,
         TAG_HOLDOUT_POSITIVES,
@@ -32,6 +33,8 @@ def evidence_lines(tags: dict[str, str]) -> list[str]:
         )
     if TAG_F1_VS_CHAMPION in tags:
         lines.append(f"vs champion:       {tags[TAG_F1_VS_CHAMPION]}")
+    if TAG_F1_VS_CHAMPION_ROWS in tags:
+        lines.append(f"  compared on:     {tags[TAG_F1_VS_CHAMPION_ROWS]}")
     return lines
 
 

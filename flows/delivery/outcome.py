@@ -44,7 +44,9 @@ def outcome_data(
             if decision.evidence
             else None
         ),
-        "f1_vs_champion": decision.evidence.f1.difference_text() if decision.evidence else None,
+        "f1_vs_champion": (
+            decision.evidence.paired.difference_text() if decision.evidence else None
+        ),
         "champion_version": version if name == "promote" else (champion and champion.version),
     }
 

@@ -25,6 +25,7 @@ from data_contracts.artifacts import (
     REFERENCE_ARTIFACT,
     SPEC_FILE,
     TAG_F1_VS_CHAMPION,
+    TAG_F1_VS_CHAMPION_ROWS,
     TAG_HOLDOUT_F1,
     TAG_HOLDOUT_F1_INTERVAL,
     TAG_HOLDOUT_POSITIVES,
@@ -76,6 +77,7 @@ class ReleaseRecord:
     split_policy: SplitPolicy | None = None
     split_kind: str = "hash"
     split_boundaries: dict[str, str] = field(default_factory=dict)
+    split_rule: dict[str, str] = field(default_factory=dict)
     data_checks: DataCheckReport | None = None
     importance: pd.DataFrame | None = None
     input_example: pd.DataFrame | None = None
@@ -135,7 +137,9 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
                 "quarantine.file": record.quarantine_path or "none",
                 **split_and_data_tags(
-                    record.split_kind, record.split_boundaries, record.data_checks
+                    record.split_kind,
+                    record.split_boundaries | record.split_rule,
+                    record.data_checks,
                 ),
             }
         )
@@ -240,8 +244,9 @@ def split_params(policy: SplitPolicy | None) -> dict[str, str]:
 def split_and_data_tags(
     kind: str, boundaries: dict[str, str], report: DataCheckReport | None
 ) -> dict[str, str]:
-    """MLflow tags of the split as used (its kind and each part's first and last event time)
-    and of the data checks (features that likely leak the label)."""
+    """MLflow tags of the split as used (its kind, each part's first and last event time, and
+    a hash split's holdout ranks) and of the data checks (features that likely leak the
+    label)."""
     tags = {"split.kind": kind} | {f"split.{k}": v for k, v in boundaries.items()}
     if report is not None:
         tags["data_checks.likely_leaks"] = ", ".join(report.leaky) or "none"
@@ -252,7 +257,7 @@ def evidence_metrics(decision: Decision) -> dict[str, float]:
     """The gate's intervals and per-segment F1 as MLflow metrics (none without evidence)."""
     if decision.evidence is None:
         return {}
-    out = decision.evidence.f1.metrics()
+    out = decision.evidence.metrics()
     if decision.evidence.slices is not None:
         out |= slice_metrics(decision.evidence.slices)
     return out
@@ -262,14 +267,16 @@ def evidence_tags(decision: Decision, champion: ChampionScore | None) -> dict[st
     """Version tags stating the holdout F1 interval and the difference to the champion."""
     if decision.evidence is None:
         return {}
-    boot = decision.evidence.f1
+    evidence = decision.evidence
+    boot = evidence.f1
     tags = {
         TAG_HOLDOUT_F1_INTERVAL: boot.candidate_text(),
         TAG_HOLDOUT_POSITIVES: str(boot.positives),
     }
-    difference = boot.difference_text()
+    difference = evidence.paired.difference_text()
     if difference is not None and champion is not None:
         tags[TAG_F1_VS_CHAMPION] = f"{difference} vs v{champion.version}"
+        tags[TAG_F1_VS_CHAMPION_ROWS] = evidence.compared
     return tags
 
 
@@ -315,7 +322,7 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         "run_id": run_id,
         # the split it was judged on: a later candidate can tell whether this version was trained
         # on rows of its holdout (a hash-split champion against a time holdout)
-        **split_and_data_tags(record.split_kind, record.split_boundaries, None),
+        **split_and_data_tags(record.split_kind, record.split_boundaries | record.split_rule, None),
     }
 
 
@@ -385,6 +392,7 @@ def build_record(
         split_policy=split_policy,
         split_kind=splits.kind,
         split_boundaries=dict(splits.boundaries),
+        split_rule=dict(splits.holdout_rule),
         data_checks=data_report,
         importance=feature_importance(candidate.pipeline, splits.holdout, spec),
         input_example=splits.holdout[spec.feature_names].head(5),

@@ -7,6 +7,13 @@ interval's lower bound is at or above ``-champion_tolerance``, i.e. when the hol
 it is worse than the champion by more than the tolerance. The check's detail names what the
 holdout shows: a clear improvement (the interval lies above 0), a clear regression (below 0) or a
 tie within the noise (it holds 0).
+
+The comparison is paired on the holdout rows the champion never learned from: when its version
+records a split (:func:`flows.training.splitting.rows_learned_from`) that put some of this
+holdout in its train or validation part (a hash-split champion against a time holdout, a changed
+fraction, replaced data), those rows would flatter it and are left out of the champion check and
+the segments. When the rows left hold too few positives to judge, every row is compared and the
+check says the champion is favoured.
 """
 
 from __future__ import annotations
@@ -107,6 +114,12 @@ class ChampionScore(BaseModel):
     threshold: float | None = None
     scores: np.ndarray | None = Field(None, exclude=True, repr=False)
     note: str = ""
+    seen: np.ndarray | None = Field(
+        None, exclude=True, repr=False,
+        description="per holdout row: True where the champion may have learned from it; "
+        "None when its version cannot tell",
+    )  # fmt: skip
+    overlap: str = Field("", description="How ``seen`` was told, or why it could not be")
 
     @property
     def decisions(self) -> np.ndarray | None:
@@ -127,12 +140,37 @@ class Check(BaseModel):
 
 
 class Evidence(BaseModel):
-    """What the holdout says beyond point F1s: bootstrap intervals and per-segment F1."""
+    """What the holdout says beyond point F1s: bootstrap intervals and per-segment F1.
+
+    ``f1`` covers every holdout row (paired with the champion when it is compared on all of
+    them); ``comparison`` is the paired bootstrap on the rows the champion never learned from,
+    when it is compared on those only. ``compared`` says which rows the champion check used.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     f1: F1Bootstrap
     slices: SliceReport | None = None
+    comparison: F1Bootstrap | None = None
+    compared: str = ""
+    champion_seen_rows: int | None = None
+
+    @property
+    def paired(self) -> F1Bootstrap:
+        """The bootstrap the champion check judges: on the unseen rows, else on all rows."""
+        return self.comparison if self.comparison is not None else self.f1
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics: the candidate's interval on every row, the champion's and the
+        difference's on the compared rows, and how many rows the champion may have seen."""
+        out = self.f1.metrics()
+        if self.comparison is not None:
+            pairs = self.comparison.metrics()
+            out |= {k: v for k, v in pairs.items() if not k.startswith("holdout_")}
+            out["champion_compared_rows"] = float(self.comparison.rows)
+        if self.champion_seen_rows is not None:
+            out["champion_seen_holdout_rows"] = float(self.champion_seen_rows)
+        return out
 
 
 class Decision(BaseModel):
@@ -170,21 +208,64 @@ def gather_evidence(
     """
     cand = (np.asarray(candidate_scores) >= candidate_threshold).astype(np.int64)
     champ = champion.decisions if champion is not None else None
-    f1 = paired_f1_bootstrap(
-        y_holdout,
-        cand,
-        champ,
-        resamples=policy.bootstrap_resamples,
-        confidence=policy.confidence,
-        seed=policy.bootstrap_seed,
-    )
+    keep, compared = _compared_rows(y_holdout, champion, policy)
+    boot = {
+        "resamples": policy.bootstrap_resamples,
+        "confidence": policy.confidence,
+        "seed": policy.bootstrap_seed,
+    }
+    f1 = paired_f1_bootstrap(y_holdout, cand, champ if keep is None else None, **boot)
+    comparison = None
+    if keep is not None and champ is not None:
+        comparison = paired_f1_bootstrap(y_holdout[keep], cand[keep], champ[keep], **boot)
     features = resolve_slice_features(spec, policy.slice_features)
-    slices = (
-        slice_report(holdout, features, y_holdout, cand, champ, policy.min_slice_positives)
-        if features
-        else None
+    slices = None
+    if features:
+        rows = keep if keep is not None else np.ones(len(y_holdout), dtype=bool)
+        slices = slice_report(
+            holdout[rows].reset_index(drop=True), features, y_holdout[rows], cand[rows],
+            champ[rows] if champ is not None else None, policy.min_slice_positives,
+        )  # fmt: skip
+    seen = champion.seen if champion is not None else None
+    return Evidence(
+        f1=f1,
+        slices=slices,
+        comparison=comparison,
+        compared=compared,
+        champion_seen_rows=int(seen.sum()) if seen is not None else None,
     )
-    return Evidence(f1=f1, slices=slices)
+
+
+def _compared_rows(
+    y: np.ndarray, champion: ChampionScore | None, policy: GatePolicy
+) -> tuple[np.ndarray | None, str]:
+    """The rows the champion is compared on (None: all of them), and a sentence saying why."""
+    if champion is None or champion.decisions is None:
+        return None, ""
+    name = f"champion v{champion.version}"
+    if champion.seen is None:
+        why = f" ({champion.overlap})" if champion.overlap else ""
+        return (
+            None,
+            f"all {len(y):,} holdout rows: which of them {name} learned from is unknown{why}",
+        )
+    seen = np.asarray(champion.seen, dtype=bool)
+    if not seen.any():
+        return None, f"all {len(y):,} holdout rows, none of which {name} learned from"
+    keep = ~seen
+    positives = int(y[keep].sum())
+    need = policy.min_holdout_positives
+    learned = f"it may have learned from {int(seen.sum()):,} of them ({champion.overlap})"
+    if positives > 0 and (positives >= need or policy.allow_small_holdout):
+        return keep, (
+            f"the {int(keep.sum()):,} of {len(y):,} holdout rows {name} never learned from: "
+            f"{learned}"
+        )
+    return None, (
+        f"all {len(y):,} holdout rows, so the champion is favoured: {learned}, and the "
+        f"{int(keep.sum()):,} rows left hold {positives} positives, fewer than the {need} needed "
+        "to judge"
+    )
 
 
 def _holdout_check(boot: F1Bootstrap, policy: GatePolicy) -> Check:
@@ -225,7 +306,8 @@ def _verdict(low: float, high: float) -> str:
     return "a tie within the noise"
 
 
-def _champion_check(champion: ChampionScore, boot: F1Bootstrap, policy: GatePolicy) -> Check:
+def _champion_check(champion: ChampionScore, evidence: Evidence, policy: GatePolicy) -> Check:
+    boot = evidence.paired
     diff, champ = boot.difference, boot.champion
     if diff is None or champ is None:
         raise ValueError(
@@ -247,7 +329,8 @@ def _champion_check(champion: ChampionScore, boot: F1Bootstrap, policy: GatePoli
         detail=f"F1 candidate minus champion v{champion.version}: {diff.estimate:+.4f} "
         f"({boot.level} interval {diff.low:+.4f} to {diff.high:+.4f}; champion F1 "
         f"{champ.estimate:.4f}, tolerance {tol:.4f}): {_verdict(diff.low, diff.high)}; "
-        f"rule {rule}, {RULES[rule]}: {test}",
+        f"rule {rule}, {RULES[rule]}: {test}"
+        + (f"; compared on {evidence.compared}" if evidence.compared else ""),
     )
 
 
@@ -274,7 +357,7 @@ def decide_promotion(
             )
         )
     else:
-        checks.append(_champion_check(champion, boot, policy))
+        checks.append(_champion_check(champion, evidence, policy))
     if policy.max_slice_drop is not None and evidence.slices is not None:
         passed, detail = slice_check(evidence.slices, policy.max_slice_drop)
         checks.append(Check(name="slices", passed=passed, detail=detail))

@@ -31,6 +31,7 @@ from flows.training.search import (
     run_search,
     search_settings,
 )
+from flows.training.splitting import rows_learned_from
 from flows.training.train import (
     Metrics,
     Splits,
@@ -150,13 +151,15 @@ def score_champion(
     spec_hash: str,
     holdout: pd.DataFrame,
     spec: FeatureSpec,
+    tags: dict[str, str] | None = None,
 ) -> ChampionScore:
     """Score the champion afresh, from its ONNX bytes, on the candidate's holdout.
 
     The delivery side fetches the champion from the registry; this step only scores it, with
     the champion's own spec and threshold. Its per-row scores travel with the result (not
-    serialised) for the gate's paired bootstrap and segments. A champion whose spec needs
-    columns the holdout lacks (or another label) gets no F1 and a note saying why.
+    serialised) for the gate's paired bootstrap and segments, with the rows it may have learned
+    from as its version ``tags`` record its split (:func:`rows_learned_from`). A champion whose
+    spec needs columns the holdout lacks (or another label) gets no F1 and a note saying why.
     """
     parsed = parse_spec(champion_spec)
     base = {"version": str(version), "spec_hash": spec_hash, "threshold": float(threshold)}
@@ -165,7 +168,14 @@ def score_champion(
         return ChampionScore(**base, f1=None, note=f"its spec {spec_hash} needs columns {missing}")
     scores = onnx_predict_proba(onnx_session(model_bytes), holdout, parsed).astype(np.float64)
     y = holdout[LABEL_INT].to_numpy(dtype=np.int64)
-    return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1, scores=scores)
+    overlap = rows_learned_from(
+        tags or {}, holdout, id_column=parsed.row_id_column,
+        event_time_column=parsed.event_time_column,
+        # derived ids hash the row's content as the spec reads it: another spec, other ids
+        same_ids=parsed.id_column is not None or spec_hash == spec.spec_hash(),
+    )  # fmt: skip
+    return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1, scores=scores,
+                         seen=overlap.seen, overlap=overlap.basis)  # fmt: skip
 
 
 def reference_snapshot(

@@ -16,12 +16,11 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from data_contracts.schemas import LABEL_INT
-from flows.training.gate import ChampionScore, Decision
+from flows.training.gate import ChampionScore, Decision, Evidence
 from flows.training.search import SearchResult
 from flows.training.slices import SliceReport
 from flows.training.splitting import PARTS, Splits
 from flows.training.train import Metrics
-from flows.training.uncertainty import F1Bootstrap
 
 
 def pr_curve_figure(y_true: np.ndarray, scores: np.ndarray, metrics: Metrics) -> Figure:
@@ -143,16 +142,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
-def _interval_rows(boot: F1Bootstrap | None) -> list[str]:
-    """Table rows with the bootstrap intervals of the F1s and of their difference."""
-    if boot is None:
+def _interval_rows(evidence: Evidence | None) -> list[str]:
+    """Table rows with the bootstrap intervals of the F1s and of their difference (the
+    champion's on the rows it is compared on, which the last row names)."""
+    if evidence is None:
         return []
+    boot, paired = evidence.f1, evidence.paired
     champ = boot.champion.text() if boot.champion else ""
     rows = [f"| F1 {boot.level} interval (estimate [low, high]) | {boot.candidate.text()} | "
             f"{champ} |"]  # fmt: skip
-    if boot.difference is not None:
-        rows.append(f"| F1 candidate minus champion | {boot.difference.text(signed=True)} | |")
+    if evidence.comparison is not None and paired.champion is not None:
+        rows.append(f"| F1 on the compared rows | {paired.candidate.text()} | "
+                    f"{paired.champion.text()} |")  # fmt: skip
+    if paired.difference is not None:
+        rows.append(f"| F1 candidate minus champion | {paired.difference.text(signed=True)} | |")
     rows.append(f"| bootstrap | {boot.resamples} paired resamples, seed {boot.seed} | |")
+    if evidence.compared:
+        rows.append(f"| champion compared on | {evidence.compared} | |")
     return rows
 
 
@@ -222,7 +228,7 @@ def release_markdown(
             "| holdout metric | candidate | champion |",
             "| --- | --- | --- |",
             f"| F1 | {_fmt(metrics.f1)} | {_fmt(champ)} |",
-            *_interval_rows(evidence.f1 if evidence else None),
+            *_interval_rows(evidence),
             f"| precision | {_fmt(metrics.precision)} | |",
             f"| recall | {_fmt(metrics.recall)} | |",
             f"| PR-AUC | {_fmt(metrics.pr_auc)} | |",

@@ -28,6 +28,9 @@ from data_contracts.schemas import LABEL_INT
 from data_contracts.spec import DERIVED_ID_COLUMN, FeatureSpec
 
 PARTS = ("train", "validation", "holdout")
+HOLDOUT_SALT = "holdout"
+# holdout_rule key of a hash split: the highest holdout rank of class 0 and of class 1
+RANK_RULE = "holdout_rank_max"
 
 
 class SplitPolicy(BaseModel):
@@ -72,7 +75,10 @@ class Splits:
 
     ``kind`` is the split used (``hash`` or ``time``); ``boundaries`` holds the first and last
     event time of each part (``train_min``, ``train_max``, ... as ISO 8601 UTC) when the spec
-    has an event-time column, else it is empty. The parts of a time split are in time order.
+    has an event-time column, else it is empty. ``holdout_rule`` records what decides holdout
+    membership beyond the boundaries (a hash split's highest holdout rank of each class), so a
+    later release can tell which of its holdout rows this one learned from
+    (:func:`rows_learned_from`). The parts of a time split are in time order.
     """
 
     train: pd.DataFrame
@@ -80,6 +86,7 @@ class Splits:
     holdout: pd.DataFrame
     kind: Literal["hash", "time"] = "hash"
     boundaries: dict[str, str] = field(default_factory=dict)
+    holdout_rule: dict[str, str] = field(default_factory=dict)
 
 
 class SplitError(ValueError):
@@ -95,6 +102,33 @@ def _hash_rank(ids: pd.Series, salt: str) -> np.ndarray:
     return np.asarray(digest, dtype=np.float64) / 2.0**64
 
 
+def split_rank(df: pd.DataFrame, id_column: str, salt: str) -> np.ndarray:
+    """Each row's hash rank for a split: derived ids (tables without an id column) are ranked
+    without their occurrence suffix, so identical rows land in the same part."""
+    ids = df[id_column]
+    if id_column == DERIVED_ID_COLUMN:
+        ids = ids.astype(str).str.rsplit("-", n=1).str[0]
+    return _hash_rank(ids, salt)
+
+
+def _stratified_take(
+    df: pd.DataFrame, id_column: str, fraction: float, salt: str
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Which rows the split takes (the lowest ranks of each class), and the highest rank taken
+    per class (-1.0 when it takes none of a class)."""
+    rank = split_rank(df, id_column, salt)
+    take = np.zeros(len(df), dtype=bool)
+    highest: dict[int, float] = {}
+    labels = df[LABEL_INT].to_numpy()
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        k = round(len(idx) * fraction)
+        chosen = idx[np.argsort(rank[idx], kind="stable")[:k]]
+        take[chosen] = True
+        highest[cls] = float(rank[chosen].max()) if k else -1.0
+    return take, highest
+
+
 def stratified_hash_split(
     df: pd.DataFrame, id_column: str, fraction: float, salt: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -105,16 +139,7 @@ def stratified_hash_split(
     without an id column) are ranked without their occurrence suffix, so identical rows land in
     the same part: a repeat in training must not score its twin in the holdout.
     """
-    ids = df[id_column]
-    if id_column == DERIVED_ID_COLUMN:
-        ids = ids.astype(str).str.rsplit("-", n=1).str[0]
-    rank = _hash_rank(ids, salt)
-    take = np.zeros(len(df), dtype=bool)
-    labels = df[LABEL_INT].to_numpy()
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        k = round(len(idx) * fraction)
-        take[idx[np.argsort(rank[idx], kind="stable")[:k]]] = True
+    take, _ = _stratified_take(df, id_column, fraction, salt)
     return df[~take].reset_index(drop=True), df[take].reset_index(drop=True)
 
 
@@ -188,12 +213,14 @@ def time_split(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Spli
 def hash_split(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Splits:
     """Frozen stratified holdout first, then a stratified validation split of the rest."""
     ids = spec.row_id_column
-    rest, holdout = stratified_hash_split(df, ids, policy.holdout_fraction, "holdout")
+    take, highest = _stratified_take(df, ids, policy.holdout_fraction, HOLDOUT_SALT)
+    rest, holdout = df[~take].reset_index(drop=True), df[take].reset_index(drop=True)
     train, validation = stratified_hash_split(rest, ids, policy.validation_fraction, "valid")
     column = spec.event_time_column
     periods = boundaries(train, validation, holdout, column) if column else {}
+    rule = {f"{RANK_RULE}_{cls}": repr(value) for cls, value in highest.items()}
     return Splits(train=train, validation=validation, holdout=holdout, kind="hash",
-                  boundaries=periods)  # fmt: skip
+                  boundaries=periods, holdout_rule=rule)  # fmt: skip
 
 
 def apply_split(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Splits:
@@ -233,3 +260,64 @@ def describe(splits: Splits) -> str:
             text += f" ({splits.boundaries[f'{name}_min']} .. {splits.boundaries[f'{name}_max']})"
         parts.append(text)
     return f"{splits.kind} split: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Which rows of a holdout an earlier version may have learned from.
+
+    ``seen`` has one flag per holdout row: True where the row fell (or would have fallen) in
+    that version's train or validation part. None when its records cannot tell; ``basis`` says
+    how it was told, or why not.
+    """
+
+    seen: np.ndarray | None
+    basis: str
+
+    @property
+    def count(self) -> int:
+        """Holdout rows the version may have learned from (0 when it cannot be told)."""
+        return int(self.seen.sum()) if self.seen is not None else 0
+
+
+def rows_learned_from(
+    tags: dict[str, str],
+    holdout: pd.DataFrame,
+    *,
+    id_column: str,
+    event_time_column: str | None,
+    same_ids: bool = True,
+) -> Overlap:
+    """The rows of ``holdout`` a version may have learned from, from the split its tags record.
+
+    A time split learned from every row before its holdout's first event time
+    (``split.holdout_min``); a hash split from every row ranked above its holdout's highest rank
+    of the row's class (``split.holdout_rank_max_<class>``). A row the version never had counts
+    as seen too when the rule puts it outside that version's holdout: the rule errs towards
+    excluding rows, never towards comparing on a row the version trained on. ``id_column`` and
+    ``event_time_column`` are the version's own (from its spec); ``same_ids`` is False when the
+    holdout's ids may mean other rows than the version's (derived ids under another spec).
+    """
+    kind = tags.get("split.kind")
+    if kind == "time":
+        start = tags.get("split.holdout_min")
+        if not start or not event_time_column or event_time_column not in holdout.columns:
+            return Overlap(None, f"its time split names no holdout start for column "
+                           f"{event_time_column!r} in this holdout")  # fmt: skip
+        begin = pd.Timestamp(start)
+        seen = (holdout[event_time_column] < begin).to_numpy(dtype=bool)
+        return Overlap(seen, f"its time holdout began at {begin.isoformat()}; "
+                       f"{int(seen.sum()):,} of these rows are earlier")  # fmt: skip
+    if kind == "hash":
+        highest = [tags.get(f"split.{RANK_RULE}_{cls}") for cls in (0, 1)]
+        if None in highest:
+            return Overlap(None, "its hash split predates the recorded holdout ranks")
+        if id_column not in holdout.columns or not same_ids:
+            return Overlap(None, f"its row ids ({id_column!r}) do not identify these rows")
+        rank = split_rank(holdout, id_column, HOLDOUT_SALT)
+        labels = holdout[LABEL_INT].to_numpy()
+        limit = np.where(labels == 1, float(highest[1]), float(highest[0]))
+        seen = rank > limit
+        return Overlap(seen, f"its hash holdout by {id_column!r} leaves {int(seen.sum()):,} of "
+                       "these rows outside it")  # fmt: skip
+    return Overlap(None, "its version records no split kind")

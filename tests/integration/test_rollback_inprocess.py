@@ -12,11 +12,14 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
+from data_contracts.artifacts import TAG_F1_VS_CHAMPION_ROWS
 from flows.cli import ops
 from flows.core.settings import Settings
 from flows.delivery import audit, container, locks, publish, registry, rollback
 from flows.delivery.store import bento_store, model_store
 from flows.train_and_release import train_and_release
+from flows.training.gate import GatePolicy
+from flows.training.splitting import SplitPolicy
 from flows.training.train import TrainParams
 
 pytestmark = pytest.mark.integration  # an in-process Prefect test server
@@ -36,11 +39,14 @@ def released(tmp_path_factory, small_data) -> Path:
         mp.setenv("FRAUD_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
-        # two different models (a rerun of the same data and model reuses its version)
-        for params in (FAST, FAST.model_copy(update={"max_iter": 70}), CRIPPLED):
-            state = train_and_release(
-                data_path=str(data), params=params, build_image=False, return_state=True
-            )
+        # two different models (a rerun of the same data and model reuses its version); the
+        # blocked one is judged on a hash holdout, most of which the time-split v2 learned from
+        # (the rows left are few: judged anyway, so the comparison on them is recorded)
+        hashed = {"split": SplitPolicy(kind="hash"), "policy": GatePolicy(allow_small_holdout=True)}
+        for params, options in ((FAST, {}), (FAST.model_copy(update={"max_iter": 70}), {}),
+                                (CRIPPLED, hashed)):  # fmt: skip
+            state = train_and_release(data_path=str(data), params=params, build_image=False,
+                                      return_state=True, **options)  # fmt: skip
             assert state.is_completed(), state.message
         yield home
 
@@ -75,6 +81,27 @@ def test_setup_has_two_released_versions_and_one_blocked(settings):
     assert outcomes == {"1": "promote", "2": "promote", "3": "blocked"}
     assert champion(settings) == "2"
     assert publish.read_champion(settings, MODEL) == "fraud-detector:v2"
+
+
+def test_each_version_says_which_holdout_rows_the_champion_was_compared_on(settings):
+    client = client_of(settings)
+    tags = {v: client.get_model_version(MODEL, v).tags for v in ("1", "2", "3")}
+    assert tags["1"]["split.kind"] == "time" and "split.holdout_min" in tags["1"]
+    assert tags["3"]["split.kind"] == "hash" and "split.holdout_rank_max_1" in tags["3"]
+    # same data, same time split: v1 learned from none of v2's holdout
+    assert tags["2"][TAG_F1_VS_CHAMPION_ROWS].endswith("none of which champion v1 learned from")
+    # v3's hash holdout is spread over the whole period; v2 trained on most of it
+    compared = re.fullmatch(
+        r"the ([\d,]+) of ([\d,]+) holdout rows champion v2 never learned from: it may have "
+        r"learned from ([\d,]+) of them \(its time holdout began at .+\)",
+        tags["3"][TAG_F1_VS_CHAMPION_ROWS],
+    )
+    assert compared, tags["3"][TAG_F1_VS_CHAMPION_ROWS]
+    kept, rows, seen = (int(g.replace(",", "")) for g in compared.groups())
+    assert kept + seen == rows and 0.6 < seen / rows < 0.95
+    run = client.get_run(tags["3"]["run_id"])
+    assert run.data.metrics["champion_seen_holdout_rows"] == seen
+    assert run.data.metrics["champion_compared_rows"] == kept
     moves = audit.history(client_of(settings), MODEL)[:2]
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [
         ("release", None, "1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from data_contracts.schemas import LABEL_INT
@@ -34,3 +35,17 @@ def test_a_champion_needing_missing_columns_gets_no_f1_and_says_why(trained, spl
     assert score.f1 is None
     assert spec.feature_names[0] in score.note
     assert "abc" in score.note
+
+
+def test_the_champion_score_carries_the_rows_its_split_learned_from(trained, splits, spec):
+    model_bytes = export_onnx(trained.pipeline, spec)
+    tags = {"split.kind": splits.kind} | {f"split.{k}": v for k, v in splits.holdout_rule.items()}
+    args = ("3", model_bytes, 0.5, spec.model_dump(mode="json"), spec.spec_hash())
+    own = score_champion(*args, splits.holdout, spec, tags)
+    assert own.seen is not None and not own.seen.any()
+    mixed = pd.concat([splits.holdout, splits.train.head(500)], ignore_index=True)
+    score = score_champion(*args, mixed, spec, tags)
+    assert score.seen.sum() == 500 and score.seen[-500:].all()
+    assert "outside it" in score.overlap
+    untagged = score_champion(*args, mixed, spec)
+    assert untagged.seen is None and "no split kind" in untagged.overlap

@@ -49,9 +49,10 @@ def decisions(y: np.ndarray, caught: int, false_alarms: int, offset: int = 0) ->
     return pred
 
 
-def champion_of(y: np.ndarray, scores: np.ndarray, version: str = "3") -> ChampionScore:
+def champion_of(y: np.ndarray, scores: np.ndarray, version: str = "3", **seen) -> ChampionScore:
     f1 = evaluate(y, scores, 0.5).f1
-    return ChampionScore(version=version, spec_hash="abc", f1=f1, threshold=0.5, scores=scores)
+    return ChampionScore(version=version, spec_hash="abc", f1=f1, threshold=0.5, scores=scores,
+                         **seen)  # fmt: skip
 
 
 def judge(y, cand, champ=None, policy=POLICY, parity=GOOD_PARITY, holdout=None):
@@ -275,3 +276,66 @@ def test_promotion_refused_when_the_champion_moved():
         check_champion_unchanged("4", "3", "5")
     with pytest.raises(ChampionMoved, match=r"compared against champion \(none\)"):
         check_champion_unchanged("1", None, "2")
+
+
+def memorising_champion(y: np.ndarray, cand: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """A champion as good as the candidate, except perfect on the rows it trained on."""
+    champ = cand.copy()
+    champ[seen] = y[seen]
+    return champ
+
+
+def test_rows_the_champion_learned_from_are_left_out_of_the_comparison():
+    seen = np.zeros(len(Y), dtype=bool)
+    seen[::2] = True
+    cand = decisions(Y, 330, 40)
+    champ = memorising_champion(Y, cand, seen)
+    # compared on every row, the rows it memorised make the champion look clearly better
+    naive = judge(Y, cand, champion_of(Y, champ))
+    assert not naive.promote and "a clear regression" in naive.reasons[0]
+    assert "which of them champion v3 learned from is unknown" in naive.reasons[0]
+
+    basis = "its hash holdout by 'id' leaves 2,000 of these rows outside it"
+    fair = judge(Y, cand, champion_of(Y, champ, seen=seen, overlap=basis))
+    assert fair.promote
+    detail = check(fair, "champion").detail
+    assert "compared on the 2,000 of 4,000 holdout rows champion v3 never learned from" in detail
+    assert basis in detail
+    compared = fair.evidence.comparison
+    assert compared.rows == 2000 and compared.positives == 200
+    assert (compared.difference.low, compared.difference.high) == (0, 0)
+    assert fair.evidence.paired is compared
+    # the floor still judges every row; the segments compare on the same rows as the check
+    assert fair.evidence.f1.rows == 4000 and fair.evidence.f1.champion is None
+    assert sum(s.rows for s in fair.evidence.slices.segments) == 2000
+    metrics = fair.evidence.metrics()
+    assert metrics["champion_compared_rows"] == 2000
+    assert metrics["champion_seen_holdout_rows"] == 2000
+    assert metrics["f1_difference"] == 0 and metrics["holdout_positives"] == 400
+
+
+def test_too_few_unseen_positives_compare_every_row_and_say_the_champion_is_favoured():
+    seen = np.ones(len(Y), dtype=bool)
+    seen[np.flatnonzero(Y == 1)[:20]] = False  # 20 positives left, fewer than the 50 needed
+    cand = decisions(Y, 330, 40)
+    d = judge(Y, cand, champion_of(Y, memorising_champion(Y, cand, seen), seen=seen,
+                                   overlap="its time holdout began at ..."))  # fmt: skip
+    assert d.evidence.comparison is None and d.evidence.paired is d.evidence.f1
+    assert not d.promote
+    assert "so the champion is favoured" in d.reasons[0]
+    assert "hold 20 positives, fewer than the 50 needed to judge" in d.reasons[0]
+    allowed = POLICY.model_copy(update={"allow_small_holdout": True})
+    small = judge(Y, cand, champion_of(Y, memorising_champion(Y, cand, seen), seen=seen),
+                  policy=allowed)  # fmt: skip
+    assert small.evidence.comparison.positives == 20
+
+
+def test_a_champion_known_to_have_seen_none_of_the_holdout_is_compared_on_every_row():
+    pred = decisions(Y, 330, 40)
+    none_seen = np.zeros(len(Y), dtype=bool)
+    d = judge(Y, pred, champion_of(Y, pred.copy(), seen=none_seen))
+    assert d.promote and d.evidence.comparison is None
+    assert d.evidence.metrics()["champion_seen_holdout_rows"] == 0
+    assert "all 4,000 holdout rows, none of which champion v3 learned from" in (
+        check(d, "champion").detail
+    )
