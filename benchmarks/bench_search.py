@@ -71,12 +71,25 @@ def synthetic(rows: int) -> None:
                               (f"quick -> {s.winner.name}", quick, t_quick)):  # fmt: skip
         m = cand.metrics
         print(f"{label:<22} {m.f1:7.4f} {m.pr_auc:7.4f} {m.threshold:7.3f} {secs:8.1f}")
+    print(
+        f"quick threshold from {quick.threshold_from}; the search's out-of-fold threshold "
+        f"{s.threshold:.3f} would give holdout F1 {oof_f1(splits, quick, s.threshold):.4f}"
+    )
     print(f"quick / off wall time: {t_quick / t_off:.2f}x (search {s.seconds:.1f} s on "
           f"{s.search_rows:,} rows, refit {t_quick - s.seconds:.1f} s, final params "
           f"{quick.params.classifier} max_iter={quick.params.max_iter})")  # fmt: skip
     for c in s.ranking:
         ap = f"{c.cv_ap_mean:.4f} +- {c.cv_ap_std:.4f}" if c.ok else ""
         print(f"  {c.name:<12} {c.status:<16} {ap:<18} {c.fit_seconds:6.1f} s {c.params}")
+
+
+def oof_f1(splits, candidate, threshold: float) -> float:
+    """The candidate's holdout F1 at another threshold (the search's out-of-fold one)."""
+    from data_contracts.schemas import LABEL_INT
+    from flows.training.train import evaluate
+
+    y = splits.holdout[LABEL_INT].to_numpy()
+    return evaluate(y, candidate.holdout_scores, threshold).f1
 
 
 def table(name: str, data: Path, spec_path: Path) -> None:

@@ -382,7 +382,8 @@ def train_and_release(
         _decision_artifact(name, f"{name} v{version}: {outcome_text}", decision=decision,
                            metrics=candidate.metrics, champion=champion_now, facts=facts,
                            refused=refused, splits=splits, warnings=checked.warnings,
-                           search=candidate.search)  # fmt: skip
+                           search=candidate.search,
+                           threshold_from=candidate.threshold_from)  # fmt: skip
 
     unchanged = decision.promote and champion_now is not None and champion_now.version == version
     refused = None

@@ -439,8 +439,8 @@ def descriptions(record: ReleaseRecord) -> tuple[str, str]:
             f"Chosen by model search (preset {search.settings.preset}): {search.winner.name} "
             f"ranked first of {len(search.ranking)} candidates by {search.folds_kind} "
             f"cross-validated average precision {search.winner.cv_ap_mean:.4f} "
-            f"± {search.winner.cv_ap_std:.4f}; threshold from {search.oof_rows:,} out-of-fold "
-            "scores."
+            f"± {search.winner.cv_ap_std:.4f}; threshold tuned for F1 on "
+            f"{record.candidate.threshold_from}."
         )
     else:
         chosen = "Fixed model (no search); threshold tuned on the validation split."

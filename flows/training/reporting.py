@@ -111,17 +111,27 @@ def importance_figure(importance: pd.DataFrame) -> Figure:
     return fig
 
 
-def search_markdown(result: SearchResult) -> list[str]:
-    """The model search's ranking as markdown lines: every candidate with its CV score."""
+def search_markdown(result: SearchResult, threshold_from: str | None = None) -> list[str]:
+    """The model search's ranking as markdown lines: every candidate with its CV score.
+
+    ``threshold_from`` names where the release's threshold came from when it is not the
+    search's out-of-fold one (the validation rows, after a search on a sample).
+    """
     s = result.settings
+    oof = f"{result.oof_rows:,} out-of-fold scores"
+    threshold = (
+        f"threshold {result.threshold:.4f} from {oof}"
+        if threshold_from in (None, oof)
+        else f"threshold tuned on {threshold_from} (the folds' models saw a sample; their "
+        f"out-of-fold threshold was {result.threshold:.4f})"
+    )
     lines = [
         "### Model search",
         "",
         f"preset `{s.preset}`, {result.folds_kind} {s.folds}-fold CV on "
         f"{result.search_rows:,} of {result.train_rows:,} training rows, budget "
         f"{s.budget_seconds:.0f} s, took {result.seconds:.1f} s; winner **{result.winner.name}** "
-        f"refitted on all training rows; threshold {result.threshold:.4f} from "
-        f"{result.oof_rows:,} out-of-fold scores",
+        f"refitted on all training rows; {threshold}",
         "",
         "| rank | candidate | family | parameters | CV average precision | fit s | status |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -196,6 +206,7 @@ def release_markdown(
     splits: Splits | None = None,
     warnings: Sequence[str] = (),
     search: SearchResult | None = None,
+    threshold_from: str | None = None,
 ) -> str:
     """The Prefect artifact of a train-and-release run: outcome first, then the numbers
     (with the split used and its periods, and the data checks' warnings)."""
@@ -242,7 +253,7 @@ def release_markdown(
     if evidence is not None and evidence.slices is not None:
         lines += _slice_rows(evidence.slices)
     if search is not None:
-        lines += search_markdown(search)
+        lines += search_markdown(search, threshold_from)
     if facts:
         lines += ["| fact | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in facts.items()]

@@ -15,7 +15,7 @@ from data_contracts.schemas import LABEL_INT, validate_frame
 from data_contracts.spec import FeatureSpec, parse_spec
 from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session, parity
 from flows.training.release import train_candidate
-from flows.training.reporting import release_markdown
+from flows.training.reporting import release_markdown, search_markdown
 from flows.training.search import (
     FAMILIES,
     SearchError,
@@ -94,9 +94,33 @@ def test_searched_candidate_is_refitted_and_thresholded_out_of_fold():
     assert cand.search is not None and cand.params.classifier == "hgb"
     assert cand.threshold == cand.search.threshold
     assert cand.search.oof_rows == len(splits.train)  # every training row scored out of fold
+    assert cand.threshold_from == f"{len(splits.train):,} out-of-fold scores"
     # the refit gets every round of the winning configuration (no early stopping there)
     assert cand.params.max_iter == cand.pipeline.named_steps["model"].n_iter_
     assert cand.metrics.pr_auc > 0.8
+
+
+def test_a_search_on_a_sample_tunes_the_refit_threshold_on_enough_validation_rows():
+    spec = toy_spec()
+    splits = split(toy_rows("interaction", spec, rows=6_000), spec, 0.2, 0.2)
+    y_val = splits.validation[LABEL_INT].to_numpy()
+    # the folds saw 600 of 3,840 training rows: their scores are not the refit's, and the
+    # 960 validation rows outnumber the 600 out-of-fold scores
+    sampled = SMALL.model_copy(update={"max_rows": 600})
+    cand = train_candidate(splits, spec, BASE, search=sampled)
+    assert cand.search.search_rows == 600 < cand.search.train_rows
+    assert cand.threshold == tune_threshold(
+        y_val, predict_proba(cand.pipeline, splits.validation, spec)
+    )
+    assert cand.threshold_from == "960 validation rows"
+    ranking = "\n".join(search_markdown(cand.search, cand.threshold_from))
+    assert "threshold tuned on 960 validation rows (the folds' models saw a sample" in ranking
+    # a sample larger than the validation part keeps its out-of-fold threshold
+    larger = SMALL.model_copy(update={"max_rows": 2_000})
+    kept = train_candidate(splits, spec, BASE, search=larger)
+    assert kept.search.search_rows < kept.search.train_rows
+    assert kept.threshold == kept.search.threshold
+    assert kept.threshold_from.endswith("out-of-fold scores")
 
 
 def test_off_reproduces_the_fixed_model():
