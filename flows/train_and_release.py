@@ -26,7 +26,7 @@ from data_contracts.spec import FeatureSpec
 from flows.alerting.alerts import alert_on_failure
 from flows.core.settings import Settings
 from flows.core.tables import file_digest, load_table
-from flows.delivery import audit, champion, outcome, registry, tracking
+from flows.delivery import audit, champion, outcome, registry, tracking, version_record
 from flows.delivery.errors import PackagingError
 from flows.delivery.locks import promotion_lock_name
 from flows.delivery.packaging import PackagedVersion, package_version
@@ -137,14 +137,12 @@ def track(
 
 @task(name="register-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def register(
-    settings: Settings,
-    model_name: str,
-    model_uri: str,
-    run_id: str,
-    tags: dict[str, str],
-    descriptions: tuple[str, str] | None = None,
+    settings: Settings, model_name: str, model_uri: str, run_id: str, record: tracking.ReleaseRecord
 ) -> str:
-    return tracking.register_release(settings, model_name, model_uri, run_id, tags, descriptions)
+    """Register the candidate with the tags and descriptions that make it self-describing."""
+    tags = version_record.version_tags(record, run_id)
+    described = version_record.descriptions(record)
+    return tracking.register_release(settings, model_name, model_uri, run_id, tags, described)
 
 
 @task(name="tag-version", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -374,8 +372,7 @@ def train_and_release(
     )  # fmt: skip
     run_id = start_run(settings, name)
     model_uri = track(settings, run_id, record, raw)
-    version = register(settings, name, model_uri, run_id, tracking.version_tags(record, run_id),
-                       tracking.descriptions(record))  # fmt: skip
+    version = register(settings, name, model_uri, run_id, record)
     facts = tracking.summary_facts(record, version, run_id, settings)
 
     def report(outcome_text: str, refused: str | None = None) -> None:

@@ -1,5 +1,6 @@
 """MLflow side of a release: the run (params, metrics, data set, plots, reference snapshot,
-ONNX model), the candidate's identity key and registry tags, and the registration.
+ONNX model) and the registration; what the registered version says about itself (key, tags,
+descriptions) is :mod:`flows.delivery.version_record`.
 
 :class:`ReleaseRecord` gathers what one candidate's run records; the flow builds it from the
 training steps (:mod:`flows.training.release`) and passes it here.
@@ -7,7 +8,6 @@ training steps (:mod:`flows.training.release`) and passes it here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -24,11 +24,6 @@ from mlflow.entities.model_registry import ModelVersion
 from data_contracts.artifacts import (
     REFERENCE_ARTIFACT,
     SPEC_FILE,
-    TAG_F1_VS_CHAMPION,
-    TAG_F1_VS_CHAMPION_ROWS,
-    TAG_HOLDOUT_F1,
-    TAG_HOLDOUT_F1_INTERVAL,
-    TAG_HOLDOUT_POSITIVES,
 )
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
@@ -47,9 +42,8 @@ from flows.training.reporting import (
     roc_figure,
     threshold_figure,
 )
-from flows.training.search import searched_params
 from flows.training.slices import slice_metrics
-from flows.training.splitting import SplitPolicy
+from flows.training.splitting import SplitPolicy, split_tags
 from flows.training.train import Splits, TrainParams
 
 
@@ -75,9 +69,7 @@ class ReleaseRecord:
     flow_run_id: str | None = None
     y_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0))
     split_policy: SplitPolicy | None = None
-    split_kind: str = "hash"
-    split_boundaries: dict[str, str] = field(default_factory=dict)
-    split_rule: dict[str, str] = field(default_factory=dict)
+    split_tags: dict[str, str] = field(default_factory=dict)
     data_checks: DataCheckReport | None = None
     importance: pd.DataFrame | None = None
     input_example: pd.DataFrame | None = None
@@ -136,11 +128,8 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "gate.outcome": record.decision.outcome,
                 "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
                 "quarantine.file": record.quarantine_path or "none",
-                **split_and_data_tags(
-                    record.split_kind,
-                    record.split_boundaries | record.split_rule,
-                    record.data_checks,
-                ),
+                **record.split_tags,
+                **data_check_tags(record.data_checks),
             }
         )
         if record.data_checks is not None:
@@ -241,16 +230,11 @@ def split_params(policy: SplitPolicy | None) -> dict[str, str]:
     }
 
 
-def split_and_data_tags(
-    kind: str, boundaries: dict[str, str], report: DataCheckReport | None
-) -> dict[str, str]:
-    """MLflow tags of the split as used (its kind, each part's first and last event time, and
-    a hash split's holdout ranks) and of the data checks (features that likely leak the
-    label)."""
-    tags = {"split.kind": kind} | {f"split.{k}": v for k, v in boundaries.items()}
-    if report is not None:
-        tags["data_checks.likely_leaks"] = ", ".join(report.leaky) or "none"
-    return tags
+def data_check_tags(report: DataCheckReport | None) -> dict[str, str]:
+    """MLflow tags of the data checks: the features that likely leak the label."""
+    if report is None:
+        return {}
+    return {"data_checks.likely_leaks": ", ".join(report.leaky) or "none"}
 
 
 def evidence_metrics(decision: Decision) -> dict[str, float]:
@@ -261,69 +245,6 @@ def evidence_metrics(decision: Decision) -> dict[str, float]:
     if decision.evidence.slices is not None:
         out |= slice_metrics(decision.evidence.slices)
     return out
-
-
-def evidence_tags(decision: Decision, champion: ChampionScore | None) -> dict[str, str]:
-    """Version tags stating the holdout F1 interval and the difference to the champion."""
-    if decision.evidence is None:
-        return {}
-    evidence = decision.evidence
-    boot = evidence.f1
-    tags = {
-        TAG_HOLDOUT_F1_INTERVAL: boot.candidate_text(),
-        TAG_HOLDOUT_POSITIVES: str(boot.positives),
-    }
-    difference = evidence.paired.difference_text()
-    if difference is not None and champion is not None:
-        tags[TAG_F1_VS_CHAMPION] = f"{difference} vs v{champion.version}"
-        tags[TAG_F1_VS_CHAMPION_ROWS] = evidence.compared
-    return tags
-
-
-def release_key(record: ReleaseRecord) -> str:
-    """Identity of a candidate: what it was trained from (data digest, spec, hyper-parameters,
-    split sizes), the gate policy it faces and what the fitted model does (its holdout scores
-    and threshold).
-
-    A rerun of the same release maps to the version it registered before. Neither the ONNX
-    bytes (the converter's node order varies with Python's string hashing) nor the git commit
-    (an unrelated commit does not change the model) are part of the key.
-    """
-    scores = np.round(np.asarray(record.candidate.holdout_scores, dtype=np.float64), 6)
-    parts = {
-        "data_digest": record.data_digest,
-        "spec_hash": record.spec.spec_hash(),
-        "params": record.params.model_dump(mode="json"),
-        "splits": record.splits_sizes,
-        "policy": record.policy.model_dump(mode="json"),
-        "threshold": f"{record.candidate.threshold:.9f}",
-        "holdout_scores": hashlib.sha256(scores.tobytes()).hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
-    """Tags that make a registered version self-describing (including why it was blocked)."""
-    return {
-        registry.KEY_TAG: release_key(record),
-        "gate.outcome": record.decision.outcome,
-        "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
-        TAG_HOLDOUT_F1: f"{record.candidate.metrics.f1:.6f}",
-        **evidence_tags(record.decision, record.champion),
-        "threshold": repr(record.candidate.threshold),
-        "model.family": record.params.classifier,
-        "search.preset": record.candidate.search.settings.preset
-        if record.candidate.search
-        else "off",
-        "onnx_sha256": record.exported.sha256,
-        "feature_spec_hash": record.spec.spec_hash(),
-        "data_digest": record.data_digest,
-        "git_commit": record.git_commit,
-        "run_id": run_id,
-        # the split it was judged on: a later candidate can tell whether this version was trained
-        # on rows of its holdout (a hash-split champion against a time holdout)
-        **split_and_data_tags(record.split_kind, record.split_boundaries | record.split_rule, None),
-    }
 
 
 def register(
@@ -390,9 +311,7 @@ def build_record(
         y_holdout=splits.holdout[LABEL_INT].to_numpy(dtype=np.int64),
         reference=reference,
         split_policy=split_policy,
-        split_kind=splits.kind,
-        split_boundaries=dict(splits.boundaries),
-        split_rule=dict(splits.holdout_rule),
+        split_tags=split_tags(splits),
         data_checks=data_report,
         importance=feature_importance(candidate.pipeline, splits.holdout, spec),
         input_example=splits.holdout[spec.feature_names].head(5),
@@ -422,34 +341,3 @@ def register_release(
     if descriptions is not None:
         registry.describe(client, model_name, version, *descriptions)
     return version
-
-
-def descriptions(record: ReleaseRecord) -> tuple[str, str]:
-    """What the registry says about the model and about this version, in plain words."""
-    spec, m, params = record.spec, record.candidate.metrics, record.params
-    model = (
-        f"{spec.description or spec.name}\n\nBinary classifier of `{spec.label.name}` "
-        f"(positive: {spec.label.positive!r}) on {len(spec.features)} features of spec "
-        f"{spec.name} v{spec.version}, served as ONNX; the `champion` alias marks the version "
-        "in service. Each version's description says how it was chosen and how it scored."
-    )
-    search = record.candidate.search
-    if search is not None:
-        chosen = (
-            f"Chosen by model search (preset {search.settings.preset}): {search.winner.name} "
-            f"ranked first of {len(search.ranking)} candidates by {search.folds_kind} "
-            f"cross-validated average precision {search.winner.cv_ap_mean:.4f} "
-            f"± {search.winner.cv_ap_std:.4f}; threshold tuned for F1 on "
-            f"{record.candidate.threshold_from}."
-        )
-    else:
-        chosen = "Fixed model (no search); threshold tuned on the validation split."
-    hp = ", ".join(f"{k}={v}" for k, v in searched_params(params).items())
-    version = (
-        f"{params.classifier} ({hp}). {chosen} Holdout ({m.rows:,} rows, {m.positives:,} "
-        f"positives): F1 {m.f1:.4f}, precision {m.precision:.4f}, recall {m.recall:.4f}, "
-        f"PR-AUC {m.pr_auc:.4f} at threshold {m.threshold:.4f}. Gate: {record.decision.outcome}"
-        f" ({'; '.join(record.decision.reasons) or 'all checks passed'}). Data digest "
-        f"{record.data_digest}, commit {record.git_commit}."
-    )
-    return model, version

@@ -117,8 +117,11 @@ def train_candidate(
         pipeline = fit(splits.train, spec, params)
     y_val = splits.validation[LABEL_INT].to_numpy(dtype=np.int64)
     val_scores = predict_proba(pipeline, splits.validation, spec)
-    sampled = result is not None and result.search_rows < result.train_rows
-    if result is not None and not (sampled and len(y_val) >= result.oof_rows):
+    # the folds' threshold fits the refit when they covered every training row, or when the
+    # validation part is too small to do better
+    if result is not None and (
+        result.search_rows >= result.train_rows or len(y_val) < result.oof_rows
+    ):
         threshold, source = result.threshold, f"{result.oof_rows:,} out-of-fold scores"
     else:
         threshold, source = tune_threshold(y_val, val_scores), f"{len(y_val):,} validation rows"

@@ -113,9 +113,9 @@ def split_rank(df: pd.DataFrame, id_column: str, salt: str) -> np.ndarray:
 
 def _stratified_take(
     df: pd.DataFrame, id_column: str, fraction: float, salt: str
-) -> tuple[np.ndarray, dict[int, float]]:
-    """Which rows the split takes (the lowest ranks of each class), and the highest rank taken
-    per class (-1.0 when it takes none of a class)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, float]]:
+    """The rows left and the rows taken (the lowest ranks of each class), and the highest rank
+    taken per class (-1.0 when it takes none of a class)."""
     rank = split_rank(df, id_column, salt)
     take = np.zeros(len(df), dtype=bool)
     highest: dict[int, float] = {}
@@ -126,7 +126,7 @@ def _stratified_take(
         chosen = idx[np.argsort(rank[idx], kind="stable")[:k]]
         take[chosen] = True
         highest[cls] = float(rank[chosen].max()) if k else -1.0
-    return take, highest
+    return df[~take].reset_index(drop=True), df[take].reset_index(drop=True), highest
 
 
 def stratified_hash_split(
@@ -139,8 +139,8 @@ def stratified_hash_split(
     without an id column) are ranked without their occurrence suffix, so identical rows land in
     the same part: a repeat in training must not score its twin in the holdout.
     """
-    take, _ = _stratified_take(df, id_column, fraction, salt)
-    return df[~take].reset_index(drop=True), df[take].reset_index(drop=True)
+    rest, taken, _ = _stratified_take(df, id_column, fraction, salt)
+    return rest, taken
 
 
 def resolve_kind(policy: SplitPolicy, spec: FeatureSpec) -> Literal["hash", "time"]:
@@ -213,8 +213,7 @@ def time_split(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Spli
 def hash_split(df: pd.DataFrame, spec: FeatureSpec, policy: SplitPolicy) -> Splits:
     """Frozen stratified holdout first, then a stratified validation split of the rest."""
     ids = spec.row_id_column
-    take, highest = _stratified_take(df, ids, policy.holdout_fraction, HOLDOUT_SALT)
-    rest, holdout = df[~take].reset_index(drop=True), df[take].reset_index(drop=True)
+    rest, holdout, highest = _stratified_take(df, ids, policy.holdout_fraction, HOLDOUT_SALT)
     train, validation = stratified_hash_split(rest, ids, policy.validation_fraction, "valid")
     column = spec.event_time_column
     periods = boundaries(train, validation, holdout, column) if column else {}
@@ -262,6 +261,14 @@ def describe(splits: Splits) -> str:
     return f"{splits.kind} split: " + ", ".join(parts)
 
 
+def split_tags(splits: Splits) -> dict[str, str]:
+    """What a registered version records of its split: ``split.kind``, each part's first and
+    last event time, and a hash split's holdout ranks; :func:`rows_learned_from` reads them."""
+    return {"split.kind": splits.kind} | {
+        f"split.{k}": v for k, v in (splits.boundaries | splits.holdout_rule).items()
+    }
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Which rows of a holdout an earlier version may have learned from.
@@ -288,7 +295,8 @@ def rows_learned_from(
     event_time_column: str | None,
     same_ids: bool = True,
 ) -> Overlap:
-    """The rows of ``holdout`` a version may have learned from, from the split its tags record.
+    """The rows of ``holdout`` a version may have learned from, from the split its tags record
+    (:func:`split_tags`).
 
     A time split learned from every row before its holdout's first event time
     (``split.holdout_min``); a hash split from every row ranked above its holdout's highest rank

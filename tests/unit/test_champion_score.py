@@ -9,6 +9,7 @@ import pytest
 from data_contracts.schemas import LABEL_INT
 from flows.training.onnx_export import export_onnx
 from flows.training.release import score_champion
+from flows.training.splitting import split_tags
 from flows.training.train import evaluate
 
 
@@ -39,7 +40,7 @@ def test_a_champion_needing_missing_columns_gets_no_f1_and_says_why(trained, spl
 
 def test_the_champion_score_carries_the_rows_its_split_learned_from(trained, splits, spec):
     model_bytes = export_onnx(trained.pipeline, spec)
-    tags = {"split.kind": splits.kind} | {f"split.{k}": v for k, v in splits.holdout_rule.items()}
+    tags = split_tags(splits)
     args = ("3", model_bytes, 0.5, spec.model_dump(mode="json"), spec.spec_hash())
     own = score_champion(*args, splits.holdout, spec, tags)
     assert own.seen is not None and not own.seen.any()

@@ -8,7 +8,7 @@ import pytest
 
 from data_contracts.schemas import LABEL_INT, validate_frame
 from data_contracts.spec import FeatureSpec, parse_spec
-from flows.delivery.tracking import split_and_data_tags, split_params
+from flows.delivery.tracking import data_check_tags, split_params
 from flows.training.data_checks import (
     DataCheckReport,
     LeakageSuspected,
@@ -21,7 +21,7 @@ from flows.training.data_checks import (
 )
 from flows.training.gate import GatePolicy
 from flows.training.reporting import release_markdown
-from flows.training.splitting import SplitPolicy, Splits, apply_split
+from flows.training.splitting import SplitPolicy, Splits, apply_split, split_tags
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +147,9 @@ def test_mlflow_records_the_policy_the_split_used_and_the_leaks(leaky_splits, le
     params = split_params(SplitPolicy(holdout_fraction=0.25))
     assert params["split.kind"] == "auto" and params["split.holdout_fraction"] == "0.25"
     assert params["split.holdout_after"] == "none"
-    tags = split_and_data_tags(leaky_splits.kind, leaky_splits.boundaries, leaky_report)
+    tags = split_tags(leaky_splits) | data_check_tags(leaky_report)
     assert tags["split.kind"] == "time"
     assert tags["split.holdout_min"] == leaky_splits.boundaries["holdout_min"]
     assert tags["data_checks.likely_leaks"] == "chargeback_filed"
     assert split_params(None) == {}
+    assert data_check_tags(None) == {}

@@ -14,7 +14,8 @@ from data_contracts.artifacts import (
 )
 from data_contracts.schemas import LABEL_INT
 from flows.cli.summary import evidence_lines
-from flows.delivery.tracking import evidence_metrics, evidence_tags
+from flows.delivery.tracking import evidence_metrics
+from flows.delivery.version_record import evidence_tags
 from flows.training.gate import ChampionScore, GatePolicy, gate_release
 from flows.training.onnx_export import ParityReport
 from flows.training.reporting import release_markdown

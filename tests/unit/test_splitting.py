@@ -18,6 +18,7 @@ from flows.training.splitting import (
     resolve_kind,
     rows_learned_from,
     split,
+    split_tags,
 )
 
 
@@ -117,13 +118,6 @@ def test_a_spec_without_event_time_records_no_boundaries(spec, valid):
     assert splits.kind == "hash" and splits.boundaries == {}
 
 
-def version_tags(splits) -> dict[str, str]:
-    """The split tags a registered version carries (as the tracking step writes them)."""
-    return {"split.kind": splits.kind} | {
-        f"split.{k}": v for k, v in (splits.boundaries | splits.holdout_rule).items()
-    }
-
-
 def learned(tags, frame, spec):
     return rows_learned_from(tags, frame, id_column=spec.row_id_column,
                              event_time_column=spec.event_time_column)  # fmt: skip
@@ -131,7 +125,7 @@ def learned(tags, frame, spec):
 
 def test_a_hash_version_is_known_to_have_learned_from_its_train_and_validation_only(spec, valid):
     old = apply_split(valid, spec, SplitPolicy(kind="hash"))
-    tags = version_tags(old)
+    tags = split_tags(old)
     assert learned(tags, old.holdout, spec).count == 0
     for part in (old.train, old.validation):
         overlap = learned(tags, part, spec)
@@ -143,7 +137,7 @@ def test_a_hash_version_stays_unseen_on_its_holdout_rows_when_the_data_grows(spe
     grown = validate_frame(small_data.head(12_000), spec).valid
     old = apply_split(first, spec, SplitPolicy(kind="hash"))
     new = apply_split(grown, spec, SplitPolicy(kind="hash"))
-    overlap = learned(version_tags(old), new.holdout, spec)
+    overlap = learned(split_tags(old), new.holdout, spec)
     old_holdout = set(old.holdout["transaction_id"])
     seen_ids = set(new.holdout["transaction_id"][overlap.seen])
     # the rows both holdouts share were never learned from; rows the old version did learn
@@ -156,7 +150,7 @@ def test_a_hash_version_stays_unseen_on_its_holdout_rows_when_the_data_grows(spe
 def test_a_hash_champion_learned_from_most_of_a_time_holdout(spec, valid):
     champion = apply_split(valid, spec, SplitPolicy(kind="hash"))
     candidate = apply_split(valid, spec, SplitPolicy(kind="time"))
-    overlap = learned(version_tags(champion), candidate.holdout, spec)
+    overlap = learned(split_tags(champion), candidate.holdout, spec)
     ids = candidate.holdout["transaction_id"]
     assert set(ids[~overlap.seen]) == set(ids) & set(champion.holdout["transaction_id"])
     assert 0.7 < overlap.seen.mean() < 0.9  # about the 80% outside a 20% hash holdout
@@ -164,10 +158,10 @@ def test_a_hash_champion_learned_from_most_of_a_time_holdout(spec, valid):
 
 def test_a_time_version_learned_from_everything_before_its_holdout(spec, valid):
     champion = apply_split(valid, spec, SplitPolicy(kind="time", holdout_fraction=0.2))
-    same = learned(version_tags(champion), champion.holdout, spec)
+    same = learned(split_tags(champion), champion.holdout, spec)
     assert same.count == 0 and "began at" in same.basis
     wider = apply_split(valid, spec, SplitPolicy(kind="time", holdout_fraction=0.4))
-    overlap = learned(version_tags(champion), wider.holdout, spec)
+    overlap = learned(split_tags(champion), wider.holdout, spec)
     assert overlap.count == len(wider.holdout) - len(champion.holdout)
 
 
@@ -181,6 +175,6 @@ def test_a_version_without_split_records_cannot_tell(spec, valid):
         overlap = learned(tags, splits.holdout, spec)
         assert overlap.seen is None and overlap.count == 0
         assert says in overlap.basis
-    other_ids = rows_learned_from(version_tags(splits), splits.holdout, id_column="_row_id",
+    other_ids = rows_learned_from(split_tags(splits), splits.holdout, id_column="_row_id",
                                   event_time_column=None)  # fmt: skip
     assert other_ids.seen is None and "'_row_id'" in other_ids.basis
