@@ -168,6 +168,9 @@ def containerize_with_retries(
     raise AssertionError("unreachable")
 
 
+PORT_RACE_MESSAGE = "Address already in use"
+
+
 @dataclass
 class RunningContainer:
     """A container started for a test, addressed on 127.0.0.1:port (host network)."""
@@ -177,6 +180,7 @@ class RunningContainer:
     port: int
     started_at: float
     log_path: Path
+    port_race_restarts: int = 0
 
     @property
     def base_url(self) -> str:
@@ -191,8 +195,21 @@ class RunningContainer:
         user_args = ["-u", user] if user else []
         return docker("exec", *user_args, self.name, *cmd, timeout=120)
 
-    def wait_ready(self, timeout: float = 60) -> float:
-        """Poll ``/readyz`` until it answers 200; return seconds since ``docker run``."""
+    def lost_port_race(self) -> bool:
+        """Whether the stopped container's log says a port it picked was taken meanwhile.
+
+        BentoML picks free ports for its internal sockets, releases them, and binds them a
+        moment later; on the host network another process can take one in between.
+        """
+        logs = docker("logs", "--tail", "50", self.name, timeout=30)
+        return PORT_RACE_MESSAGE in logs.stdout + logs.stderr
+
+    def wait_ready(self, timeout: float = 60, *, port_race_restarts: int = 2) -> float:
+        """Poll ``/readyz`` until it answers 200; return seconds since ``docker run``.
+
+        A container that exited because it lost a port race (see :meth:`lost_port_race`) is
+        started again, up to ``port_race_restarts`` times; any other exit is an error.
+        """
         deadline = time.monotonic() + timeout
         next_check = 0.0
         while time.monotonic() < deadline:
@@ -204,7 +221,12 @@ class RunningContainer:
                 pass
             if time.monotonic() >= next_check:
                 if not self.running():
-                    raise SmokeTestError(self.image, "the container exited before it was ready")
+                    if port_race_restarts > 0 and self.lost_port_race():
+                        port_race_restarts -= 1
+                        self.port_race_restarts += 1
+                        docker("start", self.name, timeout=60)
+                    else:
+                        raise SmokeTestError(self.image, "the container exited before it was ready")
                 next_check = time.monotonic() + 1.0
             time.sleep(0.1)
         raise SmokeTestError(self.image, f"/readyz did not answer 200 within {timeout:.0f}s")
