@@ -208,7 +208,8 @@ class RunningContainer:
         """Poll ``/readyz`` until it answers 200; return seconds since ``docker run``.
 
         A container that exited because it lost a port race (see :meth:`lost_port_race`) is
-        started again, up to ``port_race_restarts`` times; any other exit is an error.
+        started again, up to ``port_race_restarts`` times in the container's life (counted in
+        the field of that name); any other exit is an error.
         """
         deadline = time.monotonic() + timeout
         next_check = 0.0
@@ -221,8 +222,7 @@ class RunningContainer:
                 pass
             if time.monotonic() >= next_check:
                 if not self.running():
-                    if port_race_restarts > 0 and self.lost_port_race():
-                        port_race_restarts -= 1
+                    if self.port_race_restarts < port_race_restarts and self.lost_port_race():
                         self.port_race_restarts += 1
                         docker("start", self.name, timeout=60)
                     else:
