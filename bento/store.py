@@ -13,8 +13,8 @@ hash and the MLflow version; its labels say where it came from (all names in
    a plain ``bentoml serve`` serves to card traffic; serve that model with
    ``FRAUD_MODEL_NAME=credit-risk bentoml serve``.
 
-The release flow writes the store entries and the pointers (``flows.delivery``); this module
-only reads them, with the standard library alone.
+The release flow writes the store entries and the pointers (``flows.packaging``,
+``flows.promotion``); this module only reads them, with the standard library alone.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 load -> validate (quarantine) -> split (id hash or time) -> data checks -> train -> evaluate
 -> ONNX + parity -> score champion -> F1 gate -> track in MLflow -> register -> package
-(bento, image, smoke test) -> move ``champion`` (:func:`flows.delivery.champion.move_champion`)
+(bento, image, smoke test) -> move ``champion`` (:func:`flows.promotion.champion.move_champion`)
 only when every gate passed.
 Training steps are in :mod:`flows.training.release`, MLflow tracking in
-:mod:`flows.delivery.tracking`, packaging in :mod:`flows.delivery.packaging`.
+:mod:`flows.registry.tracking`, packaging in :mod:`flows.packaging.package`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from data_contracts.spec import FeatureSpec
 from flows.alerting.alerts import alert_on_failure
 from flows.core.settings import Settings
 from flows.core.tables import file_digest, load_table
-from flows.delivery import audit, champion, outcome, registry, tracking, version_record
-from flows.delivery.errors import PackagingError
-from flows.delivery.locks import promotion_lock_name
-from flows.delivery.packaging import PackagedVersion, package_version
-from flows.delivery.rollout import RolloutFailed
+from flows.packaging.errors import PackagingError
+from flows.packaging.package import PackagedVersion, package_version
+from flows.promotion import audit, champion, outcome
+from flows.promotion.locks import promotion_lock_name
+from flows.registry import registry, tracking, version_record
+from flows.serving.rollout import RolloutFailed
 from flows.training import data_checks, release
 from flows.training.gate import ChampionScore, Decision, GatePolicy, gate_release
 from flows.training.quarantine import write_quarantine

@@ -193,7 +193,7 @@ def prepare_model(work: Path, model_tag: str | None) -> tuple[Path, str, float]:
     from data_contracts.schemas import validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.delivery.store import import_model
+    from flows.packaging.store import import_model
     from flows.training.onnx_export import export_onnx
     from flows.training.train import TrainParams, fit, predict_proba, tune_threshold
 
@@ -220,7 +220,7 @@ def write_bodies(work: Path) -> tuple[Path, Path]:
     from data_contracts.schemas import validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.delivery.smoke import request_records
+    from flows.packaging.smoke import request_records
 
     spec = default_spec()
     frame = validate_frame(generate(GeneratorConfig(rows=3000, seed=99)), spec).valid

@@ -7,8 +7,8 @@ Steps: in a temporary home, the release flow (in process, image step on) release
 fleet of ``--replicas`` replicas starts on v1. For c=8 and c=64: wrk drives ``POST /predict``
 through the balancer for ``--seconds`` with no move (steady), then again while the champion is
 moved to v2 (the promotion) and again while it is moved back to v1 (the rollback), each move
-``--lead`` seconds after wrk starts. Both moves are :func:`flows.delivery.rollback.rollback`,
-i.e. :func:`flows.delivery.champion.move_champion` as a release uses it (a full release would
+``--lead`` seconds after wrk starts. Both moves are :func:`flows.promotion.rollback.rollback`,
+i.e. :func:`flows.promotion.champion.move_champion` as a release uses it (a full release would
 add minutes of training to the window). Printed per run: requests, req/s, non-2xx, socket
 errors, p50/p99 over the window containing the swap, the time from the alias move to the last
 old replica stopped, and the share of answers per version for each second of the window.
@@ -114,7 +114,7 @@ def moved_during(
     settings: Any, url: str, bodies: Path, c: int, seconds: int, lead: float, version: str
 ) -> dict[str, Any]:
     """wrk for ``seconds``; ``lead`` seconds in, move the champion to ``version``."""
-    from flows.delivery import rollback
+    from flows.promotion import rollback
 
     note: dict[str, Any] = {}
 
@@ -178,7 +178,9 @@ def main() -> int:
 
     from flows.core.http import free_port
     from flows.core.settings import Settings
-    from flows.delivery import container, fleet, rollback
+    from flows.packaging import container
+    from flows.promotion import rollback
+    from flows.serving import fleet
 
     report: dict[str, Any] = {"replicas": args.replicas, "runs": {}}
     single, _ = write_bodies(work)

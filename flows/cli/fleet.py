@@ -3,7 +3,7 @@
 ``up`` starts N verified replicas and the balancer on port 3000, ``status`` shows each
 replica and the balancer's view of it, ``restore`` restarts replicas that died, ``roll``
 moves the fleet to a version without moving any alias, ``down`` stops everything by PID and
-container id. The logic is :mod:`flows.delivery.fleet` and :mod:`flows.delivery.rollout`.
+container id. The logic is :mod:`flows.serving.fleet` and :mod:`flows.serving.rollout`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _model(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the fleet action; prints what happened and returns the exit code."""
     from flows.core.settings import Settings
-    from flows.delivery import balancer, fleet, rollout
+    from flows.serving import balancer, fleet, rollout
 
     settings = Settings()
     try:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             for replica in restarted:
                 print(f"restored {replica.name} on 127.0.0.1:{replica.port} (v{replica.version})")
             return 0
-        from flows.delivery.canary import CanaryPolicy
+        from flows.serving.canary import CanaryPolicy
 
         policy = CanaryPolicy(
             settings.canary_seconds if args.canary_seconds is None else args.canary_seconds,

@@ -27,7 +27,7 @@ APPLY_HINT = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``render`` and ``check`` with their options on ``parser``."""
-    from flows.delivery import kubernetes as k8s
+    from flows.serving import kubernetes as k8s
 
     parser.description = __doc__.split("\n\n")[0]
     sub = parser.add_subparsers(dest="k8s_command", required=True, metavar="ACTION")
@@ -99,12 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from flows.core.settings import Settings
-    from flows.delivery import kubernetes as k8s
+    from flows.serving import kubernetes as k8s
 
     try:
         commit = args.git_commit
         if commit is None:
-            from flows.delivery.registry import git_commit
+            from flows.registry.registry import git_commit
 
             commit = git_commit()
             if commit.endswith("-dirty"):
@@ -135,7 +135,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _check() -> int:
-    from flows.delivery import kubernetes as k8s
+    from flows.serving import kubernetes as k8s
 
     try:
         documents = k8s.render_manifests(k8s.SAMPLE_VALUES)
@@ -164,7 +164,7 @@ def _check() -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from flows.core.settings import Settings
-    from flows.delivery import kubernetes as k8s
+    from flows.serving import kubernetes as k8s
 
     try:
         bento = k8s.champion_image(Settings(), args.model)

@@ -1,8 +1,8 @@
 """The operator commands for the release: roll the champion back, print the alias history.
 
 Only the command line lives here (``python -m flows.cli.ops --help``, or ``fraud rollback`` and
-``fraud history``); the rollback itself is :func:`flows.delivery.rollback.rollback`. The
-delivery modules are imported when a command runs, so ``--help`` stays fast.
+``fraud history``); the rollback itself is :func:`flows.promotion.rollback.rollback`. The
+stage modules are imported when a command runs, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def add_history_arguments(parser: argparse.ArgumentParser) -> None:
 def run_rollback(args: argparse.Namespace) -> int:
     """Roll back as ``args`` say; prints the outcome and returns the exit code."""
     from flows.core.settings import Settings
-    from flows.delivery.errors import PackagingError
-    from flows.delivery.rollback import RollbackRefused, rollback
-    from flows.delivery.rollout import RolloutFailed
+    from flows.packaging.errors import PackagingError
+    from flows.promotion.rollback import RollbackRefused, rollback
+    from flows.serving.rollout import RolloutFailed
 
     model = args.model or _default_model()
     try:
@@ -75,7 +75,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_history(args: argparse.Namespace) -> int:
     """Print the model's alias moves; returns the exit code."""
     from flows.core.settings import Settings
-    from flows.delivery.rollback import alias_history
+    from flows.promotion.rollback import alias_history
 
     settings = Settings()
     model = args.model or _default_model()

@@ -40,7 +40,7 @@ def served_version(url: str, record: dict) -> str:
 
 def champion_version(settings: Settings, model_name: str) -> str | None:
     """The registry's champion version of ``model_name`` (None without one)."""
-    from flows.delivery import registry
+    from flows.registry import registry
 
     client = registry.configure(settings)
     current = registry.current_champion(client, model_name, settings.champion_alias)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
     from flows.core.settings import Settings
-    from flows.delivery.smoke import request_records
+    from flows.packaging.smoke import request_records
 
     spec = default_spec()
     name, settings = args.model_name or spec.name, Settings()

@@ -40,7 +40,7 @@ def evidence_lines(tags: dict[str, str]) -> list[str]:
 
 def summary_lines(settings: Settings, model_name: str) -> list[str]:
     """Human-readable lines describing the latest version and the champion of ``model_name``."""
-    from flows.delivery import registry
+    from flows.registry import registry
 
     client = registry.configure(settings)
     api = os.environ.get("PREFECT_API_URL", "")

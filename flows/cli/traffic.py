@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-    from flows.delivery.smoke import request_records
+    from flows.packaging.smoke import request_records
 
     frame = generate(
         GeneratorConfig(

@@ -1,6 +1,6 @@
 """The training steps of a release as plain functions: contract, fit, ONNX export with parity,
 the champion's fresh score and the drift reference snapshot. The Prefect flow wires them; MLflow
-tracking and registration are in :mod:`flows.delivery.tracking`.
+tracking and registration are in :mod:`flows.registry.tracking`.
 """
 
 from __future__ import annotations

@@ -223,7 +223,7 @@ def remove_images(prefix: str) -> None:
 @pytest.fixture(scope="module")
 def docker_engine() -> str:
     """A Docker engine that answers: missing fails under CI=true, and skips (with why) elsewhere."""
-    from flows.delivery.container import docker_status
+    from flows.packaging.container import docker_status
 
     ok, detail = docker_status()
     if not ok:

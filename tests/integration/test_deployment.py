@@ -9,7 +9,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from flows.delivery import registry
+from flows.registry import registry
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "train-and-release/fraud-detector"

@@ -28,8 +28,8 @@ from aiosmtpd.controller import Controller
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
-from flows.delivery import registry
-from flows.delivery.smoke import request_records
+from flows.packaging.smoke import request_records
+from flows.registry import registry
 from tests.support.drift import Inbox
 
 pytestmark = pytest.mark.integration

@@ -40,7 +40,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli.automations import ALERT_RULE, CRASH_RULE
 from flows.core.settings import Settings
-from flows.delivery import registry
+from flows.registry import registry
 
 # Failure mails, crash detection by heartbeat automations and result persistence are the Prefect
 # server's events and automations and the flows' hooks: the same code on SQLite and PostgreSQL,

@@ -25,8 +25,11 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
-from flows.delivery import audit, balancer, canary, fleet, registry, rollback, rollout, smoke
-from flows.delivery import container as images
+from flows.packaging import container as images
+from flows.packaging import smoke
+from flows.promotion import audit, rollback
+from flows.registry import registry
+from flows.serving import balancer, canary, fleet, rollout
 from flows.train_and_release import train_and_release
 from flows.training.gate import GatePolicy
 from flows.training.train import TrainParams

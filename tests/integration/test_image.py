@@ -22,8 +22,10 @@ from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureSpec
 from flows.core import http
 from flows.core.settings import Settings
-from flows.delivery import container as images
-from flows.delivery import errors, packaging, publish, registry, smoke, store
+from flows.packaging import container as images
+from flows.packaging import errors, publish, smoke, store
+from flows.packaging import package as packaging
+from flows.registry import registry
 from flows.training.onnx_export import export_onnx, sha256
 from flows.training.release import train_candidate
 from flows.training.train import TrainParams, split

@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
-from flows.delivery import registry
+from flows.registry import registry
 from tests.integration.test_drift_loop import Bento, flow_runs, wait_for_rows, wait_terminal
 from tests.support.drift import Inbox
 

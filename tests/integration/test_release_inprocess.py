@@ -14,7 +14,9 @@ from prefect.testing.utilities import prefect_test_harness
 from data_contracts.spec import load_spec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.core.settings import Settings
-from flows.delivery import audit, publish, registry
+from flows.packaging import publish
+from flows.promotion import audit
+from flows.registry import registry
 from flows.train_and_release import train_and_release
 from flows.training.gate import GatePolicy
 from flows.training.onnx_export import onnx_predict_proba, onnx_session, sha256

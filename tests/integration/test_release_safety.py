@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.core.http import free_port
-from flows.delivery import audit
+from flows.promotion import audit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ print("FINAL-STATE", state.name, "|", state.message, flush=True)
 HOLD_LOCK = """
 import sys
 from prefect.concurrency.sync import concurrency
-from flows.delivery.locks import ensure_lock, promotion_lock_name
+from flows.promotion.locks import ensure_lock, promotion_lock_name
 name = promotion_lock_name(sys.argv[1])
 ensure_lock(name)
 with concurrency(name, occupy=1, strict=True, timeout_seconds=60):

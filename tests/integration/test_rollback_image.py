@@ -19,8 +19,10 @@ from prefect.testing.utilities import prefect_test_harness
 from data_contracts import artifacts
 from flows.core import http
 from flows.core.settings import Settings
-from flows.delivery import audit, publish, registry, rollback, smoke
-from flows.delivery import container as images
+from flows.packaging import container as images
+from flows.packaging import publish, smoke
+from flows.promotion import audit, rollback
+from flows.registry import registry
 from flows.train_and_release import train_and_release
 from flows.training.train import TrainParams
 

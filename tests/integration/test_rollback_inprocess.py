@@ -15,8 +15,10 @@ from prefect.testing.utilities import prefect_test_harness
 from data_contracts.artifacts import TAG_F1_VS_CHAMPION_ROWS
 from flows.cli import ops
 from flows.core.settings import Settings
-from flows.delivery import audit, container, locks, publish, registry, rollback
-from flows.delivery.store import bento_store, model_store
+from flows.packaging import container, publish
+from flows.packaging.store import bento_store, model_store
+from flows.promotion import audit, locks, rollback
+from flows.registry import registry
 from flows.train_and_release import train_and_release
 from flows.training.gate import GatePolicy
 from flows.training.splitting import SplitPolicy

@@ -30,7 +30,7 @@ from mlflow.entities import ViewType
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
-from flows.delivery import registry
+from flows.registry import registry
 from tests.support.drift import write_log
 
 pytestmark = pytest.mark.integration

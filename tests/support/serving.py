@@ -24,7 +24,7 @@ from data_contracts.schemas import validate_frame
 from data_contracts.spec import FeatureKind, FeatureSpec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.core.http import free_port
-from flows.delivery.store import import_model
+from flows.packaging.store import import_model
 from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session
 from flows.training.train import TrainParams, fit
 

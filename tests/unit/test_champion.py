@@ -17,8 +17,11 @@ from mlflow import MlflowClient
 
 from data_contracts import artifacts
 from flows.core.settings import Settings
-from flows.delivery import audit, container, publish, registry, rollback, rollout
-from flows.delivery.champion import ChampionMoved, MoveRequest, move_champion, promote_release
+from flows.packaging import container, publish
+from flows.promotion import audit, rollback
+from flows.promotion.champion import ChampionMoved, MoveRequest, move_champion, promote_release
+from flows.registry import registry
+from flows.serving import rollout
 
 FRAUD, CREDIT = "fraud-detector", "credit-risk"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.delivery import container
-from flows.delivery.errors import SmokeTestError
+from flows.packaging import container
+from flows.packaging.errors import SmokeTestError
 
 
 class FakeEngine:

@@ -8,7 +8,7 @@ import pytest
 
 from data_contracts.schemas import LABEL_INT, validate_frame
 from data_contracts.spec import FeatureSpec, parse_spec
-from flows.delivery.tracking import data_check_tags, split_params
+from flows.registry.tracking import data_check_tags, split_params
 from flows.training.data_checks import (
     DataCheckReport,
     LeakageSuspected,

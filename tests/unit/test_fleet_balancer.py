@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.core.settings import Settings
-from flows.delivery import balancer, canary, fleet, rollout
+from flows.serving import balancer, canary, fleet, rollout
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None

@@ -266,7 +266,7 @@ def test_champion_score_keeps_its_scores_out_of_json():
 
 
 def test_promotion_refused_when_the_champion_moved():
-    from flows.delivery.champion import ChampionMoved, check_champion_unchanged
+    from flows.promotion.champion import ChampionMoved, check_champion_unchanged
 
     check_champion_unchanged("3", "3", "5")
     check_champion_unchanged(None, None, "1")

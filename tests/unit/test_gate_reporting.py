@@ -14,8 +14,8 @@ from data_contracts.artifacts import (
 )
 from data_contracts.schemas import LABEL_INT
 from flows.cli.summary import evidence_lines
-from flows.delivery.tracking import evidence_metrics
-from flows.delivery.version_record import evidence_tags
+from flows.registry.tracking import evidence_metrics
+from flows.registry.version_record import evidence_tags
 from flows.training.gate import ChampionScore, GatePolicy, gate_release
 from flows.training.onnx_export import ParityReport
 from flows.training.reporting import release_markdown
@@ -98,7 +98,7 @@ def test_the_summary_prints_the_interval_from_the_tags():
 
 
 def test_the_run_result_carries_the_interval(spec):
-    from flows.delivery.outcome import outcome_data
+    from flows.promotion.outcome import outcome_data
 
     metrics, champion, decision = released(spec)
     out = outcome_data(model_name="m", version="5", run_id="r", decision=decision,

@@ -13,7 +13,7 @@ import yaml
 from data_contracts.artifacts import write_champion_pointer
 from flows.cli import main as cli
 from flows.core.settings import Settings
-from flows.delivery import kubernetes as k8s
+from flows.serving import kubernetes as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = k8s.SAMPLE_VALUES

@@ -13,7 +13,7 @@ from bento.config import ServingConfig
 from bento.http_app import ServingApp
 from bento.model_page import describe_runtime, render_page
 from bento.runtime import load_runtime
-from flows.delivery.store import holdout_metrics
+from flows.packaging.store import holdout_metrics
 from tests.support.serving import TinyModel, train_tiny_model
 
 

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from data_contracts.schemas import LABEL_INT
 from flows.core.settings import Settings
-from flows.delivery import registry, search_runs
+from flows.registry import registry, search_runs
 from flows.training.explain import feature_importance
 from flows.training.onnx_export import export_onnx
 from flows.training.reporting import (

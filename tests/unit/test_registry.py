@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.core.settings import Settings
-from flows.delivery import registry
+from flows.registry import registry
 
 MODEL = "idempotent-model"
 

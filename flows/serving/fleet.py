@@ -11,7 +11,7 @@ and a rollout never interleave).
 
 Replicas run ``--network host`` on ports of their own, mount the shared inference-log folder
 (each writer's file names are its own) and are verified before they get traffic: ``/readyz``,
-then the version's reference records (:func:`flows.delivery.smoke.check_reference`).
+then the version's reference records (:func:`flows.packaging.smoke.check_reference`).
 
 One module on purpose (557 lines): the state file, the lock and the replica lifecycle are one
 unit that every fleet command and the rollout hold together; the balancer (``balancer.py``), the
@@ -39,9 +39,10 @@ from data_contracts.inference_log import LOG_DIR_ENV
 from flows.core.files import write_atomic
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
-from flows.delivery import balancer, container, smoke
-from flows.delivery.errors import SmokeTestError
-from flows.delivery.publish import read_champion
+from flows.packaging import container, smoke
+from flows.packaging.errors import SmokeTestError
+from flows.packaging.publish import read_champion
+from flows.serving import balancer
 
 STATE_FILE = "fleet.json"
 CONTAINER_LOG_DIR = "/fraud/inference_log"  # the shared folder's path inside a replica

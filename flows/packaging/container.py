@@ -1,6 +1,7 @@
 """Docker: is an engine there, ``bentoml containerize``, image facts, and test containers.
 
-Images are ``<repository>:v<N>``; nothing here moves ``latest`` (see :mod:`flows.delivery.publish`).
+Images are ``<repository>:v<N>``; nothing here moves ``latest`` (see
+:mod:`flows.packaging.publish`).
 Docker is called through its CLI with argv lists, never a shell.
 """
 
@@ -21,9 +22,9 @@ from pathlib import Path
 from data_contracts.artifacts import image_tag
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
-from flows.delivery.build import bentoml_cli, bentoml_env, release_log_dir, run_logged
-from flows.delivery.errors import ContainerizeError, DockerUnavailableError, SmokeTestError
-from flows.delivery.store import bento_store
+from flows.packaging.build import bentoml_cli, bentoml_env, release_log_dir, run_logged
+from flows.packaging.errors import ContainerizeError, DockerUnavailableError, SmokeTestError
+from flows.packaging.store import bento_store
 
 
 def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

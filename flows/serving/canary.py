@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from flows.delivery.balancer import ServerState
+from flows.serving.balancer import ServerState
 
 MAX_WEIGHT = 256  # HAProxy's server weights are 0..256
 

@@ -30,7 +30,7 @@ from data_contracts.artifacts import (
 )
 from flows.core.files import write_atomic
 from flows.core.settings import Settings
-from flows.delivery.errors import ModelImportError
+from flows.packaging.errors import ModelImportError
 from flows.training.onnx_export import sha256
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def import_model(
 
 def import_registered_version(settings: Settings, model_name: str, version: str) -> StoredModel:
     """Download a registered MLflow version and import it into the settings' BentoML store."""
-    from flows.delivery import registry
+    from flows.registry import registry
 
     client = registry.configure(settings)
     model_version = client.get_model_version(model_name, str(version))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from data_contracts.artifacts import HOME_ENV, MODEL_TAG_ENV, check_name, version_label
 from flows.core.settings import PROJECT_ROOT, Settings
-from flows.delivery.errors import BentoBuildError
-from flows.delivery.store import StoredModel, bento_store
+from flows.packaging.errors import BentoBuildError
+from flows.packaging.store import StoredModel, bento_store
 
 
 def release_log_dir(settings: Settings, model_name: str, version: str | int) -> Path:

@@ -1,11 +1,11 @@
 """Rolling the fleet to a new version: part of every champion move.
 
-:func:`flows.delivery.champion.move_champion` drives a :class:`Rollout` in this order, so that
+:func:`flows.promotion.champion.move_champion` drives a :class:`Rollout` in this order, so that
 the champion alias never points at a version the fleet refused:
 
 1. :meth:`Rollout.stage` (before the alias moves): start the new version's replicas beside the
    old ones, wait for ``/readyz`` and check the reference records on each (no traffic yet);
-2. :meth:`Rollout.shift` (before the alias moves): first the canary (:mod:`~flows.delivery.canary`,
+2. :meth:`Rollout.shift` (before the alias moves): first the canary (:mod:`~flows.serving.canary`,
    on by default: ``share`` of the traffic to the new replicas for ``seconds``, then their error
    ratio and response time against the old ones'), then the balancer configuration naming only
    the new replicas; each configuration validated and installed atomically, each change a
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from data_contracts.artifacts import image_tag
 from flows.core.settings import Settings
-from flows.delivery import balancer, canary, fleet
+from flows.serving import balancer, canary, fleet
 
 
 class RolloutFailed(RuntimeError):

@@ -1,11 +1,11 @@
 """The one way the ``champion`` alias moves (release, rollback, and anything later).
 
-:func:`move_champion`, inside the model's lock (:mod:`flows.delivery.locks`):
+:func:`move_champion`, inside the model's lock (:mod:`flows.promotion.locks`):
 
 1. re-reads the alias: MLflow has no compare-and-set, so the move is refused
    (:class:`ChampionMoved`) when the champion is not the one the caller decided against;
 2. publishes the version to serving (``latest`` image, stores' ``latest``, the model's pointer);
-3. rolls the serving fleet when one runs (:mod:`flows.delivery.rollout`): the new version's
+3. rolls the serving fleet when one runs (:mod:`flows.serving.rollout`): the new version's
    replicas start and pass ``/readyz`` and the reference records, the balancer shifts to them;
 4. moves the alias; if publishing, the rollout or the alias move fails, the fleet is put back
    (old replicas never stopped, new ones removed), serving is put back exactly as it was
@@ -34,8 +34,10 @@ from dataclasses import dataclass
 
 from data_contracts.artifacts import clear_champion_pointer, store_tag
 from flows.core.settings import Settings
-from flows.delivery import audit, locks, registry, rollout
-from flows.delivery.publish import publish_champion, restore_served, served_state
+from flows.packaging.publish import publish_champion, restore_served, served_state
+from flows.promotion import audit, locks
+from flows.registry import registry
+from flows.serving import rollout
 
 Lock = Callable[..., AbstractContextManager[object]]
 

@@ -93,7 +93,7 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
     if len(set(names)) != len(names):
         raise ValueError(f"server names must be unique: {names}")
     lines = [
-        "# written by flows/delivery/balancer.py; replaced atomically after `haproxy -c`",
+        "# written by flows/serving/balancer.py; replaced atomically after `haproxy -c`",
         "global",
         "    log stdout format raw local0 notice",
         f"    hard-stop-after {spec.drain_timeout_s}s",

@@ -27,9 +27,9 @@ from data_contracts.spec import FeatureKind, FeatureSpec
 from flows.core.files import write_atomic
 from flows.core.http import http_json
 from flows.core.settings import Settings
-from flows.delivery.build import release_log_dir
-from flows.delivery.container import require_docker, run_container
-from flows.delivery.errors import SmokeTestError
+from flows.packaging.build import release_log_dir
+from flows.packaging.container import require_docker, run_container
+from flows.packaging.errors import SmokeTestError
 from flows.training.onnx_export import onnx_predict_proba, onnx_session
 
 

@@ -267,7 +267,7 @@ def in_registry(image: str, registry: str) -> str:
 def push_images(images: list[str], registry: str) -> list[str]:
     """Tag each local image for ``registry`` and push it; the pushed names. Raises RenderError
     naming the image and Docker's message when a tag or push fails (login is the caller's)."""
-    from flows.delivery.container import docker
+    from flows.packaging.container import docker
 
     if not registry.strip():
         raise RenderError("no registry given (--registry or FRAUD_IMAGE_REGISTRY)")

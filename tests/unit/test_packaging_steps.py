@@ -14,7 +14,8 @@ import pytest
 from data_contracts import artifacts
 from flows.core import http
 from flows.core.settings import Settings
-from flows.delivery import build, container, errors, packaging, publish, smoke, store
+from flows.packaging import build, container, errors, publish, smoke, store
+from flows.packaging import package as packaging
 from flows.training.onnx_export import export_onnx, onnx_predict_proba, onnx_session, sha256
 
 MODEL = "fraud-detector"

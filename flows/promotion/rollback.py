@@ -7,7 +7,7 @@ A rollback:
 2. makes it servable outside the lock (slow): imports it into the BentoML store and builds its
    bento if missing; reuses the image ``<model>:v<N>`` when Docker has it, builds it when Docker
    answers but the image is gone, and says loudly when Docker is unavailable;
-3. moves the champion through :func:`flows.delivery.champion.move_champion` (the same lock,
+3. moves the champion through :func:`flows.promotion.champion.move_champion` (the same lock,
    re-read, publish, fleet rollout, undo and audit as a release); a champion that moved while
    the rollback was preparing is refused.
 """
@@ -23,11 +23,13 @@ from mlflow.exceptions import MlflowException
 
 from data_contracts.artifacts import image_tag, latest_image_tag, pointer_path, version_label
 from flows.core.settings import Settings
-from flows.delivery import audit, container, locks, registry
-from flows.delivery.build import build_bento, has_bento
-from flows.delivery.champion import ChampionMoved, Lock, MoveRequest, move_champion, unaudited_move
-from flows.delivery.container import ImageFacts
-from flows.delivery.store import import_registered_version
+from flows.packaging import container
+from flows.packaging.build import build_bento, has_bento
+from flows.packaging.container import ImageFacts
+from flows.packaging.store import import_registered_version
+from flows.promotion import audit, locks
+from flows.promotion.champion import ChampionMoved, Lock, MoveRequest, move_champion, unaudited_move
+from flows.registry import registry
 
 ACTION = "rollback"
 NOT_SERVABLE = frozenset({"packaging_failed"})
@@ -166,7 +168,7 @@ def rollback(
     """Move ``champion`` to ``version`` (a version that passed its gates) and re-point serving.
 
     Raises :class:`RollbackRefused` when the target is not eligible or the champion moved while
-    the rollback was preparing; :class:`flows.delivery.errors.PackagingError` when the bento or
+    the rollback was preparing; :class:`flows.packaging.errors.PackagingError` when the bento or
     image cannot be prepared (nothing moved then). ``prepare`` makes the bento servable and
     returns its tag; ``lock`` is the model's lock (both are seams for tests).
     """

@@ -17,9 +17,9 @@ from data_contracts.artifacts import (
     write_champion_pointer,
 )
 from flows.core.settings import Settings
-from flows.delivery import container
-from flows.delivery.errors import PackagingError
-from flows.delivery.store import bento_store, model_store, set_store_latest
+from flows.packaging import container
+from flows.packaging.errors import PackagingError
+from flows.packaging.store import bento_store, model_store, set_store_latest
 
 
 def read_champion(settings: Settings, model_name: str) -> str | None:
@@ -33,7 +33,7 @@ def publish_champion(
     """After the smoke test: tag the image ``latest``, point stores and pointer file at it.
 
     ``tag`` is ``<model>:v<version>`` (model store, bento and image share it; ``repository``
-    overrides the image name as in :func:`flows.delivery.container.containerize`).
+    overrides the image name as in :func:`flows.packaging.container.containerize`).
     """
     name, _, version = tag.partition(":")
     if image:

@@ -1,6 +1,6 @@
 """MLflow side of a release: the run (params, metrics, data set, plots, reference snapshot,
 ONNX model) and the registration; what the registered version says about itself (key, tags,
-descriptions) is :mod:`flows.delivery.version_record`.
+descriptions) is :mod:`flows.registry.version_record`.
 
 :class:`ReleaseRecord` gathers what one candidate's run records; the flow builds it from the
 training steps (:mod:`flows.training.release`) and passes it here.
@@ -28,8 +28,8 @@ from data_contracts.artifacts import (
 from data_contracts.schemas import LABEL_INT, ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
-from flows.delivery import registry
-from flows.delivery.search_runs import log_search_runs, search_metrics, search_params
+from flows.registry import registry
+from flows.registry.search_runs import log_search_runs, search_metrics, search_params
 from flows.training.data_checks import DataCheckReport
 from flows.training.explain import feature_importance
 from flows.training.gate import ChampionScore, Decision, GatePolicy

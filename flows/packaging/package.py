@@ -1,10 +1,10 @@
 """Packaging a registered version for serving, before any promotion: the step sequence.
 
-``import_registered_version`` (:mod:`~flows.delivery.store`) -> ``build_bento``
-(:mod:`~flows.delivery.build`) -> ``containerize_with_retries`` (:mod:`~flows.delivery.container`)
--> ``smoke_test`` (:mod:`~flows.delivery.smoke`). Nothing here moves ``latest`` or the champion
-pointer (that is :mod:`flows.delivery.champion`'s move); after a failure the version is dropped
-from the stores (:func:`flows.delivery.publish.discard_failed`) and the error propagates.
+``import_registered_version`` (:mod:`~flows.packaging.store`) -> ``build_bento``
+(:mod:`~flows.packaging.build`) -> ``containerize_with_retries`` (:mod:`~flows.packaging.container`)
+-> ``smoke_test`` (:mod:`~flows.packaging.smoke`). Nothing here moves ``latest`` or the champion
+pointer (that is :mod:`flows.promotion.champion`'s move); after a failure the version is dropped
+from the stores (:func:`flows.packaging.publish.discard_failed`) and the error propagates.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pandas as pd
 
 from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
-from flows.delivery.build import build_bento
-from flows.delivery.container import ImageFacts, containerize_with_retries
-from flows.delivery.errors import PackagingError
-from flows.delivery.publish import discard_failed
-from flows.delivery.smoke import SmokeReport, make_smoke_case, smoke_test
-from flows.delivery.store import import_registered_version
+from flows.packaging.build import build_bento
+from flows.packaging.container import ImageFacts, containerize_with_retries
+from flows.packaging.errors import PackagingError
+from flows.packaging.publish import discard_failed
+from flows.packaging.smoke import SmokeReport, make_smoke_case, smoke_test
+from flows.packaging.store import import_registered_version
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What a registered version says about itself: its identity key (a rerun maps to the version
 it registered before), its tags (gate outcome, evidence, split, provenance) and the registry's
-descriptions, all derived from the release's :class:`~flows.delivery.tracking.ReleaseRecord`.
+descriptions, all derived from the release's :class:`~flows.registry.tracking.ReleaseRecord`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from data_contracts.artifacts import (
     TAG_HOLDOUT_F1_INTERVAL,
     TAG_HOLDOUT_POSITIVES,
 )
-from flows.delivery import registry
-from flows.delivery.tracking import ReleaseRecord
+from flows.registry import registry
+from flows.registry.tracking import ReleaseRecord
 from flows.training.gate import ChampionScore, Decision
 from flows.training.search import searched_params
 
