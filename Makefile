@@ -37,27 +37,27 @@ docker: ## provide a Docker engine and the base image if none answers (root; reu
 	  || echo "[make] WARNING: no Docker engine; releases will skip the image (build_image=false)"
 
 up: install ## start the local Prefect server and a process worker (reused when running)
-	@scripts/stack.sh up
+	@$(FRAUD) stack up
 
 deploy: up ## deploy prefect.yaml
-	@scripts/stack.sh deploy
+	@$(FRAUD) stack deploy
 
 run: data docker deploy ## the main job: train-and-release as a Prefect deployment run, then where things are
-	@scripts/stack.sh release
-	@scripts/stack.sh summary
+	@$(FRAUD) stack release
+	@$(FRAUD) stack summary
 
-release: ## run train-and-release again on the running stack
-	@scripts/stack.sh release
-	@scripts/stack.sh summary
+release: install ## run train-and-release again on the running stack
+	@$(FRAUD) stack release
+	@$(FRAUD) stack summary
 
-down: ## stop what `make run` started (by PID), and Prometheus if `make prometheus` started it
-	@scripts/stack.sh down
-	@scripts/prometheus.sh down
+down: install ## stop what `make run` started (by PID), and Prometheus if `make prometheus` started it
+	@$(FRAUD) stack down
+	@$(FRAUD) prometheus down
 	@scripts/docker-engine.sh stop "$(FRAUD_HOME)/docker"
 
-status: ## what is running
-	@scripts/stack.sh status
-	@scripts/prometheus.sh status
+status: install ## what is running
+	@$(FRAUD) stack status
+	@$(FRAUD) prometheus status
 
 rollback: up ## move champion back: make rollback VERSION=N [REASON="..."] [NO_IMAGE=1]
 	@[ -n "$(VERSION)" ] || { echo "usage: make rollback VERSION=N [REASON=\"why\"] [NO_IMAGE=1]"; exit 2; }
@@ -68,7 +68,7 @@ history: install ## every move of the champion alias (releases and rollbacks), o
 	@$(FRAUD) history
 
 monitor-ui: install ## the Evidently UI on http://127.0.0.1:8000: drift and realized performance over time (stopped by make down)
-	@scripts/stack.sh monitor-ui
+	@$(FRAUD) stack monitor-ui
 
 mlflow-ui: install ## the MLflow UI on http://127.0.0.1:5000 for the local store
 	$(ROOT)/.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 \
@@ -89,7 +89,7 @@ lint: install ## ruff, format check, bandit, serving requirements in step with u
 	@mkdir -p "$(PREFECT_HOME)"  # prefect makes only the last folder of its home
 	$(FRAUD) k8s check
 	$(ROOT)/.venv/bin/jactionlint --color=never --shellcheck="$(ROOT)/.venv/bin/shellcheck"
-	scripts/prometheus.sh check
+	$(FRAUD) prometheus check
 
 format: install
 	$(ROOT)/.venv/bin/ruff format .
@@ -120,10 +120,10 @@ bench-bootstrap: install ## the gate's paired F1 bootstrap on a 40k-row holdout 
 	$(PY) benchmarks/bench_bootstrap.py
 
 fleet-up: install ## the serving fleet: REPLICAS (2) champion containers behind HAProxy on 127.0.0.1:3000
-	@scripts/stack.sh fleet-up --replicas $(or $(REPLICAS),2) $(if $(FLEET_PORT),--port $(FLEET_PORT),)
+	@$(FRAUD) stack fleet-up --replicas $(or $(REPLICAS),2) $(if $(FLEET_PORT),--port $(FLEET_PORT),)
 
 fleet-down: install ## stop the serving fleet (balancer by PID, replicas by container id)
-	@scripts/stack.sh fleet-down
+	@$(FRAUD) stack fleet-down
 
 fleet-status: install ## each fleet replica, its /readyz and the balancer's view of it
 	@$(FRAUD) fleet status
@@ -134,30 +134,30 @@ bench-rollout: install ## wrk at c=8 and c=64 through the fleet during a promoti
 	$(PY) -m benchmarks.serve.rollout
 
 serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; make down stops it)
-	@scripts/stack.sh serve
+	@$(FRAUD) stack serve
 
 demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, drift, email, retraining
 	@scripts/demo_drift.sh
 
-prometheus: ## Prometheus on http://127.0.0.1:9090 scraping the serving fleet and `make serve` (scripts/prometheus.sh)
-	@scripts/prometheus.sh up
+prometheus: install ## Prometheus on http://127.0.0.1:9090 scraping the serving fleet and `make serve` (fraud prometheus)
+	@$(FRAUD) prometheus up
 
-prometheus-down: ## stop Prometheus (by PID)
-	@scripts/prometheus.sh down
+prometheus-down: install ## stop Prometheus (by PID)
+	@$(FRAUD) prometheus down
 
-drift: ## run the drift-check deployment now on the running stack
-	@scripts/stack.sh drift
+drift: install ## run the drift-check deployment now on the running stack
+	@$(FRAUD) stack drift
 
-up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker, Prometheus (scripts/prod.sh)
-	@scripts/prod.sh up
+up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers on it, worker, Prometheus (fraud stack --profile production)
+	@$(FRAUD) stack --profile production up
 
-down-prod: ## stop what `make up-prod` started (by PID)
-	@scripts/prod.sh down
+down-prod: install ## stop what `make up-prod` started (by PID)
+	@$(FRAUD) stack --profile production down
 
 run-prod: data docker up-prod ## the main job against the production profile
-	@scripts/prod.sh stack deploy
-	@scripts/prod.sh stack release --param data_path="$(DATA)"
-	@scripts/prod.sh stack summary
+	@$(FRAUD) stack --profile production deploy
+	@$(FRAUD) stack --profile production release --param data_path="$(DATA)"
+	@$(FRAUD) stack --profile production summary
 
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
 	FRAUD_TEST_PROFILE=prod $(ROOT)/.venv/bin/pytest -m "integration and stack and not embedded_only" \

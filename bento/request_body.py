@@ -1,8 +1,9 @@
-"""A request body parsed once and a batch checked with bounded work: no I/O, no ASGI.
+"""A request body parsed once, a batch checked and a refused record described: no I/O, no ASGI.
 
 Parsing uses pydantic-core's JSON parser (the one validation uses: the same duplicate-key and
 number rules); whatever it refuses, nesting deeper than ``MAX_JSON_DEPTH`` levels included, is a
-field error for a 422, never an exception. :func:`check_batch` may run in a worker thread.
+field error for a 422, never an exception. :func:`check_batch` may run in a worker thread;
+:func:`describe_refused_record` words the refusal of a ``/predict`` body with bounded work.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from bento.field_errors import ErrorBudget, describe_errors, shown_name
+from bento.record_checker import RecordChecker
 from bento.request_model import (
     MAX_ID_LENGTH,
     MAX_JSON_DEPTH,
     MAX_UNKNOWN_KEYS,
     REQUEST_ID,
-    ErrorBudget,
     FieldError,
-    RecordChecker,
-    shown_name,
 )
 from data_contracts.artifacts import RECORDS_FIELD
 
@@ -191,3 +191,23 @@ def check_batch(
             records.append(checked.model)
             positions.append(i)
     return CheckedBatch(request_id, budget, "", records, positions, total)
+
+
+def describe_refused_record(
+    checker: RecordChecker, body: bytes, header_id: str | None, rejection: ValidationError
+) -> tuple[str, ErrorBudget]:
+    """The request id and the bounded error entries of a refused ``/predict`` body: parsed
+    once more (it is at most ``max_record_bytes``) and described with bounded work."""
+    raw, parse_error = parse_body(body)
+    request_id = caller_request_id(raw) or header_id or new_request_id()
+    budget = ErrorBudget()
+    if parse_error is not None:
+        budget.add([parse_error])
+    else:
+        checked = checker.check(raw)
+        if checked.model is None:
+            budget.add(checked.errors, checked.problems)
+            checker.categories.count_raw(raw)
+        else:  # JSON mode refused what Python mode accepts: its own words, bounded
+            budget.add(describe_errors(rejection), rejection.error_count())
+    return request_id, budget

@@ -24,7 +24,7 @@ MISSING_CATEGORY = "__missing__"
 # otherwise (``max_string_length``, or ``max_length`` on one feature).
 DEFAULT_MAX_STRING_LENGTH = 128
 # The row id of a spec without ``id_column``: derived from the row's content during validation
-# (see ``data_contracts.schemas.content_ids``). The leading underscore keeps it apart from any
+# (see ``data_contracts.row_ids.content_ids``). The leading underscore keeps it apart from any
 # declared column (a spec may not declare a column of that name).
 DERIVED_ID_COLUMN = "_row_id"
 # Options added after specs were first hashed: left out of the canonical JSON while unset, so a

@@ -7,11 +7,13 @@ monitoring run) -> a point on the Evidently dashboard -> Prefect artifacts (mark
 with the deciding signal, per-column table, links to the report, the MLflow run, the dashboard
 and a triggered release) -> email with inline charts (outbox when SMTP is down).
 
-Each task is one call of a plain step in :mod:`flows.monitoring.check`; the order of the steps
-is :func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
-steps. Retries only where I/O can fail and a retry is safe: MLflow, the Prefect API, the log
-folder. The mail steps retry and queue inside ``flows.alerting.outbox`` (a task retry would send
-twice); analysis and reports are not retried.
+Each task is one call of a plain step in :mod:`flows.monitoring.steps` (the mail steps in
+:mod:`flows.monitoring.report_mail`); the order of the steps is
+:func:`~flows.monitoring.check.run_drift_check`, which the flow runs with these tasks as its
+steps, posting its artifacts with :func:`flows.monitoring.run_artifacts.publish`. Retries only
+where I/O can fail and a retry is safe: MLflow, the Prefect API, the log folder. The mail steps
+retry and queue inside ``flows.alerting.outbox`` (a task retry would send twice); analysis and
+reports are not retried.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, runtime, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import get_current_settings
 from prefect.states import State
@@ -34,13 +35,15 @@ from flows.alerting.failure import ui_base_url
 from flows.alerting.outbox import Delivery
 from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
-from flows.monitoring import analysis, check, reference, reports
+from flows.monitoring import analysis, reference, report_mail, reports, steps
 from flows.monitoring.charts import Chart, HistoryPoint
-from flows.monitoring.check import DriftCheckConfig, DriftSteps, RetrainPolicy, run_drift_check
-from flows.monitoring.feedback import FeedbackPolicy, RealizedPerformance
+from flows.monitoring.check import DriftSteps, run_drift_check
+from flows.monitoring.config import DriftCheckConfig, RetrainPolicy
+from flows.monitoring.performance import FeedbackPolicy, RealizedPerformance
 from flows.monitoring.reference import Reference
-from flows.monitoring.results import DriftCheckResult, column_table, links, result_markdown
+from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.retraining import RecentRun, RetrainDecision
+from flows.monitoring.run_artifacts import publish
 from flows.monitoring.verdict import DriftPolicy
 from flows.monitoring.window import Window
 
@@ -48,8 +51,8 @@ IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
 
 @task(name="send-queued-mail", cache_policy=NO_CACHE)
-def send_queued_mail(smtp: SmtpSettings, outbox: Path, sleep: check.Sleep) -> list[str]:
-    return check.send_queued_mail(smtp, outbox, sleep)
+def send_queued_mail(smtp: SmtpSettings, outbox: Path, sleep: report_mail.Sleep) -> list[str]:
+    return report_mail.send_queued_mail(smtp, outbox, sleep)
 
 
 def retry_unless_missing(task: Any, task_run: Any, state: State) -> bool:
@@ -65,14 +68,14 @@ def retry_unless_missing(task: Any, task_run: Any, state: State) -> bool:
     **IO_RETRIES,
 )
 def fetch_reference(settings: Settings, model_name: str) -> Reference:
-    return check.fetch_reference(settings, model_name)
+    return steps.fetch_reference(settings, model_name)
 
 
 @task(name="read-window", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_window(
     settings: Settings, config: DriftCheckConfig, spec: FeatureSpec, version: str, now: datetime
-) -> check.CurrentWindow:
-    return check.read_window(settings, config, spec, version, now)
+) -> steps.CurrentWindow:
+    return steps.read_window(settings, config, spec, version, now)
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
@@ -90,12 +93,12 @@ def analyse(
 def measure_performance(
     settings: Settings,
     config: DriftCheckConfig,
-    window: check.CurrentWindow,
+    window: steps.CurrentWindow,
     champion_f1: float | None,
     now: datetime,
     report_dir: Path | None = None,
 ) -> RealizedPerformance:
-    return check.measure_performance(settings, config, window, champion_f1, now, report_dir)
+    return steps.measure_performance(settings, config, window, champion_f1, now, report_dir)
 
 
 @task(name="decide-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -107,36 +110,36 @@ def plan_retraining(
     now: datetime,
     recent_runs: Callable[[str], list[RecentRun]],
     performance: RealizedPerformance | None = None,
-) -> check.RetrainPlan:
-    return check.plan_retraining(settings, config, drift, window, now, recent_runs, performance)
+) -> steps.RetrainPlan:
+    return steps.plan_retraining(settings, config, drift, window, now, recent_runs, performance)
 
 
 @task(name="trigger-retraining", cache_policy=NO_CACHE, **IO_RETRIES)
 def start_retraining(
-    plan: check.RetrainPlan,
+    plan: steps.RetrainPlan,
     labelled_root: Path,
     trigger: Callable[[RetrainDecision, Path], RetrainDecision],
-) -> check.RetrainPlan:
-    return check.start_retraining(plan, labelled_root, trigger)
+) -> steps.RetrainPlan:
+    return steps.start_retraining(plan, labelled_root, trigger)
 
 
 @task(name="read-history", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_history(settings: Settings, model_name: str) -> list[HistoryPoint]:
-    return check.read_history(settings, model_name)
+    return steps.read_history(settings, model_name)
 
 
 @task(name="draw-charts", cache_policy=NO_CACHE)
 def draw_charts(
     drift: analysis.DriftAnalysis, result: DriftCheckResult, earlier: list[HistoryPoint]
 ) -> list[Chart]:
-    return check.draw_charts(drift, result, earlier)
+    return steps.draw_charts(drift, result, earlier)
 
 
 @task(name="write-reports", cache_policy=NO_CACHE)
 def write_reports(
     drift: analysis.DriftAnalysis, result: DriftCheckResult, folder: Path, charts: list[Chart]
 ) -> dict[str, Path]:
-    return check.write_reports(drift, result, folder, charts)
+    return steps.write_reports(drift, result, folder, charts)
 
 
 @task(name="log-monitoring-run", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -146,7 +149,7 @@ def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict
 
 @task(name="record-dashboard", cache_policy=NO_CACHE)
 def record_dashboard(settings: Settings, result: DriftCheckResult, spec: FeatureSpec) -> str | None:
-    return check.record_dashboard(settings, result, spec)
+    return steps.record_dashboard(settings, result, spec)
 
 
 @task(name="send-report", cache_policy=NO_CACHE)
@@ -155,24 +158,10 @@ def send_report(
     paths: dict[str, Path],
     smtp: SmtpSettings,
     outbox: Path,
-    sleep: check.Sleep,
+    sleep: report_mail.Sleep,
     charts: list[Chart],
 ) -> Delivery | None:
-    return check.send_report(result, paths, smtp, outbox, sleep, charts)
-
-
-def publish(result: DriftCheckResult) -> None:
-    """The run's artifacts: the summary (which signal decided), the per-column table, links."""
-    about = f"{result.model_name} v{result.champion_version}: {result.headline()}"
-    create_markdown_artifact(key="drift-check", markdown=result_markdown(result), description=about)
-    if result.columns:
-        create_table_artifact(
-            key="drift-columns", table=column_table(result), description=f"per column: {about}"
-        )
-    for link in links(result):
-        create_link_artifact(
-            key=link.key, link=link.url, link_text=link.text, description=link.note or about
-        )
+    return report_mail.send_report(result, paths, smtp, outbox, sleep, charts)
 
 
 TASKS = DriftSteps(

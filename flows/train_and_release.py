@@ -151,18 +151,6 @@ def tag_version(settings: Settings, model_name: str, version: str, tags: dict[st
     registry.set_version_tags(settings, model_name, version, tags)
 
 
-def _retry_unless_refused(task, task_run, state) -> bool:
-    """Retry I/O failures of the promotion, never a refusal (the champion moved) nor a rollout
-    the fleet refused (the new version failed its checks: trying again starts it again)."""
-    try:
-        state.result()
-    except (champion.ChampionMoved, RolloutFailed):
-        return False
-    except Exception:
-        return True
-    return False
-
-
 @task(name="package-bento-and-image", cache_policy=NO_CACHE)
 def package(
     settings: Settings,
@@ -184,7 +172,12 @@ def package(
     )
 
 
-@task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_refused, **IO_RETRIES)
+@task(
+    name="promote",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=champion.retry_unless_refused,
+    **IO_RETRIES,
+)
 def promote(
     settings: Settings,
     model_name: str,

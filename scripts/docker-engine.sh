@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provide a local Docker engine and the `python:3.11-slim` base image on a machine that has
-# neither an engine nor a reachable container registry (see docs: "Docker engine").
+# neither an engine nor a reachable container registry (see docs/operations.md, "Docker engine").
 #
 # Usage (as root):
 #   scripts/docker-engine.sh [start] [STATE_DIR]   install, start dockerd, provide the base image

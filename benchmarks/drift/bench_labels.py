@@ -2,7 +2,7 @@
 
 Same data for both runs: a generated reference, a 1M-row window written in the bento's format
 with transaction ids (keyed hashes), and a feedback file with labels for 100k of them. The
-baseline is the check without labels (``check.read_window`` scans the monitored columns into a
+baseline is the check without labels (``steps.read_window`` scans the monitored columns into a
 sample, then the analysis); the labelled run's scan also keeps the id, decision, score and
 timestamp of every row, runs the same analysis, reads the feedback and computes realized
 performance (join, metrics, bootstrap interval, Evidently's classification report), as the flow
@@ -27,9 +27,9 @@ from benchmarks.drift.bench import make_reference, write_window
 from data_contracts.id_key import hash_id
 from data_contracts.spec import default_spec
 from flows.core.settings import Settings
-from flows.monitoring import check
+from flows.monitoring import steps
 from flows.monitoring.analysis import analyse
-from flows.monitoring.check import DriftCheckConfig
+from flows.monitoring.config import DriftCheckConfig
 from flows.monitoring.verdict import DriftPolicy
 from flows.monitoring.window import Window, monitored_columns
 
@@ -84,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def without_labels() -> str:
             reference = pq.read_table(ref_path, columns=monitored_columns(spec))
-            window = check.read_window(unlabelled, config, spec, "1", datetime.now(UTC))
+            window = steps.read_window(unlabelled, config, spec, "1", datetime.now(UTC))
             drift = analyse(reference, window.sample, spec, policy, window.rows)
             return f"{drift.verdict.outcome.value}, {window.rows:,} window rows"
 
         def with_labels() -> str:
             reference = pq.read_table(ref_path, columns=monitored_columns(spec))
             now = datetime.now(UTC)
-            window = check.read_window(labelled, config, spec, "1", now)
+            window = steps.read_window(labelled, config, spec, "1", now)
             drift = analyse(reference, window.sample, spec, policy, window.rows)
-            perf = check.measure_performance(labelled, config, window, 0.8, now, folder / "report")
+            perf = steps.measure_performance(labelled, config, window, 0.8, now, folder / "report")
             return (
                 f"{drift.verdict.outcome.value}; realized: {perf.labelled:,} labelled "
                 f"({perf.coverage:.1%}), F1 {perf.f1:.3f} [{perf.f1_low:.3f}, {perf.f1_high:.3f}]"

@@ -9,7 +9,7 @@ Each measurement runs in a fresh interpreter, so its peak RSS (``VmHWM`` of /pro
 ``ru_maxrss`` would include the parent's size at fork time) is the check's alone, imports
 included:
 
-- product: what the drift flow runs, ``check.read_window`` (the log scanned file by file, a
+- product: what the drift flow runs, ``steps.read_window`` (the log scanned file by file, a
   uniform sample of ``sample_rows`` drawn while reading) then ``analysis.analyse``;
 - whole window (the baseline, the check before the scan): every monitored column of every
   window row read into memory with ``read_log``, then the same analysis.
@@ -89,19 +89,20 @@ def measure(path: str, home: Path, reference: Path) -> dict[str, float | int | s
 
     from data_contracts.spec import default_spec
     from flows.core.settings import Settings
-    from flows.monitoring import check
+    from flows.monitoring import steps
     from flows.monitoring.analysis import analyse
+    from flows.monitoring.config import DriftCheckConfig
     from flows.monitoring.window import Window, monitored_columns, read_inference_log
 
     spec = default_spec()
     settings = Settings(home=home)
-    config = check.DriftCheckConfig(window=Window(hours=24))
+    config = DriftCheckConfig(window=Window(hours=24))
     base_rss = peak_rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     frame = pq.read_table(reference, columns=monitored_columns(spec))
     now = datetime.now(UTC)
     if path == "product":
-        window = check.read_window(settings, config, spec, "1", now)
+        window = steps.read_window(settings, config, spec, "1", now)
         result = analyse(frame, window.sample, spec, config.policy, window.rows)
         rows = window.rows
     else:

@@ -34,9 +34,9 @@ from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.core.http import free_port
 from flows.core.settings import Settings
-from flows.monitoring.check import DriftCheckConfig, run_drift_check
-from flows.monitoring.report_mail import message_size
-from flows.monitoring.results import drift_email
+from flows.monitoring.check import run_drift_check
+from flows.monitoring.config import DriftCheckConfig
+from flows.monitoring.report_mail import drift_email, message_size
 from flows.monitoring.window import Window
 
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)

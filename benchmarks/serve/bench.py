@@ -14,8 +14,9 @@ with zero non-2xx at c=8 and c=64, p99 at c=8 <= 25 ms, batch >= 100,000 records
 serving RSS <= 350 MB. Absolute figures depend on the machine and on what else runs on it:
 compare the ratios, and look at the load average printed with them.
 
-One script on purpose (about 490 lines): the bento, the baseline and their shared load driver
-are measured in one session, so their ratio is taken on the same machine state.
+The bento, the baseline and their shared load driver are measured in one session, so their
+ratio is taken on the same machine state. The load driver is :mod:`benchmarks.serve.wrk`, the
+model, the bodies and the servers' processes are in :mod:`benchmarks.serve.harness`.
 """
 
 from __future__ import annotations
@@ -24,67 +25,33 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess  # nosec B404 # argv lists only (wrk, bentoml, py-spy), never a shell
+import subprocess  # nosec B404 # argv lists only (wrk, py-spy), never a shell
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serve.harness import (
+    BATCH_RECORDS,
+    ROOT,
+    VENV_BIN,
+    base_env,
+    prepare_model,
+    start,
+    start_bento,
+    stop,
+    tree_rss_mb,
+    wait_ready,
+    write_bodies,
+)
+from benchmarks.serve.wrk import LoadResult, run_wrk, wrk_missing
 from flows.core.http import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-DISTINCT_RECORDS = 1000
 # the baseline as the article runs it (uvicorn's default access log on) and a stricter variant
 ARTICLE = "baseline (article)"
 STRICT = "baseline (no-access-log)"
-BATCH_RECORDS = 1000
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-WRK_SCRIPT = """
-local bodies = {}
-for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-local i = 0
-local headers = {["Content-Type"] = "application/json"}
-request = function()
-  i = i %% #bodies + 1
-  return wrk.format("POST", nil, headers, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRKJSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"non2xx\\": %%d, " ..
-    "\\"socket_errors\\": %%d, \\"p50_us\\": %%d, \\"p90_us\\": %%d, \\"p99_us\\": %%d, " ..
-    "\\"max_us\\": %%d}\\n",
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
-
-
-@dataclass
-class LoadResult:
-    target: str
-    path: str
-    connections: int
-    seconds: float
-    requests: int
-    rps: float
-    non2xx: int
-    socket_errors: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    records_per_request: int = 1
-
-    @property
-    def records_per_s(self) -> float:
-        return self.rps * self.records_per_request
 
 
 @dataclass
@@ -94,160 +61,6 @@ class Report:
     rss_mb: dict[str, float] = field(default_factory=dict)
     ready_s: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}; log: {log}")
-        try:
-            with _DIRECT.open(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout} s; log: {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (created with it, id = its PID); escalate."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def tree_rss_mb(pid: int) -> dict[str, float]:
-    """RSS of a process and its descendants, in MB, keyed by role."""
-    import psutil
-
-    root = psutil.Process(pid)
-    out: dict[str, float] = {}
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            cmd = " ".join(p.cmdline())
-            rss = p.memory_info().rss / 1e6
-        except psutil.Error:
-            continue
-        role = "worker" if "worker.service" in cmd or (p is root and "uvicorn" in cmd) else "other"
-        out[role] = out.get(role, 0.0) + rss
-        out["total"] = out.get("total", 0.0) + rss
-    return out
-
-
-def run_wrk(
-    url: str, bodies: Path, connections: int, seconds: int, target: str, per_request: int = 1
-) -> LoadResult:
-    script = bodies.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT % {"bodies": bodies})
-    out = subprocess.run(  # nosec B603 B607 # fixed wrk argv, wrk from PATH
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
-    data = json.loads(line[len("WRKJSON ") :])
-    secs = data["duration_us"] / 1e6
-    return LoadResult(
-        target=target,
-        path=url.rsplit("/", 1)[1],
-        connections=connections,
-        seconds=round(secs, 2),
-        requests=data["requests"],
-        rps=data["requests"] / secs,
-        non2xx=data["non2xx"],
-        socket_errors=data["socket_errors"],
-        p50_ms=data["p50_us"] / 1000,
-        p90_ms=data["p90_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        max_ms=data["max_us"] / 1000,
-        records_per_request=per_request,
-    )
-
-
-def prepare_model(work: Path, model_tag: str | None) -> tuple[Path, str, float]:
-    """A BentoML home holding the benchmark model; returns (bentoml_home, tag, threshold)."""
-    if model_tag:
-        home = Path(os.environ.get("FRAUD_HOME", ROOT / ".fraud")) / "bentoml"
-        name, _, version = model_tag.partition(":")
-        meta = (home / "models" / name / version / "model.yaml").read_text()
-        threshold = float(next(ln for ln in meta.splitlines() if "threshold:" in ln).split()[-1])
-        return home, model_tag, threshold
-    from data_contracts.schemas import validate_frame
-    from data_contracts.spec import default_spec
-    from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.packaging.store import import_model
-    from flows.training.onnx_export import export_onnx
-    from flows.training.train import TrainParams, fit, predict_proba, tune_threshold
-
-    spec = default_spec()
-    valid = validate_frame(generate(GeneratorConfig(rows=30_000, seed=7)), spec).valid
-    pipeline = fit(valid, spec, TrainParams())
-    threshold = tune_threshold(valid["_label"].to_numpy(), predict_proba(pipeline, valid, spec))
-    home = work / "bentoml"
-    stored = import_model(
-        home,
-        spec.name,
-        1,
-        export_onnx(pipeline, spec),
-        spec.model_dump(mode="json"),
-        threshold=threshold,
-        spec_hash=spec.spec_hash(),
-        labels={"model_name": spec.name, "model_version": "1", "run_id": "benchmark"},
-    )
-    return home, stored.tag, threshold
-
-
-def write_bodies(work: Path) -> tuple[Path, Path]:
-    """1,000 distinct single-record bodies (one per line) and one 1,000-record batch body."""
-    from data_contracts.schemas import validate_frame
-    from data_contracts.spec import default_spec
-    from data_contracts.synthetic import GeneratorConfig, generate
-    from flows.packaging.smoke import request_records
-
-    spec = default_spec()
-    frame = validate_frame(generate(GeneratorConfig(rows=3000, seed=99)), spec).valid
-    records = request_records(frame.head(DISTINCT_RECORDS), spec)
-    single = work / "single.jsonl"
-    single.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    batch = work / "batch.jsonl"
-    batch.write_text(json.dumps({"records": records[:BATCH_RECORDS]}) + "\n")
-    return single, batch
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(  # nosec B603 # benchmark's own server commands
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
-    env.update(BENTOML_DO_NOT_TRACK="true", NO_PROXY="127.0.0.1,localhost")
-    return env
 
 
 def bench_baseline(
@@ -277,14 +90,7 @@ def bench_bento(
     report: Report, bentoml_home: Path, tag: str, args, single: Path, batch: Path, work: Path
 ) -> None:
     port = free_port()
-    env = base_env() | {
-        "BENTOML_HOME": str(bentoml_home),
-        "FRAUD_MODEL_TAG": tag,
-        "FRAUD_HOME": str(work / "home"),
-    }
-    cmd = [str(VENV_BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log = work / "bento.log"
-    proc = start(cmd, env, log)
+    proc, log = start_bento(bentoml_home, tag, work, port)
     try:
         report.ready_s["bento"] = wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
         run_wrk(f"http://127.0.0.1:{port}/predict", single, 8, 2, "bento")  # warm-up
@@ -366,7 +172,7 @@ def profile_bento(pid: int, port: int, single: Path, work: Path) -> dict[str, An
 LAYERS = {
     "onnxruntime (model)": ("Session.run", "onnxruntime_inference_collection"),
     "request validation (pydantic-core)": ("model_validate_json",),
-    "our endpoint (encode, respond, log, metrics)": ("http_app.py",),
+    "our endpoint (encode, respond, log, metrics)": ("http_app.py", "bento/asgi.py"),
     "BentoML metrics middleware": ("instruments.py",),
     "OpenTelemetry middleware (URL exclusion check)": ("opentelemetry",),
     "BentoML timeout/context middleware": ("traffic.py", "_bentoml_impl/server/app.py"),
@@ -453,8 +259,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy profile of the bento")
     parser.add_argument("--out", type=Path, default=ROOT / ".fraud" / "bench" / "serve.json")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if wrk_missing():
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     print(f"work dir (server logs; removed after a successful run): {work}")

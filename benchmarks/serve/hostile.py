@@ -24,8 +24,8 @@ back within 20% of idle ``--settle`` seconds after the burst; ``/metrics`` not g
 paths clients send. Absolute figures depend on the machine; the server logs to a file and is
 stopped by PID. Run it from another checkout (``git worktree``) to measure older code.
 
-One script on purpose (about 490 lines): the reproductions, the mix, the probes and the
-report share the server they measure, and a benchmark is read top to bottom.
+The HTTP exchanges and probes are in :mod:`benchmarks.serve.probes`, the model, the bodies and
+the server's process in :mod:`benchmarks.serve.harness`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import string
 import tempfile
 import threading
 import time
@@ -46,19 +44,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve.bench import (
+from benchmarks.serve.harness import (
     ROOT,
-    VENV_BIN,
-    base_env,
-    free_port,
+    RssSampler,
+    error_lines,
     prepare_model,
-    start,
+    start_bento,
     stop,
     tree_rss_mb,
     wait_ready,
     write_bodies,
 )
-from benchmarks.serve.soak import error_lines
+from benchmarks.serve.probes import (
+    HOST,
+    ReadyzProbe,
+    Reply,
+    held_headers,
+    metrics_size,
+    random_path,
+    raw_header_attack,
+    request,
+)
+from flows.core.http import free_port
 from tests.support.hostile import (
     deep_array,
     deep_field_record,
@@ -69,153 +76,9 @@ from tests.support.hostile import (
     nested_lists_in_a_field,
 )
 
-HOST = "127.0.0.1"
 RSS_SETTLE_TARGET = 0.20
 ANSWER_TARGET_BYTES = 1_000_000
 REQUEST_TARGET_S = 1.0
-
-
-@dataclass
-class Reply:
-    """One HTTP exchange: status (0: no answer), seconds and answer size."""
-
-    status: int
-    seconds: float
-    size: int
-    note: str = ""
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> Reply:
-    """One request on a fresh connection; connection errors are a status of 0."""
-    hdrs = {"Content-Type": "application/json"} if body is not None else {}
-    hdrs |= headers or {}
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=hdrs)
-        resp = conn.getresponse()
-        data = resp.read()
-        return Reply(resp.status, time.perf_counter() - t0, len(data))
-    except (OSError, http.client.HTTPException) as err:
-        return Reply(0, time.perf_counter() - t0, 0, type(err).__name__)
-    finally:
-        conn.close()
-
-
-def raw_header_attack(port: int, header_bytes: int, timeout: float = 120) -> Reply:
-    """Send a request whose one header value is ``header_bytes`` long; read the answer."""
-    t0 = time.perf_counter()
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    note = ""
-    try:
-        sock.sendall(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: ".encode())
-        chunk = b"a" * 65536
-        sent = 0
-        try:
-            while sent < header_bytes:
-                sock.sendall(chunk)
-                sent += len(chunk)
-            sock.sendall(b"\r\n\r\n")
-        except OSError as err:
-            note = f"server closed after {sent:,} bytes ({type(err).__name__})"
-        try:
-            data = sock.recv(65536)
-        except OSError as err:
-            data = b""
-            note = note or type(err).__name__
-    finally:
-        sock.close()
-    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
-    return Reply(status, time.perf_counter() - t0, len(data), note)
-
-
-def held_headers(port: int, connections: int, header_bytes: int, pid: int) -> Reply:
-    """``connections`` sockets each sending an unfinished ``header_bytes`` header, held open;
-    the note gives the worker's RSS growth while they are held."""
-    before = tree_rss_mb(pid).get("worker", 0.0)
-    t0 = time.perf_counter()
-    socks, cut = [], 0
-    for _ in range(connections):
-        s = socket.create_connection((HOST, port), timeout=30)
-        s.sendall(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: ".encode())
-        socks.append(s)
-    chunk = b"a" * 65536
-    for s in socks:
-        try:
-            for _ in range(header_bytes // len(chunk)):
-                s.sendall(chunk)
-        except OSError:
-            cut += 1
-    time.sleep(1.0)
-    held = tree_rss_mb(pid).get("worker", 0.0)
-    for s in socks:
-        s.close()
-    note = f"RSS +{held - before:.0f} MB while held; {cut}/{connections} cut off by the server"
-    return Reply(0, time.perf_counter() - t0, 0, note)
-
-
-class ReadyzProbe(threading.Thread):
-    """Polls ``/readyz`` every ``interval`` seconds on a new connection; keeps latencies."""
-
-    def __init__(self, port: int, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.port, self.interval = port, interval
-        self.latencies: list[float] = []
-        self.failures = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            r = request(self.port, "GET", "/readyz", timeout=60)
-            if r.status != 200:
-                self.failures += 1
-            self.latencies.append(r.seconds)
-            self._done.wait(self.interval)
-
-    def take(self) -> list[float]:
-        """The latencies so far, and start afresh."""
-        out, self.latencies = self.latencies, []
-        return out
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
-class RssSampler(threading.Thread):
-    """The worker's RSS every ``interval`` seconds (MB)."""
-
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.samples: list[float] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(self.interval):
-            self.samples.append(tree_rss_mb(self.pid).get("worker", 0.0))
-
-    def stop(self) -> list[float]:
-        self._done.set()
-        self.join()
-        return self.samples
-
-
-def random_path(rng: random.Random, length: int = 24) -> str:
-    return "/" + "".join(rng.choices(string.ascii_lowercase + string.digits, k=length))
-
-
-def metrics_size(port: int) -> tuple[int, float]:
-    """``/metrics`` size in bytes and scrape time in seconds."""
-    r = request(port, "GET", "/metrics")
-    return r.size, r.seconds
 
 
 def cases(record: dict[str, Any], header_mb: int) -> list[tuple[str, Callable[[int], Reply]]]:
@@ -389,14 +252,7 @@ def main() -> int:
     record_bodies = [ln.encode() for ln in single.read_text().splitlines()]
     record = json.loads(record_bodies[0])
     port = free_port()
-    env = base_env() | {
-        "BENTOML_HOME": str(bentoml_home),
-        "FRAUD_MODEL_TAG": tag,
-        "FRAUD_HOME": str(work / "home"),
-    }
-    log = work / "bento.log"
-    cmd = [str(VENV_BIN / "bentoml"), "serve", "--host", HOST, "--port", str(port)]
-    proc = start(cmd, env, log)
+    proc, log = start_bento(bentoml_home, tag, work, port)
     result: dict[str, Any] = {"model": tag, "cpus": os.cpu_count(), "code": str(ROOT)}
     try:
         result["ready_s"] = round(wait_ready(f"http://{HOST}:{port}/readyz", proc, log), 2)
@@ -410,7 +266,7 @@ def main() -> int:
             result["repro"] = run_repro(port, proc.pid, record)
         result["metrics_bytes_before"] = metrics_size(port)[0]
         print(f"mix for {args.seconds} s ...", flush=True)
-        sampler = RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid, 0.5)
         sampler.start()
         probe = ReadyzProbe(port, 0.1)
         probe.start()
@@ -421,7 +277,7 @@ def main() -> int:
         result["metrics_bytes_after"] = metrics_size(port)[0]
         time.sleep(args.settle)
         result["rss_settled_mb"] = round(tree_rss_mb(proc.pid).get("worker", 0.0), 1)
-        result["rss_peak_mb"] = round(max(samples, default=0.0), 1)
+        result["rss_peak_mb"] = round(max((mb for _, mb in samples), default=0.0), 1)
         result["normal_requests"] = len(mix.normal)
         result["normal_p50_ms"] = round(percentile(mix.normal, 0.50) * 1000, 2)
         result["normal_p99_ms"] = round(percentile(mix.normal, 0.99) * 1000, 2)

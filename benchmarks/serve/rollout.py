@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve.bench import write_bodies
+from benchmarks.serve.harness import write_bodies
 
 WRK_SCRIPT = """
 local bodies = {}

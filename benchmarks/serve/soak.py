@@ -22,60 +22,25 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve.bench import (
+from benchmarks.serve.harness import (
     ROOT,
-    VENV_BIN,
-    LoadResult,
-    base_env,
-    free_port,
+    RssSampler,
+    error_lines,
     prepare_model,
-    run_wrk,
-    start,
+    start_bento,
     stop,
     tree_rss_mb,
     wait_ready,
     write_bodies,
 )
+from benchmarks.serve.wrk import LoadResult, run_wrk, wrk_missing
+from flows.core.http import free_port
 
 RSS_GROWTH_TARGET = 0.10
-
-
-class RssSampler(threading.Thread):
-    """Samples the serving worker's RSS (MB) every ``interval`` seconds until stopped."""
-
-    def __init__(self, pid: int, interval: float = 5.0) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, float]] = []
-        self._done = threading.Event()
-        self._t0 = time.monotonic()
-
-    def run(self) -> None:
-        while not self._done.wait(self.interval):
-            self.samples.append(
-                (round(time.monotonic() - self._t0, 1), tree_rss_mb(self.pid).get("worker", 0.0))
-            )
-
-    def stop(self) -> list[tuple[float, float]]:
-        self._done.set()
-        self.join()
-        return self.samples
-
-
-def error_lines(log: Path) -> list[str]:
-    """The server log's ERROR/CRITICAL lines and tracebacks (JSON log lines or plain text)."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line or "Traceback" in line:
-            out.append(line[:300])
-    return out
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -84,22 +49,14 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     single, _ = write_bodies(work)
     port = free_port()
     url = f"http://127.0.0.1:{port}/predict"
-    env = base_env() | {
-        "BENTOML_HOME": str(bentoml_home),
-        "FRAUD_MODEL_TAG": tag,
-        "FRAUD_HOME": str(work / "home"),
-    }
-    log = work / "bento.log"
-    proc = start(
-        [str(VENV_BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log
-    )
+    proc, log = start_bento(bentoml_home, tag, work, port)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
         run_wrk(url, single, args.connections, 3, "warm-up")
         probe = run_wrk(url, single, args.connections, args.probe, "capacity")
         print(f"capacity: {probe.rps:,.0f} req/s at c={args.connections} (p99 {probe.p99_ms} ms)")
         rss_start = tree_rss_mb(proc.pid)
-        sampler = RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid, 5.0)
         sampler.start()
         try:
             load: LoadResult = run_wrk(url, single, args.connections, args.seconds, "soak")
@@ -182,8 +139,7 @@ def main() -> int:
     parser.add_argument("--model-tag", help="use this model from $FRAUD_HOME/bentoml instead")
     parser.add_argument("--out", type=Path, default=ROOT / ".fraud" / "bench" / "soak.json")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if wrk_missing():
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     print(f"work dir (server log; removed after a run that meets its targets): {work}")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve.bench import write_bodies
+from benchmarks.serve.harness import write_bodies
 from benchmarks.serve.rollout import run_wrk
 from data_contracts.artifacts import write_champion_pointer
 from data_contracts.spec import default_spec

@@ -3,7 +3,7 @@
 A run whose worker and flow process die together (host lost, ``kill -9`` of the worker's
 process tree) has no one left to report its end: without a rule it stays Running forever.
 Flow runs of the pipeline emit a heartbeat event every ``FRAUD_HEARTBEAT_SECONDS`` (Prefect's
-``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, at least 30 s; ``scripts/stack.sh`` sets it for the
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, at least 30 s; ``fraud stack up`` sets it for the
 worker). Two automations, created or updated by name (idempotent) at deploy time:
 
 1. ``fraud: crash silent runs`` (proactive): after a heartbeat of a ``train-and-release`` or
@@ -15,7 +15,8 @@ worker). Two automations, created or updated by name (idempotent) at deploy time
    does not wait for the dead worker. Runs that ended any other way were mailed by their flow
    hooks (``flows.alerting.alerts``); the message filter keeps it to one mail per run.
 
-``python -m flows.cli.automations`` creates or updates both (needs the deployment to exist).
+``fraud automations`` creates or updates both (needs the deployment to exist);
+``fraud stack deploy`` runs it after deploying ``prefect.yaml``.
 """
 
 from __future__ import annotations
@@ -178,14 +179,3 @@ def run(args: argparse.Namespace) -> int:
         f"{settings.heartbeat_silence_seconds} s = Crashed; alerts by {settings.alert_deployment}"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: create or update the crashed-run automations."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.automations")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.cli.options import add_fleet_up_arguments, add_model_argument, model_name
+
 EXIT_FAILED = 1
 EXIT_DEGRADED = 3
 
@@ -38,14 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and HAProxy on --port. Fails, with nothing left running, when the image is missing, a "
         "port is taken or a replica fails its checks. Exit 0 serving, 1 failed.",
     )  # fmt: skip
-    up.add_argument("--replicas", type=int, default=2, help="number of replicas (default: 2)")
-    up.add_argument("--port", type=int, default=3000, help="balancer port (default: 3000)")
+    add_fleet_up_arguments(up)
     up.add_argument(
         "--metrics-port", type=int, default=8404,
         help="HAProxy's Prometheus exporter and stats page on 127.0.0.1 (default: 8404)",
     )  # fmt: skip
-    up.add_argument("--version", default=None, help="model version to serve (default: champion)")
-    up.add_argument("--model", default=None, help="registered model name (default: the spec's)")
+    add_model_argument(up)
     up.add_argument(
         "--ready-timeout", type=float, default=90, help="seconds a replica may take to be ready"
     )
@@ -78,25 +78,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--canary-share", type=float, default=None,
         help="share of the traffic the new version gets in the canary (default 0.1)",
     )  # fmt: skip
-    roll.add_argument("--model", default=None, help="registered model name (default: the spec's)")
-
-
-def _model(args: argparse.Namespace) -> str:
-    from data_contracts.spec import default_spec
-
-    return getattr(args, "model", None) or default_spec().name
+    add_model_argument(roll)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the fleet action; prints what happened and returns the exit code."""
     from flows.core.settings import Settings
     from flows.serving import balancer, fleet, rollout
+    from flows.serving import health as fleet_health
 
     settings = Settings()
     try:
         if args.action == "up":
             state = fleet.up(
-                settings, _model(args), replicas=args.replicas, port=args.port,
+                settings, model_name(args.model), replicas=args.replicas,
+                port=fleet.DEFAULT_PORT if args.port is None else args.port,
                 metrics_port=args.metrics_port, version=args.version,
                 ready_timeout_s=args.ready_timeout,
             )  # fmt: skip
@@ -109,14 +105,14 @@ def run(args: argparse.Namespace) -> int:
             print("no fleet was running" if state is None else f"fleet down ({state.image})")
             return 0
         if args.action == "status":
-            health = fleet.status(settings)
+            health = fleet_health.status(settings)
             if health is None:
                 print("no fleet running (`fraud fleet up` or `make fleet-up` starts one)")
                 return EXIT_FAILED
             print("\n".join(health.lines()))
             return 0 if health.healthy else EXIT_DEGRADED
         if args.action == "restore":
-            restarted = fleet.restore(settings)
+            restarted = fleet_health.restore(settings)
             if not restarted:
                 print("every replica is running and ready: nothing to restore")
             for replica in restarted:
@@ -128,19 +124,8 @@ def run(args: argparse.Namespace) -> int:
             settings.canary_seconds if args.canary_seconds is None else args.canary_seconds,
             settings.canary_share if args.canary_share is None else args.canary_share,
         )
-        print(rollout.roll(settings, _model(args), args.version, policy=policy))
+        print(rollout.roll(settings, model_name(args.model), args.version, policy=policy))
         return 0
     except (fleet.FleetError, rollout.RolloutFailed, balancer.BalancerError) as err:
         print(f"fleet {args.action} failed: {err}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.cli.fleet``."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.fleet")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,15 @@
-"""Command line for the synthetic card-transaction generator (see data_contracts.synthetic)."""
+"""``fraud generate-data``: the synthetic card-transaction generator (data_contracts.synthetic).
+
+``fraud generate-data data/tx.parquet --rows 200000 [--amount-scale 1.8 ...]``
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from flows.cli.options import add_drift_arguments
 
 DESCRIPTION = (
     "Generate labelled synthetic card transactions that follow the fraud spec "
@@ -13,7 +18,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the generator's options on ``parser`` (shared by ``fraud generate-data``)."""
+    """Declare the options of ``fraud generate-data`` on ``parser``."""
     parser.description = DESCRIPTION
     parser.add_argument("output", type=Path, help="output file (.parquet or .csv)")
     parser.add_argument("--rows", type=int, default=200_000, help="rows to write (default 200000)")
@@ -23,30 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--invalid-rows", type=int, default=0, help="rows that break the contract on purpose"
     )
     parser.add_argument("--days", type=int, default=30, help="days the event times span (30)")
-    drift = parser.add_argument_group("drift knobs (for monitoring demos)")
-    drift.add_argument("--amount-scale", type=float, default=1.0, help="multiply amounts")
+    drift = add_drift_arguments(parser)
     drift.add_argument(
-        "--merchant-shift", type=float, default=0.0, help="share moved to gaming/money_transfer"
-    )
-    drift.add_argument("--drift-fraud-rate", type=float, default=None, help="override fraud rate")
-    drift.add_argument(
-        "--broken-feed", action="store_true", help="distances null and velocity counts zero"
+        "--drift-fraud-rate",
+        type=float,
+        default=None,
+        help="fraud rate of the drifted data (overrides --fraud-rate)",
     )
     drift.add_argument("--start-day", type=int, default=0, help="days after 2026-01-01 to start")
-    drift.add_argument(
-        "--new-fraud-pattern",
-        type=float,
-        default=0.0,
-        help="share of frauds in a pattern unseen before (inputs barely move, recall drops)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the ``python -m flows.cli.generate_data`` command line."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.generate_data")
-    add_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,12 +101,3 @@ def run(args: argparse.Namespace) -> int:
     tmp.replace(args.output)
     print(f"wrote {cfg.rows:,} rows to {args.output} (chunks of {CHUNK:,})")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m flows.cli.generate_data``; returns the exit code."""
-    return run(parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from data_contracts.artifacts import DEFAULT_MODEL_NAME
+from flows.cli.options import add_model_argument, model_name
 
 REGISTRY_ENV = "FRAUD_IMAGE_REGISTRY"
 APPLY_HINT = (
@@ -25,8 +25,17 @@ APPLY_HINT = (
 )
 
 
+def _add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """``--registry`` of ``render`` and ``push``."""
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV, ""),
+        help=f"image registry and namespace, e.g. registry.example.com/team (${REGISTRY_ENV})",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``render`` and ``check`` with their options on ``parser``."""
+    """Declare ``render``, ``push`` and ``check`` with their options on ``parser``."""
     from flows.serving import kubernetes as k8s
 
     parser.description = __doc__.split("\n\n")[0]
@@ -40,14 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument(
         "--out", type=Path, default=Path("build/k8s"), help="output folder (build/k8s)"
     )
-    render.add_argument(
-        "--registry",
-        default=os.environ.get(REGISTRY_ENV, ""),
-        help=f"image registry and namespace, e.g. registry.example.com/team (${REGISTRY_ENV})",
-    )
-    render.add_argument(
-        "--model", default=DEFAULT_MODEL_NAME, help=f"served model ({DEFAULT_MODEL_NAME})"
-    )
+    _add_registry_argument(render)
+    add_model_argument(render)
     render.add_argument(
         "--bento-image", help="bento image to serve (default: the champion's <model>:v<N>)"
     )
@@ -77,14 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Tag the champion's bento image <model>:v<N> and the pipeline image for "
         "--registry and push both (log in to the registry first: docker login).",
     )
-    push.add_argument(
-        "--registry",
-        default=os.environ.get(REGISTRY_ENV, ""),
-        help=f"image registry and namespace (${REGISTRY_ENV})",
-    )
-    push.add_argument(
-        "--model", default=DEFAULT_MODEL_NAME, help=f"served model ({DEFAULT_MODEL_NAME})"
-    )
+    _add_registry_argument(push)
+    add_model_argument(push)
     push.add_argument(
         "--pipeline-image", required=True, help="local pipeline image, fraud-pipeline:<commit>"
     )
@@ -113,7 +110,9 @@ def _render(args: argparse.Namespace) -> int:
                     f"of {commit.removesuffix('-dirty')[:12]} does not hold them",
                     file=sys.stderr,
                 )
-        bento = args.bento_image or k8s.champion_image(Settings(), args.model, args.registry)
+        bento = args.bento_image or k8s.champion_image(
+            Settings(), model_name(args.model), args.registry
+        )
         pipeline = args.pipeline_image or k8s.pipeline_image(commit, args.registry)
         values = k8s.RenderValues(
             bento_image=bento,
@@ -167,7 +166,7 @@ def _push(args: argparse.Namespace) -> int:
     from flows.serving import kubernetes as k8s
 
     try:
-        bento = k8s.champion_image(Settings(), args.model)
+        bento = k8s.champion_image(Settings(), model_name(args.model))
         pushed = k8s.push_images([bento, args.pipeline_image], args.registry)
     except (k8s.RenderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -182,14 +181,3 @@ def run(args: argparse.Namespace) -> int:
     input or a failed push."""
     actions = {"render": _render, "push": _push, "check": lambda _: _check()}
     return actions[args.k8s_command](args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m flows.cli.k8s render|check``."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.k8s")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,11 @@
 """``fraud``: the one command for people operating the pipeline.
 
 Each subcommand is a module of ``flows.cli`` that declares its options on a parser
-(``add_arguments``-style function) and runs them (``run``-style function); ``python -m
-flows.cli.<module>`` keeps working with the same options. Only the module of the subcommand
-being run is imported, and only when it runs, so ``fraud --help`` and argument errors do not
-pay for MLflow, Prefect or pandas.
+(``add_arguments``-style function) and runs them (``run``-style function); options several
+commands take are declared once, in :mod:`flows.cli.options`. This is the only command line:
+``python -m flows.cli ARGS`` is ``fraud ARGS`` (``flows/cli/__main__.py``). Only the module of
+the subcommand being run is imported, and only when it runs, so ``fraud --help`` and argument
+errors do not pay for MLflow, Prefect or pandas.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ Runner = Callable[[argparse.Namespace], int]
 PROG = "fraud"
 EPILOG = (
     "Run `fraud COMMAND --help` for a command's options. The stack's environment "
-    '(PREFECT_API_URL, FRAUD_HOME, ...) comes from `eval "$(scripts/stack.sh env)"`.'
+    '(PREFECT_API_URL, FRAUD_HOME, ...) comes from `eval "$(fraud stack env)"`.'
 )
 
 
@@ -107,6 +108,20 @@ COMMANDS: tuple[Command, ...] = (
         "k8s",
         "render the Kubernetes manifests with the current image tags, or check them offline",
         "flows.cli.k8s",
+        "add_arguments",
+        "run",
+    ),
+    Command(
+        "stack",
+        "start, stop and inspect the local servers (embedded default or --profile production)",
+        "flows.cli.stack",
+        "add_arguments",
+        "run",
+    ),
+    Command(
+        "prometheus",
+        "Prometheus scraping the serving fleet: up, down, status, reload, check, register",
+        "flows.cli.prometheus",
         "add_arguments",
         "run",
     ),

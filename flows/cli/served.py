@@ -13,6 +13,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from flows.cli.options import add_model_argument, add_url_argument, model_name
+
 if TYPE_CHECKING:
     from flows.core.settings import Settings
 
@@ -76,12 +78,10 @@ def releases_in_progress() -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the command's options on ``parser`` (shared by ``fraud served``)."""
+    """Declare the options of ``fraud served`` on ``parser``."""
     parser.description = DESCRIPTION
-    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the bento's base URL")
-    parser.add_argument(
-        "--model-name", default=None, help="registered model name (default: the spec's name)"
-    )
+    add_url_argument(parser)
+    add_model_argument(parser, "--model-name")
     parser.add_argument(
         "--wait",
         action="store_true",
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from flows.packaging.smoke import request_records
 
     spec = default_spec()
-    name, settings = args.model_name or spec.name, Settings()
+    name, settings = model_name(args.model_name), Settings()
     record = request_records(generate(GeneratorConfig(rows=1, seed=7)), spec)[0]
     try:
         first = served_version(args.url, record)
@@ -137,14 +137,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"the version answering at {args.url} changed: v{first} -> v{served} (champion)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m flows.cli.served``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.served")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,15 @@
-"""Print where things are after a release: Prefect UI, MLflow run and model version, MLflow UI."""
+"""Print where things are after a release: Prefect UI, MLflow run and model version, MLflow UI.
+
+``fraud summary [--model-name NAME]``
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from typing import TYPE_CHECKING
+
+from flows.cli.options import add_model_argument, model_name
 
 if TYPE_CHECKING:
     from flows.core.settings import Settings
@@ -69,28 +74,14 @@ def summary_lines(settings: Settings, model_name: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the summary's options on ``parser`` (shared by ``fraud summary``)."""
+    """Declare the options of ``fraud summary`` on ``parser``."""
     parser.description = DESCRIPTION
-    parser.add_argument(
-        "--model-name", default=None, help="registered model name (default: the spec's name)"
-    )
+    add_model_argument(parser, "--model-name")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary lines of ``args.model_name``; returns the exit code."""
-    from data_contracts.spec import default_spec
     from flows.core.settings import Settings
 
-    print("\n".join(summary_lines(Settings(), args.model_name or default_spec().name)))
+    print("\n".join(summary_lines(Settings(), model_name(args.model_name))))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m flows.cli.summary``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.summary")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

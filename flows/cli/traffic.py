@@ -1,6 +1,6 @@
 """Send generated transactions to a running bento, as live traffic (demos, load, drift tests).
 
-python -m flows.cli.traffic --url http://127.0.0.1:3000 --rows 5000 [--amount-scale 1.8 ...]
+``fraud traffic --url http://127.0.0.1:3000 --rows 5000 [--amount-scale 1.8 ...]``
 
 Every record carries its generated ``transaction_id``, so the bento logs its keyed hash. With
 ``--feedback`` the sender also plays the chargeback feed: it writes the labels of what it sent
@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from flows.cli.options import add_drift_arguments, add_url_argument
 
 if TYPE_CHECKING:  # pandas is imported only when traffic is sent: `fraud --help` stays fast
     import pandas as pd
@@ -42,21 +44,13 @@ def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the traffic sender's options on ``parser`` (shared by ``fraud traffic``)."""
+    """Declare the options of ``fraud traffic`` on ``parser``."""
     parser.description = DESCRIPTION
-    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the bento's base URL")
+    add_url_argument(parser)
     parser.add_argument("--rows", type=int, default=5000, help="transactions to send (5000)")
     parser.add_argument("--batch", type=int, default=1000, help="records per request (1000)")
     parser.add_argument("--seed", type=int, default=101, help="generator seed (101)")
-    parser.add_argument("--amount-scale", type=float, default=1.0, help="drift: scale amounts")
-    parser.add_argument("--merchant-shift", type=float, default=0.0, help="drift: merchant mix")
-    parser.add_argument("--broken-feed", action="store_true", help="drift: a broken feed")
-    parser.add_argument(
-        "--new-fraud-pattern",
-        type=float,
-        default=0.0,
-        help="share of frauds in a pattern unseen before (fraud changes, inputs barely do)",
-    )
+    add_drift_arguments(parser)
     parser.add_argument(
         "--feedback",
         action="store_true",
@@ -139,14 +133,3 @@ def write_feedback(frame: pd.DataFrame, delay_hours: float) -> Path:
     labels.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m flows.cli.traffic``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.traffic")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -50,14 +50,3 @@ def run(args: argparse.Namespace) -> int:
     for name, created in ensure_work_pools(args.names, args.pool_type).items():
         print(f"work pool {name!r}: {'created' if created else 'exists'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: make sure the named work pools exist."""
-    parser = argparse.ArgumentParser(prog="python -m flows.cli.work_pools")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -287,6 +287,34 @@ class ProcessManager:
         ]
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie is reaped when it is our child, and counts as gone)."""
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.Error:
+        return False
+    _reap(pid)
+    return False
+
+
+def stop_pid(pid: int, ladder: Sequence[tuple[int, float]]) -> bool:
+    """Send each signal of ``ladder`` in turn, waiting its seconds for ``pid`` to be gone.
+
+    The first signal goes to the process (a master may want it alone, e.g. HAProxy's soft
+    stop); SIGKILL goes to the whole process group. Returns whether the process is gone.
+    """
+    for sig, wait_s in ladder:
+        if sig == signal.SIGKILL:
+            _signal_group(pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if _wait_gone(pid, wait_s):
+            return True
+    return False
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)

@@ -1,7 +1,7 @@
 """Recent drift checks of a model, read back from the MLflow monitoring runs they logged.
 
 Every check logs ``drift_share``, ``drift.<column>`` and its outcome to the monitoring
-experiment (:func:`flows.monitoring.results.mlflow_payload`); the history chart of the email is
+experiment (:func:`flows.monitoring.reports.mlflow_payload`); the history chart of the email is
 drawn from those runs plus the check in progress, so no other store is needed. Checks with
 "not enough data" carry no verdict and are left out.
 """
@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 from flows.core.settings import Settings
 from flows.monitoring.charts import SERIES, HistoryPoint
-from flows.monitoring.results import DriftCheckResult, mlflow_payload
+from flows.monitoring.reports import mlflow_payload
+from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.verdict import Outcome
 
 HISTORY_CHECKS = 20

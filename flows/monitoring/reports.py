@@ -1,5 +1,6 @@
 """Where a drift check's reports go: the home folder (Evidently HTML + JSON, our decision JSON)
-and the MLflow monitoring experiment (the same files, tagged with the champion version)."""
+and the MLflow monitoring experiment (the same files, tagged with the champion version, and the
+check's statistics as metrics: :func:`mlflow_payload`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from flows.alerting.redaction import scrub
 from flows.core.settings import Settings
 from flows.monitoring.analysis import DriftAnalysis
-from flows.monitoring.results import LOCAL_MLFLOW_UI, DriftCheckResult, mlflow_payload
+from flows.monitoring.results import LOCAL_MLFLOW_UI, DriftCheckResult
 
 
 def save_reports(analysis: DriftAnalysis, folder: Path, facts: dict[str, Any]) -> dict[str, Path]:
@@ -58,6 +59,35 @@ def mlflow_run_url(settings: Settings, run_id: str) -> str | None:
     else:
         return None
     return scrub(f"{base}/#/runs/{run_id}")
+
+
+def mlflow_payload(result: DriftCheckResult) -> dict[str, Any]:
+    """Tags and metrics of the monitoring run in MLflow."""
+    tags = {
+        "model_name": result.model_name,
+        "champion_version": result.champion_version,
+        "champion_run_id": result.champion_run_id,
+        "window_id": result.window_id,
+        "outcome": result.verdict.outcome.value,
+        "retrain.action": result.retrain.action.value,
+        "retrain.flow_run_id": result.retrain.flow_run_id or "",
+        "sampling": result.sampling.describe(),
+        "checked_at": result.checked_at.isoformat(),
+    }
+    metrics: dict[str, float] = {
+        "window_rows": float(result.sampling.window_rows),
+        "reference_rows": float(result.sampling.reference_rows),
+        "drift_share": result.verdict.drift_share,
+        "features_drifted": float(len(result.verdict.features_drifted)),
+        "score_drifted": float(result.verdict.score_drifted),
+    }
+    for c in result.columns:
+        if c.statistic is not None:
+            metrics[f"drift.{c.column}"] = c.statistic
+    if result.performance is not None:
+        tags["realized.status"] = result.performance.status
+        metrics.update(result.performance.metrics())
+    return {"tags": tags, "metrics": metrics}
 
 
 def log_monitoring_run(settings: Settings, result: DriftCheckResult, paths: dict[str, Path]) -> str:

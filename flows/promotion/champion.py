@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from data_contracts.artifacts import clear_champion_pointer, store_tag
 from flows.core.settings import Settings
@@ -38,6 +39,9 @@ from flows.packaging.publish import publish_champion, restore_served, served_sta
 from flows.promotion import audit, locks
 from flows.registry import registry
 from flows.serving import rollout
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 Lock = Callable[..., AbstractContextManager[object]]
 
@@ -231,3 +235,18 @@ def promote_release(
     still ``compared`` (the one it was gated against)."""
     request = MoveRequest(model_name, str(version), compared, "release", reason, actor, image)
     return move_champion(settings, request, lock=lock)
+
+
+def retry_unless_refused(task: Any, task_run: Any, state: State) -> bool:
+    """Retry I/O failures of the promotion, never a refusal (the champion moved) nor a rollout
+    the fleet refused (the new version failed its checks: trying again starts it again).
+
+    The ``retry_condition_fn`` of the release flow's promote task.
+    """
+    try:
+        state.result()
+    except (ChampionMoved, rollout.RolloutFailed):
+        return False
+    except Exception:
+        return True
+    return False

@@ -20,7 +20,6 @@ one HAProxy instance and share its spec and paths; split apart they would pass t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -36,6 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flows.core.files import write_atomic
+from flows.core.processes import ProcessManager, process_alive, stop_pid
+from flows.core.processes import Server as Process
 
 BACKEND = "bento"
 FRONTEND = "fraud"
@@ -79,8 +80,8 @@ def haproxy_binary() -> str:
     )
     if found is None:
         raise BalancerError(
-            "haproxy is not installed: run `scripts/fleet.sh install` (as root: apt-get install "
-            "haproxy) or `make fleet-up`, which installs it when missing"
+            "haproxy is not installed: run `fraud stack install haproxy` as root (it runs "
+            "apt-get install haproxy), or `make fleet-up`, which installs it when missing"
         )
     return found
 
@@ -187,71 +188,36 @@ def install_config(path: Path, text: str) -> None:
     os.replace(candidate, path)
 
 
-def start(config: Path, log_path: Path, pid_path: Path, master_socket: Path | None = None) -> int:
-    """Start HAProxy in master-worker mode in its own session, output to ``log_path``.
+def _manager(log_path: Path, pid_path: Path) -> tuple[ProcessManager, str]:
+    """The process manager of the balancer's PID file (``run/balancer.pid``, ``logs/...``)."""
+    if log_path.stem != pid_path.stem:
+        raise ValueError(f"{log_path} and {pid_path} must name the same server")
+    return ProcessManager(pid_path.parent, log_path.parent), pid_path.stem
 
-    Returns the master's PID (also written to ``pid_path``): the balancer is stopped and
-    reloaded by that PID only.
-    """
+
+def start(config: Path, log_path: Path, pid_path: Path, master_socket: Path | None = None) -> int:
+    """Start HAProxy in master-worker mode through the process manager (own session, output to
+    ``log_path``, PID in ``pid_path``); the balancer is stopped and reloaded by that PID only."""
     check_config(config)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    pid_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [haproxy_binary(), "-W", "-db", "-f", str(config)]
     if master_socket is not None:
         master_socket.unlink(missing_ok=True)
         cmd += ["-S", f"{master_socket},mode,600"]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(  # nosec B603 # haproxy binary, argv list, no shell
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    write_atomic(pid_path, f"{proc.pid}\n")
-    return proc.pid
+    manager, name = _manager(log_path, pid_path)
+    return manager.start(Process(name, cmd))
 
 
 def alive(pid: int | None) -> bool:
     """Whether ``pid`` is a running process (not a zombie)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def reap(pid: int) -> None:
-    """Collect ``pid``'s exit status when it is our child (no zombie left behind)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return bool(pid) and process_alive(int(pid))
 
 
 def stop(pid: int | None, grace_s: float = 10) -> None:
     """Soft-stop the master (SIGUSR1: finish requests in flight), SIGTERM after ``grace_s``,
     SIGKILL of its process group if it is still there 5 s later."""
-    if pid is None or not alive(pid):
+    if pid is None:
         return
-    steps = ((signal.SIGUSR1, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
-    for sig, wait_s in steps:
-        try:
-            if sig == signal.SIGKILL:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            reap(pid)
-            if not alive(pid):
-                return
-            time.sleep(0.1)
+    stop_pid(pid, ((signal.SIGUSR1, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
 
 
 @dataclass(frozen=True)

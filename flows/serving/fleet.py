@@ -13,214 +13,44 @@ Replicas run ``--network host`` on ports of their own, mount the shared inferenc
 (each writer's file names are its own) and are verified before they get traffic: ``/readyz``,
 then the version's reference records (:func:`flows.packaging.smoke.check_reference`).
 
-One module on purpose (557 lines): the state file, the lock and the replica lifecycle are one
-unit that every fleet command and the rollout hold together; the balancer (``balancer.py``), the
-rollout (``rollout.py``) and the canary (``canary.py``) are already their own modules.
+The record and its lock are :mod:`flows.serving.state`; status and restore are
+:mod:`flows.serving.health`; the balancer, the rollout and the canary have modules of their own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
 import socket
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from data_contracts.artifacts import image_tag, parse_tag
 from data_contracts.id_key import KEY_ENV as ID_KEY_ENV
 from data_contracts.inference_log import LOG_DIR_ENV
-from flows.core.files import write_atomic
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
 from flows.packaging import container, smoke
 from flows.packaging.errors import SmokeTestError
 from flows.packaging.publish import read_champion
 from flows.serving import balancer
-
-STATE_FILE = "fleet.json"
-CONTAINER_LOG_DIR = "/fraud/inference_log"  # the shared folder's path inside a replica
-DEFAULT_REPLICAS = 2
-DEFAULT_PORT = 3000
-DEFAULT_METRICS_PORT = 8404
-
-
-class FleetError(RuntimeError):
-    """The fleet could not be started, changed or found; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Replica:
-    """One serving container: its name, port on 127.0.0.1, container id, version and image."""
-
-    name: str
-    port: int
-    container_id: str
-    version: str
-    image: str
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass(frozen=True)
-class FleetState:
-    """What ``fleet.json`` records; enough to stop, restore or roll the fleet later."""
-
-    model: str
-    repository: str
-    version: str
-    replicas: list[Replica]
-    port: int = DEFAULT_PORT
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = DEFAULT_METRICS_PORT
-    balancer_pid: int | None = None
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @property
-    def image(self) -> str:
-        return image_tag(self.repository, self.version)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> FleetState:
-        data: dict[str, Any] = json.loads(text)
-        data["replicas"] = [Replica(**r) for r in data.get("replicas", [])]
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class FleetPaths:
-    """Where the fleet's files live under the home folder."""
-
-    root: Path
-    run_dir: Path
-    logs_dir: Path
-
-    @classmethod
-    def of(cls, settings: Settings) -> FleetPaths:
-        return cls(settings.home / "fleet", settings.home / "run", settings.home / "logs")
-
-    @property
-    def state(self) -> Path:
-        return self.root / STATE_FILE
-
-    @property
-    def config(self) -> Path:
-        return self.root / "haproxy.cfg"
-
-    @property
-    def targets(self) -> Path:
-        return self.root / "targets"
-
-    @property
-    def container_logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def balancer_log(self) -> Path:
-        return self.logs_dir / "balancer.log"
-
-    @property
-    def balancer_pid(self) -> Path:
-        return self.run_dir / "balancer.pid"
-
-    @property
-    def master_socket(self) -> Path:
-        """The HAProxy master CLI socket; a short path in the temp folder when the home's
-        would exceed the 107 bytes a Unix socket path may have."""
-        path = self.root / "haproxy-master.sock"
-        if len(str(path)) < 100:
-            return path
-        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"fraud-haproxy-{digest}.sock"
-
-
-def balancer_spec(state: FleetState, paths: FleetPaths) -> balancer.BalancerSpec:
-    """The balancer settings of a fleet."""
-    return balancer.BalancerSpec(
-        port=state.port,
-        metrics_host=state.metrics_host,
-        metrics_port=state.metrics_port,
-        master_socket=paths.master_socket,
-    )
-
-
-def render(
-    state: FleetState,
-    paths: FleetPaths,
-    replicas: Sequence[Replica],
-    weights: Mapping[str, int] | None = None,
-) -> str:
-    """The HAProxy configuration sending traffic to ``replicas`` (``weights`` by name: 100)."""
-    servers = [balancer.Server(r.name, r.port, (weights or {}).get(r.name, 100)) for r in replicas]
-    return balancer.render_config(balancer_spec(state, paths), servers)
-
-
-@contextlib.contextmanager
-def fleet_lock(paths: FleetPaths) -> Iterator[None]:
-    """Hold ``fleet/.lock`` (an exclusive ``flock``) for one change of the fleet."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with (paths.root / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def load_state(paths: FleetPaths) -> FleetState | None:
-    """The recorded fleet, or None when there is none."""
-    try:
-        return FleetState.from_json(paths.state.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def bento_targets(state: FleetState | None) -> list[dict[str, Any]]:
-    """Prometheus ``file_sd`` entries of the replicas (empty without a fleet)."""
-    if state is None:
-        return []
-    return [
-        {
-            "targets": [f"127.0.0.1:{r.port}"],
-            "labels": {"replica": r.name, "model_version": r.version},
-        }
-        for r in state.replicas
-    ]
-
-
-def balancer_targets(state: FleetState | None) -> list[dict[str, Any]]:
-    """Prometheus ``file_sd`` entry of HAProxy's exporter (empty without a fleet)."""
-    if state is None:
-        return []
-    return [
-        {
-            "targets": [f"{state.metrics_host}:{state.metrics_port}"],
-            "labels": {"job_role": "balancer", "model_version": state.version},
-        }
-    ]
-
-
-def save_state(paths: FleetPaths, state: FleetState | None) -> None:
-    """Write ``fleet.json`` (or remove it) and both target files, each atomically."""
-    paths.targets.mkdir(parents=True, exist_ok=True)
-    write_atomic(paths.targets / "bento.json", json.dumps(bento_targets(state), indent=1))
-    write_atomic(paths.targets / "balancer.json", json.dumps(balancer_targets(state), indent=1))
-    if state is None:
-        paths.state.unlink(missing_ok=True)
-    else:
-        write_atomic(paths.state, replace(state, updated_at=time.time()).to_json())
+from flows.serving.state import (
+    CONTAINER_LOG_DIR,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+    DEFAULT_REPLICAS,
+    FleetError,
+    FleetPaths,
+    FleetState,
+    Replica,
+    balancer_spec,
+    fleet_lock,
+    load_state,
+    render,
+    save_state,
+)
 
 
 def replica_name(repository: str, version: str, port: int) -> str:
@@ -453,122 +283,3 @@ def down(settings: Settings) -> FleetState | None:
         if state is not None:
             _teardown(state, paths)
         return state
-
-
-@dataclass(frozen=True)
-class ReplicaHealth:
-    """One replica as ``fleet status`` reports it."""
-
-    replica: Replica
-    container: str  # running, exited, missing ...
-    ready: bool  # its own /readyz answered 200
-    balancer: str  # the balancer's view: UP, DOWN, ... or "not listed"
-
-    @property
-    def healthy(self) -> bool:
-        return self.container == "running" and self.ready and self.balancer.startswith("UP")
-
-
-def container_status(name: str) -> str:
-    """Docker's status of the container (running, exited, ...), or "missing"."""
-    proc = container.docker("inspect", "-f", "{{.State.Status}}", name, timeout=30)
-    return proc.stdout.strip() if proc.returncode == 0 else "missing"
-
-
-def replica_ready(replica: Replica) -> bool:
-    """Whether the replica's own ``/readyz`` answers 200 right now."""
-    try:
-        status, _ = http_json("GET", f"{replica.base_url}/readyz", timeout=2)
-    except OSError:
-        return False
-    return status == 200
-
-
-@dataclass(frozen=True)
-class FleetStatus:
-    """The fleet's health: each replica, the balancer process and its ``/readyz``."""
-
-    state: FleetState
-    balancer_running: bool
-    balancer_ready: str
-    replicas: list[ReplicaHealth]
-
-    @property
-    def healthy(self) -> bool:
-        return self.balancer_running and all(r.healthy for r in self.replicas)
-
-    def lines(self) -> list[str]:
-        s = self.state
-        pid = f"pid {s.balancer_pid}" if self.balancer_running else "NOT RUNNING"
-        out = [
-            f"fleet: {s.model} v{s.version} ({s.image}), {len(s.replicas)} replicas",
-            f"balancer: http://127.0.0.1:{s.port} ({pid}); /readyz {self.balancer_ready}; "
-            f"metrics http://{s.metrics_host}:{s.metrics_port}/metrics",
-        ]
-        for r in self.replicas:
-            mark = "ok" if r.healthy else "PROBLEM"
-            out.append(
-                f"  {r.replica.name} 127.0.0.1:{r.replica.port} v{r.replica.version}: "
-                f"container {r.container}, /readyz {'200' if r.ready else 'no'}, "
-                f"balancer {r.balancer} [{mark}]"
-            )
-        if not self.healthy:
-            out.append("some replicas are not serving: `fraud fleet restore` restarts them")
-        return out
-
-
-def status(settings: Settings) -> FleetStatus | None:
-    """The fleet's health, or None when no fleet is recorded."""
-    paths = FleetPaths.of(settings)
-    state = load_state(paths)
-    if state is None:
-        return None
-    running = balancer_alive(state)
-    views: dict[str, str] = {}
-    ready = "no answer"
-    if running:
-        with contextlib.suppress(OSError):
-            views = {s.name: s.status for s in balancer.server_states(balancer_spec(state, paths))}
-        with contextlib.suppress(OSError):
-            code, body = http_json("GET", f"http://127.0.0.1:{state.port}/readyz", timeout=2)
-            ready = f"{code} {json.dumps(body)}"
-    health = [
-        ReplicaHealth(
-            r, container_status(r.name), replica_ready(r), views.get(r.name, "not listed")
-        )
-        for r in state.replicas
-    ]
-    return FleetStatus(state, running, ready, health)
-
-
-def restore(settings: Settings, *, ready_timeout_s: float = 90) -> list[Replica]:
-    """Restart every replica that is not running and ready, on its own port and name; the
-    balancer's health checks put it back in rotation. Returns the restarted replicas."""
-    paths = FleetPaths.of(settings)
-    with fleet_lock(paths):
-        state = load_state(paths)
-        if state is None:
-            raise FleetError("no fleet is recorded: `fraud fleet up` starts one")
-        if not balancer_alive(state):
-            raise FleetError(
-                "the fleet's balancer is not running: `fraud fleet down` then `fraud fleet up`"
-            )
-        broken = [
-            r
-            for r in state.replicas
-            if container_status(r.name) != "running" or not replica_ready(r)
-        ]
-        restarted: list[Replica] = []
-        for replica in broken:
-            remove_replica(replica, paths, stop_timeout_s=2)
-            fresh = start_verified(
-                settings, replica.image, 1, paths, ports=[replica.port],
-                ready_timeout_s=ready_timeout_s,
-            )[0]  # fmt: skip
-            restarted.append(fresh)
-        if restarted:
-            by_name = {r.name: r for r in restarted}
-            state = replace(state, replicas=[by_name.get(r.name, r) for r in state.replicas])
-            save_state(paths, state)
-            balancer.wait_servers(balancer_spec(state, paths), [r.name for r in state.replicas], 20)
-        return restarted

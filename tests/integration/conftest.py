@@ -1,7 +1,8 @@
-"""A real Prefect server and process worker on 127.0.0.1, started by the project's stack script.
+"""A real Prefect server and process worker on 127.0.0.1, started by ``fraud stack``.
 
 The stack lives in a temporary FRAUD_HOME; the server and worker are stopped by PID at the end.
-With ``FRAUD_TEST_PROFILE=prod`` every stack runs on the production profile (scripts/prod.sh):
+With ``FRAUD_TEST_PROFILE=prod`` every stack runs on the production profile
+(``fraud stack --profile production``):
 its own Prefect and MLflow tracking servers on fresh PostgreSQL databases of one cluster for the
 session (dropped at teardown), the MLflow artifacts in a root of their own.
 """
@@ -23,8 +24,9 @@ from flows.core.http import free_port
 from flows.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-STACK = ROOT / "scripts" / "stack.sh"
-PROD = ROOT / "scripts" / "prod.sh"
+FRAUD = ROOT / ".venv" / "bin" / "fraud"
+STACK = (str(FRAUD), "stack")
+PROD = (str(FRAUD), "stack", "--profile", "production")
 PROFILE = os.environ.get("FRAUD_TEST_PROFILE", "embedded")
 if PROFILE not in {"embedded", "prod"}:
     raise ValueError(f"FRAUD_TEST_PROFILE={PROFILE!r}: expected 'embedded' or 'prod'")
@@ -42,10 +44,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _script(
-    path: Path, args: tuple[str, ...], env: dict[str, str], timeout: float
+    command: Path | tuple[str, ...], args: tuple[str, ...], env: dict[str, str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
+    argv = [str(command)] if isinstance(command, Path) else list(command)
     return subprocess.run(
-        [str(path), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [*argv, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -73,11 +76,11 @@ class Stack:
         return Settings(home=self.home, mlflow_tracking_uri=self.tracking_uri)
 
     def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """Run ``scripts/stack.sh ARGS`` against this stack; output captured."""
+        """Run ``fraud stack ARGS`` against this stack; output captured."""
         return _script(STACK, args, self.env, timeout)
 
     def prod(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """Run ``scripts/prod.sh ARGS`` against this stack; output captured."""
+        """Run ``fraud stack --profile production ARGS`` against this stack; output captured."""
         return _script(PROD, args, self.env, timeout)
 
     def prefect(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,7 @@
 """The drift dashboard in a real browser: `make monitor-ui` over 90 daily checks, in Chromium.
 
 90 checks (drift creeping up, realized F1 sliding) are recorded the way the drift check records
-them; `scripts/stack.sh monitor-ui` starts the Evidently UI on a free port (by PID, log file);
+them; `fraud stack monitor-ui` starts the Evidently UI on a free port (by PID, log file);
 headless Chromium loads the project page, and the rendered page must show the panels with
 their data points. The screenshot is kept beside the test's files for a person to look at.
 """
@@ -22,7 +22,7 @@ import pytest
 from data_contracts.spec import default_spec
 from flows.core.http import free_port
 from flows.monitoring.dashboard import record_check
-from flows.monitoring.feedback import RealizedPerformance
+from flows.monitoring.performance import RealizedPerformance
 from tests.support.drift import result
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = [
 
 def chromium() -> str:
     found = shutil.which("chromium")
-    assert found, "chromium is missing: scripts/stack.sh install-chromium (.ci/run does)"
+    assert found, "chromium is missing: fraud stack install chromium (.ci/run does)"
     return found
 
 
@@ -74,7 +74,7 @@ def test_the_dashboard_renders_90_daily_checks_in_chromium(tmp_path):
     env = {**os.environ, "FRAUD_HOME": str(home), "FRAUD_EVIDENTLY_PORT": str(port)}
     env.pop("FRAUD_EVIDENTLY_DIR", None)
     up = subprocess.run(
-        [str(ROOT / "scripts" / "stack.sh"), "monitor-ui"],
+        [str(ROOT / ".venv" / "bin" / "fraud"), "stack", "monitor-ui"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     try:
@@ -95,7 +95,9 @@ def test_the_dashboard_renders_90_daily_checks_in_chromium(tmp_path):
             capture_output=True, timeout=120, check=True,
         )  # fmt: skip
     finally:
-        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "down"], env=env, timeout=120)
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "fraud"), "stack", "down"], env=env, timeout=120
+        )
     print(f"recorded 90 checks in {recorded:.1f} s; Chromium rendered the page in {loaded:.1f} s")
     assert "Share of drifted features" in dom and "Realized F1 on labelled feedback" in dom
     assert "Label coverage" in dom

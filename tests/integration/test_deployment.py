@@ -18,7 +18,7 @@ DEPLOYMENT = "train-and-release/fraud-detector"
 def generate(stack, rows: int, seed: int) -> str:
     path = stack.home / "data" / f"tx-{seed}.parquet"
     subprocess.run(
-        [sys.executable, "-m", "flows.cli.generate_data", str(path), "--rows", str(rows),
+        [sys.executable, "-m", "flows.cli", "generate-data", str(path), "--rows", str(rows),
          "--seed", str(seed), "--invalid-rows", "20", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip

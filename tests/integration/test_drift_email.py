@@ -28,9 +28,10 @@ from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.core.http import free_port
 from flows.core.settings import Settings
 from flows.monitoring.charts import distribution, render_distribution
-from flows.monitoring.check import DriftCheckConfig, run_drift_check
-from flows.monitoring.report_mail import report_message
-from flows.monitoring.results import decided_by, drift_email
+from flows.monitoring.check import run_drift_check
+from flows.monitoring.config import DriftCheckConfig
+from flows.monitoring.report_mail import drift_email, report_message
+from flows.monitoring.results import decided_by
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import Window

@@ -2,7 +2,7 @@
 
 A failed release and a failed drift check mail through their flow hooks; a release whose worker
 is killed with SIGKILL is marked Crashed by the heartbeat rule, mailed by the failure-alert
-deployment on its own worker, leaves the champion alone, and a rerun after ``stack.sh up``
+deployment on its own worker, leaves the champion alone, and a rerun after ``fraud stack up``
 completes. Persisted Prefect results are JSON. Heartbeats come every 30 s (Prefect's floor);
 a run silent for 90 s counts as crashed.
 """
@@ -69,7 +69,7 @@ def settings_of(stack) -> Settings:
 
 def generate(stack, path: Path, rows: int, seed: int) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "flows.cli.generate_data", str(path), "--rows", str(rows),
+        [sys.executable, "-m", "flows.cli", "generate-data", str(path), "--rows", str(rows),
          "--seed", str(seed), "--invalid-rows", "10", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip
@@ -218,7 +218,7 @@ def freeze_inside_a_task(stack, run_id: UUID) -> list[int]:
         time.sleep(0.5)
     raise AssertionError(
         "no heartbeat of the running flow run: is PREFECT_FLOWS_HEARTBEAT_FREQUENCY set for "
-        "the worker (scripts/stack.sh)?"
+        "the worker (fraud stack up)?"
     )
 
 
@@ -300,7 +300,7 @@ def test_persisted_results_are_json_never_pickle(stack, failed_runs):
 
 def test_automations_are_kept_once_by_name_when_deployed_again(stack):
     again = subprocess.run(
-        [sys.executable, "-m", "flows.cli.automations"],
+        [sys.executable, "-m", "flows.cli", "automations"],
         env=stack.env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr

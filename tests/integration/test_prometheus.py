@@ -1,4 +1,4 @@
-"""Prometheus (scripts/prometheus.sh) watching a real ``bentoml serve`` found through file_sd.
+"""Prometheus (``fraud prometheus``) watching a real ``bentoml serve`` found through file_sd.
 
 The rules evaluate the bento's real series, every metric they read is on its ``/metrics``, and
 when the bento stops, the "replica down" alert appears in Prometheus' own API. Scrapes and rule
@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -35,7 +36,12 @@ from tests.support.serving import (
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = ROOT / "scripts" / "prometheus.sh"
+# `fraud prometheus ARGS` in a process of its own, as the command line runs it
+COMMAND = (
+    "import argparse, sys, flows.cli.prometheus as m; "
+    "p = argparse.ArgumentParser(prog='fraud prometheus'); m.add_arguments(p); "
+    "raise SystemExit(m.run(p.parse_args(sys.argv[1:])))"
+)
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 # a raw series name in a rule: not part of a level:metric:operations recording name
 RAW_NAME = re.compile(r"(?<![:\w])((?:fraud|bentoml)_\w+)(?![:\w(])")
@@ -47,10 +53,11 @@ class Prometheus:
     env: dict[str, str]
     home: Path
 
-    def script(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
+            [sys.executable, "-c", COMMAND, *args],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
 
     def api(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -69,7 +76,7 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 
 @pytest.fixture
 def prometheus(tmp_path) -> Iterator[Prometheus]:
-    """Prometheus from the project's script on a free port, scraping and evaluating every 1 s."""
+    """Prometheus from ``fraud prometheus up`` on a free port, scraping and evaluating every 1 s."""
     home = tmp_path / "home"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "BENTOML_"))}
@@ -82,11 +89,15 @@ def prometheus(tmp_path) -> Iterator[Prometheus]:
     }
     prom = Prometheus(f"http://127.0.0.1:{port}", env, home)
     try:
-        up = prom.script("up")
+        up = prom.command("up")
         assert up.returncode == 0, up.stderr
+        status = prom.command("status")
+        assert status.returncode == 0, status.stderr
+        assert "prometheus: running (pid" in status.stdout
+        assert f"Prometheus UI: {prom.base} (ready;" in status.stdout
         yield prom
     finally:
-        down = prom.script("down")
+        down = prom.command("down")
         assert down.returncode == 0, down.stderr
         assert not (home / "run" / "prometheus.pid").exists()
 
@@ -180,5 +191,9 @@ def test_rules_see_the_bento_and_replica_down_goes_pending(prometheus, tiny, tmp
         assert alerts[0]["labels"]["replica"] == "r1"
         assert alerts[0]["labels"]["severity"] == "page"
         assert "r1" in alerts[0]["annotations"]["summary"]
+        # `up` on a running Prometheus re-renders, checks and reloads its config (SIGHUP)
+        again = prometheus.command("up")
+        assert again.returncode == 0, again.stderr
+        assert "reloading Prometheus" in again.stderr
     finally:
         bento.stop()

@@ -45,7 +45,7 @@ class MlflowServer:
     def start(self) -> None:
         log = (self.root / "mlflow-server.log").open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        # as scripts/prod.sh: no job-execution consumers (seven processes the tests never use)
+        # as the production profile: no job-execution consumers (seven processes never used)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow"), "server", "--host", "127.0.0.1",
@@ -170,7 +170,7 @@ def stack_extra_env(proxy: OutageProxy) -> dict[str, str]:
 def data(stack) -> str:
     path = stack.home / "data" / "tx.parquet"
     subprocess.run(
-        [PY, "-m", "flows.cli.generate_data", str(path), "--rows", "30000", "--seed", "5",
+        [PY, "-m", "flows.cli", "generate-data", str(path), "--rows", "30000", "--seed", "5",
          "--invalid-rows", "10", "--quiet"],
         check=True, env=stack.env,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from data_contracts.artifacts import TAG_F1_VS_CHAMPION_ROWS
+from flows.cli import main as cli
 from flows.cli import ops
 from flows.core.settings import Settings
 from flows.packaging import container, publish
@@ -211,18 +212,18 @@ def test_rollback_waits_for_the_release_lock(settings):
 
 
 def test_cli_history_and_refusal_exit_codes(settings, capsys):
-    assert ops.main(["history"]) == 0
+    assert cli.main(["history"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(audit.history(client_of(settings), MODEL)) >= 2
     assert "release" in out[0] and "fraud-detector@champion: (none) -> v1" in out[0]
 
-    assert ops.main(["rollback", "--version", "3", "--no-image"]) == ops.EXIT_REFUSED
+    assert cli.main(["rollback", "--version", "3", "--no-image"]) == ops.EXIT_REFUSED
     assert "rollback refused: fraud-detector v3 did not pass its gates" in capsys.readouterr().err
-    assert ops.main(["history", "--model", "no-such-model"]) == 0
+    assert cli.main(["history", "--model", "no-such-model"]) == 0
     assert "no alias moves recorded for no-such-model" in capsys.readouterr().out
 
     with pytest.raises(SystemExit) as exit_info:
-        ops.main(["rollback"])
+        cli.main(["rollback"])
     assert exit_info.value.code == 2
     assert "--version" in capsys.readouterr().err
 

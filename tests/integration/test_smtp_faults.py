@@ -28,8 +28,9 @@ from flows.alerting.outbox import REFUSED_HEADER, deliver, flush_outbox
 from flows.alerting.smtp import ENVELOPE_HEADER, SmtpSettings, compose_message
 from flows.core.http import free_port
 from flows.core.settings import Settings
-from flows.monitoring.check import DriftCheckConfig, RetrainPolicy, run_drift_check
-from flows.monitoring.results import drift_email
+from flows.monitoring.check import run_drift_check
+from flows.monitoring.config import DriftCheckConfig, RetrainPolicy
+from flows.monitoring.report_mail import drift_email
 from flows.monitoring.verdict import Outcome
 from tests.support.drift import Inbox, result, write_log
 

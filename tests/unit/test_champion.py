@@ -1,10 +1,8 @@
 """The one champion move, through both callers (release promotion and rollback): lock, re-read,
 publish, move, audit, exact undo on failure, idempotent retry, and models kept apart.
 
-MLflow runs on a tmp SQLite store with registered versions that carry only tags (no model files
-are needed to move an alias); the BentoML stores are folders; the Prefect lock is replaced by a
-recording seam, and the Docker CLI by a fake where images are involved.
-"""
+MLflow: a tmp SQLite store, versions with tags only; BentoML stores: folders; the Prefect lock:
+a recording seam; the Docker CLI: a fake where images are involved."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import subprocess
@@ -29,6 +30,8 @@ OPTIONS = {
     "automations": ["PREFECT_API_URL", "FRAUD_HEARTBEAT_SECONDS"],
     "work-pools": ["POOL", "--type", "PREFECT_API_URL"],
     "k8s": ["render", "push", "check"],
+    "stack": ["--profile", "up", "down", "status", "env", "FRAUD_PREFECT_PORT", "PREFECT_API_URL"],
+    "prometheus": ["up", "down", "status", "register", "check"],
 }
 
 
@@ -128,25 +131,99 @@ def test_the_real_runner_is_used_without_a_seam(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_python_dash_m_flows_cli_is_the_fraud_command(capsys, monkeypatch):
+    """`python -m flows.cli ARGS` is `fraud ARGS`: same help, same argument errors."""
+    monkeypatch.setenv("COLUMNS", "100")  # one help width here and in the child process
+    for argv in (["--help"], ["generate-data", "--help"], ["rollback"], ["summary", "--bogus"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *argv],
+            capture_output=True, text=True, check=False, cwd=ROOT,
+        )  # fmt: skip
+        expected = run_cli(argv, capsys, runners=dict.fromkeys(OPTIONS, _must_not_run))
+        assert (result.returncode, result.stdout, result.stderr) == expected, argv
+        assert (result.stdout + result.stderr).startswith("usage: fraud")
+
+
 @pytest.mark.parametrize(
-    ("module", "argv", "expected"),
-    [
-        ("flows.cli.ops", ["rollback", "--help"], "--no-image"),
-        ("flows.cli.ops", ["history", "--help"], "--model"),
-        ("flows.cli.summary", ["--help"], "--model-name"),
-        ("flows.cli.served", ["--help"], "--wait"),
-        ("flows.cli.generate_data", ["--help"], "--invalid-rows"),
-        ("flows.cli.traffic", ["--help"], "--url"),
-        ("flows.cli.automations", ["--help"], "PREFECT_API_URL"),
-        ("flows.cli.work_pools", ["--help"], "POOL"),
-    ],
+    "path",
+    sorted(set((ROOT / "flows" / "cli").glob("*.py")) - {ROOT / "flows/cli/main.py"}),
+    ids=lambda p: p.name,
 )
-def test_python_dash_m_modules_keep_their_command_lines(module, argv, expected, capsys):
-    with pytest.raises(SystemExit) as stop:
-        importlib.import_module(module).main(argv)
-    assert stop.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"usage: python -m {module}") and expected in out
+def test_only_the_fraud_command_builds_a_command_line(path):
+    """Subcommand modules declare options on a parser they are given: no `main()`, no
+    `if __name__ == "__main__"`, no parser of their own (`python -m flows.cli.X` is gone)."""
+    tree = ast.parse(path.read_text())
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "main" not in functions
+    assert "__name__" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert not {"ArgumentParser", "argparse.ArgumentParser"} & calls
+
+
+def _option_actions(parser: argparse.ArgumentParser, where: str):
+    """(command path, action) for every option of ``parser`` and of its subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _option_actions(child, f"{where} {name}")
+        elif action.option_strings and action.dest != "help":
+            yield where, action
+
+
+# one name, different options: each command's own meaning, default or requirement
+DIFFERENT_OPTIONS = {
+    "--version": "the version to roll back to, to serve (default champion), to roll to",
+    "--rows": "rows of a data set to write vs transactions to send",
+    "--seed": "the data set's seed vs the traffic's seed",
+    "--pipeline-image": "render: an optional override; push: the required local image",
+}
+
+
+def test_an_option_several_commands_take_has_one_default_and_one_help():
+    declared: dict[str, dict[tuple[str, bool, str | None], list[str]]] = {}
+    for command in cli.COMMANDS:
+        parser = argparse.ArgumentParser()
+        command.load(command.configure)(parser)
+        for where, action in _option_actions(parser, command.name):
+            kind = (repr(action.default), action.required, action.help)
+            declared.setdefault(action.option_strings[-1], {}).setdefault(kind, []).append(where)
+    differing = {
+        name: kinds
+        for name, kinds in declared.items()
+        if len(kinds) > 1 and name not in DIFFERENT_OPTIONS
+    }
+    assert not differing, f"declare these once, in flows/cli/options.py: {differing}"
+
+
+DRIFT_DEFAULTS = {
+    "amount_scale": 1.0,
+    "merchant_shift": 0.0,
+    "broken_feed": False,
+    "new_fraud_pattern": 0.0,
+}
+
+
+def test_generate_data_and_traffic_take_the_same_drift_knobs(capsys):
+    seen: dict[str, argparse.Namespace] = {}
+
+    def keep(name: str):
+        return lambda args: seen.update({name: args}) or 0
+
+    runners = {name: keep(name) for name in OPTIONS}
+    run_cli(["generate-data", "out.parquet"], capsys, runners=runners)
+    run_cli(["traffic"], capsys, runners=runners)
+    for name in ("generate-data", "traffic"):
+        assert {k: getattr(seen[name], k) for k in DRIFT_DEFAULTS} == DRIFT_DEFAULTS, name
+    # the knobs only the generator has
+    assert (seen["generate-data"].drift_fraud_rate, seen["generate-data"].start_day) == (None, 0)
+    argv = ["--amount-scale", "1.8", "--merchant-shift", "0.3", "--broken-feed"]
+    argv += ["--new-fraud-pattern", "0.5"]  # every shared knob, set
+    seen.clear()
+    run_cli(["generate-data", "out.parquet", *argv], capsys, runners=runners)
+    run_cli(["traffic", *argv], capsys, runners=runners)
+    drifted = dict(amount_scale=1.8, merchant_shift=0.3, broken_feed=True, new_fraud_pattern=0.5)
+    for name in ("generate-data", "traffic"):
+        assert {k: getattr(seen[name], k) for k in DRIFT_DEFAULTS} == drifted, name
 
 
 def test_help_imports_no_heavy_library():

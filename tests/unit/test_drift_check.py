@@ -20,24 +20,21 @@ import yaml
 from flows import drift_check as flow_module
 from flows.alerting.smtp import SmtpSettings
 from flows.core.settings import Settings
-from flows.monitoring import check
+from flows.monitoring import report_mail, steps
 from flows.monitoring.analysis import DriftAnalysis
-from flows.monitoring.check import (
-    CurrentWindow,
-    DriftCheckConfig,
-    DriftSteps,
-    RetrainPlan,
-    RetrainPolicy,
-    plan_retraining,
-    read_window,
-    run_drift_check,
-    send_queued_mail,
-    send_report,
-    start_retraining,
-)
+from flows.monitoring.check import DriftSteps, run_drift_check
+from flows.monitoring.config import DriftCheckConfig, RetrainPolicy
 from flows.monitoring.reference import Reference
+from flows.monitoring.report_mail import send_queued_mail, send_report
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.sampling import Sampling
+from flows.monitoring.steps import (
+    CurrentWindow,
+    RetrainPlan,
+    plan_retraining,
+    read_window,
+    start_retraining,
+)
 from flows.monitoring.verdict import DriftPolicy, DriftVerdict, Outcome
 from flows.monitoring.window import Window
 from tests.support.drift import DEP, result, write_log
@@ -70,7 +67,7 @@ def test_queued_mail_is_skipped_without_smtp_and_never_raises(tmp_path, monkeypa
     def broken(_):
         raise RuntimeError("no secret block")
 
-    monkeypatch.setattr(check.mail, "resolve_password", broken)
+    monkeypatch.setattr(report_mail.mail, "resolve_password", broken)
     assert send_queued_mail(smtp, tmp_path) == ["outbox: RuntimeError"]
 
 
@@ -324,7 +321,7 @@ def test_a_recall_collapse_without_input_drift_triggers_retraining(settings, spe
     served_with_feedback(settings, spec, caught_every=4)
     config = DriftCheckConfig(window=Window(hours=24))
     window = read_window(settings, config, spec, "3", NOW)
-    perf = check.measure_performance(settings, config, window, 0.8, NOW)
+    perf = steps.measure_performance(settings, config, window, 0.8, NOW)
     assert perf.labelled == 5000 and perf.coverage == 1.0  # clear ids hashed with the bento's key
     assert perf.recall == pytest.approx(0.25) and perf.dropped
     plan = plan_retraining(
@@ -334,7 +331,9 @@ def test_a_recall_collapse_without_input_drift_triggers_retraining(settings, spe
     assert plan.decision.reason == "realized performance dropped"
     res = result(drifted=False, triggered=True).model_copy(update={"performance": perf})
     assert res.headline().startswith("REALIZED PERFORMANCE DROPPED: F1 0.400 vs holdout 0.800")
-    from flows.monitoring.results import decided_by, drift_email, mlflow_payload
+    from flows.monitoring.report_mail import drift_email
+    from flows.monitoring.reports import mlflow_payload
+    from flows.monitoring.results import decided_by
 
     assert decided_by(res) == "realized performance"
     mail = drift_email(res)
@@ -351,7 +350,7 @@ def test_a_model_still_catching_fraud_is_within_limits(settings, spec):
     served_with_feedback(settings, spec, caught_every=1)
     config = DriftCheckConfig(window=Window(hours=24))
     window = read_window(settings, config, spec, "3", NOW)
-    perf = check.measure_performance(settings, config, window, 0.8, NOW)
+    perf = steps.measure_performance(settings, config, window, 0.8, NOW)
     assert perf.status == "within limits" and perf.f1 == 1.0
     plan = plan_retraining(
         settings, config, analysis(Outcome.NO_DRIFT), window.id, NOW, lambda _: [], perf

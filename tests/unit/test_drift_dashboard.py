@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from data_contracts.spec import default_spec
 from flows.monitoring.dashboard import check_values, panels, record_check
-from flows.monitoring.feedback import RealizedPerformance
+from flows.monitoring.performance import RealizedPerformance
 from tests.support.drift import result
 
 

@@ -14,8 +14,7 @@ from flows.alerting.outbox import deliver
 from flows.alerting.smtp import SmtpSettings
 from flows.core.http import free_port
 from flows.monitoring.charts import Chart
-from flows.monitoring.report_mail import message_size, report_message
-from flows.monitoring.results import drift_email
+from flows.monitoring.report_mail import drift_email, message_size, report_message
 from tests.support.drift import result
 
 SECRET = "s3cr3t-pa55"

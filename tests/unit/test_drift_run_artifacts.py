@@ -7,11 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from flows import drift_check as flow_module
 from flows.core.settings import Settings
+from flows.monitoring import run_artifacts
 from flows.monitoring.history import recent_checks, with_current
 from flows.monitoring.reports import log_monitoring_run, mlflow_run_url
-from flows.monitoring.results import column_table, decided_by, links, result_markdown, signals
+from flows.monitoring.results import decided_by, links, signals
+from flows.monitoring.run_artifacts import column_table, result_markdown
 from flows.monitoring.verdict import DriftPolicy, not_enough_data
 from tests.support.drift import result
 
@@ -87,9 +88,9 @@ def test_mlflow_run_url_follows_the_tracking_server(tmp_path):
 def test_publish_creates_the_summary_table_and_link_artifacts(monkeypatch):
     made: list[tuple[str, dict]] = []
     for name in ("create_markdown_artifact", "create_table_artifact", "create_link_artifact"):
-        monkeypatch.setattr(flow_module, name,
+        monkeypatch.setattr(run_artifacts, name,
                             lambda name=name, **kw: made.append((name, kw)))  # fmt: skip
-    flow_module.publish(linked())
+    run_artifacts.publish(linked())
     kinds = [name for name, _ in made]
     assert kinds == [
         "create_markdown_artifact",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from flows.alerting.emails import render
 from flows.alerting.failure import FailureReport, Step, alert_email
-from flows.monitoring.results import drift_email
+from flows.monitoring.report_mail import drift_email
 from tests.support.drift import result
 
 EVIL = "<script>alert(1)</script>"

@@ -46,4 +46,5 @@ def test_only_entry_flows_sit_at_the_top_of_flows():
         "monitoring",
         "alerting",
         "cli",
+        "stack",
     }

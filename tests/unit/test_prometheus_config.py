@@ -1,38 +1,52 @@
 """The Prometheus config the project owns: rendering, scrape-target files, and rule consistency.
 
-Nothing is started: ``scripts/prometheus.sh render`` and ``register`` only write files. What
-promtool checks (syntax, the rules' arithmetic in deploy/prometheus/tests) runs in ``make lint``.
+Nothing is started: :func:`flows.stack.prometheus.render` and ``register`` only write files.
+What promtool checks (syntax, the rules' arithmetic in deploy/prometheus/tests) runs in
+``make lint`` (``fraud prometheus check``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from flows.cli import prometheus as cli
+from flows.stack import prometheus
+from flows.stack.config import StackConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "prometheus.sh"
 DEPLOY = ROOT / "deploy" / "prometheus"
 RECORD_NAME = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")
 
 
-def script(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "FRAUD_HOME": str(home)}
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args],
-        env=environment | env, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+@pytest.fixture(autouse=True)
+def environment(tmp_path, monkeypatch):
+    """A home of its own in tmp_path and no Prometheus setting from the caller's environment."""
+    for name in list(os.environ):
+        if name.startswith("FRAUD_PROMETHEUS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path / "home"))
 
 
-def rendered(tmp_path: Path, **env: str) -> dict[str, Any]:
+def command(*argv: str) -> int:
+    """``fraud prometheus ARGV`` in this process: its exit status."""
+    parser = argparse.ArgumentParser(prog="fraud prometheus")
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "rendered"
-    result = script(tmp_path / "home", "render", str(out), **env)
-    assert result.returncode == 0, result.stderr
+    prometheus.render(out)
     assert sorted(p.name for p in (out / "rules").iterdir()) == ["alerts.yml", "recording.yml"]
     return yaml.safe_load((out / "prometheus.yml").read_text())
 
@@ -43,8 +57,8 @@ def rules(kind: str) -> list[dict[str, Any]]:
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
-def test_render_defaults(tmp_path):
-    config = rendered(tmp_path)
+def test_render_defaults(tmp_path, monkeypatch):
+    config = rendered(tmp_path, monkeypatch)
     assert config["global"] == {
         "scrape_interval": "15s",
         "scrape_timeout": "10s",
@@ -66,9 +80,10 @@ def test_render_defaults(tmp_path):
     assert "@" not in (tmp_path / "rendered" / "prometheus.yml").read_text()
 
 
-def test_render_with_short_intervals_keeps_the_timeout_within_the_interval(tmp_path):
+def test_render_with_short_intervals_keeps_the_timeout_within_the_interval(tmp_path, monkeypatch):
     config = rendered(
         tmp_path,
+        monkeypatch,
         FRAUD_PROMETHEUS_SCRAPE_INTERVAL="1s",
         FRAUD_PROMETHEUS_EVALUATION_INTERVAL="2s",
         FRAUD_PROMETHEUS_PORT="19999",
@@ -97,24 +112,37 @@ def test_render_with_short_intervals_keeps_the_timeout_within_the_interval(tmp_p
         ("FRAUD_PROMETHEUS_HOST", "127.0.0.1; rm -rf /"),
     ],
 )
-def test_bad_settings_are_refused_by_name(tmp_path, name, value):
-    result = script(tmp_path / "home", "render", str(tmp_path / "out"), **{name: value})
-    assert result.returncode == 1
-    assert name in result.stderr and value in result.stderr
+def test_bad_settings_are_refused_by_name(tmp_path, monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(StackConfigError) as refused:
+        prometheus.render(tmp_path / "out")
+    assert name in str(refused.value) and value in str(refused.value)
+    assert not (tmp_path / "out").exists()
+    # the command line says it in one line on stderr, without a traceback, and exits 1
+    assert command("render", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert name in err and value in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_register_writes_a_file_sd_file_and_unregister_removes_it(tmp_path):
     home = tmp_path / "home"
-    result = script(home, "register", "serve", "127.0.0.1:3000", "replica=bentoml-serve")
-    assert result.returncode == 0, result.stderr
     path = home / "fleet" / "targets" / "serve.json"
+    assert prometheus.register("serve", "127.0.0.1:3000", ["replica=bentoml-serve"]) == path
     assert json.loads(path.read_text()) == [
         {"targets": ["127.0.0.1:3000"], "labels": {"replica": "bentoml-serve"}}
     ]
     assert not path.with_name("serve.json.tmp").exists()
-    assert script(home, "unregister", "serve").returncode == 0
+    prometheus.unregister("serve")
     assert not path.exists()
+    # labels as a mapping (how the stack registers `make serve`), and the command line
+    prometheus.register("serve", "127.0.0.1:3001", {"replica": "r1"})
+    assert json.loads(path.read_text())[0]["labels"] == {"replica": "r1"}
+    assert command("unregister", "serve") == 0
+    assert not path.exists()
+    assert command("register", "serve", "127.0.0.1:3000", "replica=bentoml-serve") == 0
+    assert json.loads(path.read_text())[0]["targets"] == ["127.0.0.1:3000"]
 
 
 @pytest.mark.parametrize(
@@ -127,12 +155,39 @@ def test_register_writes_a_file_sd_file_and_unregister_removes_it(tmp_path):
         (["serve", "127.0.0.1:3000", 'replica=a"}]'], "value of label replica"),
     ],
 )
-def test_register_refuses_bad_input_and_writes_nothing(tmp_path, args, message):
+def test_register_refuses_bad_input_and_writes_nothing(tmp_path, capsys, args, message):
     home = tmp_path / "home"
-    result = script(home, "register", *args)
-    assert result.returncode == 1
-    assert message in result.stderr
+    with pytest.raises(prometheus.PrometheusError, match=re.escape(message)):
+        prometheus.register(args[0], args[1], args[2:])
+    assert command("register", *args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not any(home.rglob("*.json*"))
+
+
+def test_unregister_refuses_a_bad_name(tmp_path):
+    with pytest.raises(prometheus.PrometheusError, match=re.escape("NAME='../x'")):
+        prometheus.unregister("../x")
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"), [("15s", "10s"), ("5s", "5s"), ("500ms", "500ms"), ("2m", "10s")]
+)
+def test_the_default_scrape_timeout_is_10s_or_the_interval(interval, timeout, monkeypatch):
+    monkeypatch.setenv("FRAUD_PROMETHEUS_SCRAPE_INTERVAL", interval)
+    assert prometheus.config().timeout == timeout
+    monkeypatch.setenv("FRAUD_PROMETHEUS_SCRAPE_TIMEOUT", "3s")
+    assert prometheus.config().timeout == "3s"
+
+
+def test_relative_folders_are_taken_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRAUD_HOME", "home")
+    monkeypatch.setenv("FRAUD_PROMETHEUS_TARGETS_DIR", "targets")
+    config = prometheus.config()
+    assert config.state == tmp_path / "home" / "prometheus"
+    assert config.targets == tmp_path / "targets"
+    assert prometheus.server(config).port_setting == "FRAUD_PROMETHEUS_PORT"
 
 
 def test_every_recording_rule_a_rule_reads_is_defined():
@@ -158,3 +213,30 @@ def test_every_alert_has_a_promtool_test_that_fires_it():
         if case.get("exp_alerts")
     }
     assert {rule["alert"] for rule in rules("alerts")} <= fired
+
+
+def test_a_missing_prometheus_needs_root_and_says_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(prometheus.os, "geteuid", lambda: 1000)
+    with pytest.raises(prometheus.PrometheusError) as refused:
+        prometheus.install_prometheus(prometheus.config())
+    assert "as root: apt-get install -y --no-install-recommends prometheus" in str(refused.value)
+
+
+def test_a_failed_apt_get_is_retried_after_an_update_and_logged(tmp_path, monkeypatch):
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "calls"
+    apt_get = stubs / "apt-get"
+    apt_get.write_text(f'#!/bin/sh\necho "$*" >>{calls}\necho "E: no network"\nexit 100\n')
+    apt_get.chmod(0o755)
+    monkeypatch.setenv("PATH", str(stubs))
+    monkeypatch.setattr(prometheus.os, "geteuid", lambda: 0)
+    with pytest.raises(prometheus.PrometheusError, match="apt-get install prometheus failed") as e:
+        prometheus.install_prometheus(prometheus.config())
+    assert "E: no network" in e.value.details
+    assert calls.read_text().splitlines() == [
+        "install -y --no-install-recommends prometheus",
+        "update",
+    ]
+    assert "E: no network" in (tmp_path / "home" / "logs" / "apt.log").read_text()

@@ -9,12 +9,8 @@ import pandas as pd
 import pytest
 
 from data_contracts.id_key import hash_id
-from flows.monitoring.feedback import (
-    FeedbackPolicy,
-    f1_interval,
-    read_feedback,
-    realized_performance,
-)
+from flows.monitoring.feedback import read_feedback
+from flows.monitoring.performance import FeedbackPolicy, f1_interval, realized_performance
 
 KEY = b"unit-test-id-hash-key-0123456789"
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)

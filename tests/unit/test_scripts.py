@@ -1,4 +1,5 @@
-"""The shell scripts: valid syntax, ``--help`` that never acts, and an env that finds the tools.
+"""The shell scripts (root provisioning and the demo) and ``fraud stack env``: valid syntax,
+``--help`` that never acts, and an env that finds the tools.
 
 No server is started here: every command that could act (docker, dockerd, apt-get, setsid,
 curl, the venv's tools) is replaced on PATH by a stub that records its call, and the tests
@@ -47,11 +48,8 @@ def test_scripts_parse(script):
 @pytest.mark.parametrize(
     ("script", "mentions"),
     [
-        ("stack.sh", ["scripts/stack.sh up", "scripts/stack.sh env"]),
-        ("prod.sh", ["scripts/prod.sh up", "FRAUD_PG_PORT"]),
         ("docker-engine.sh", ["scripts/docker-engine.sh stop", "STATE_DIR"]),
         ("demo_drift.sh", ["make run"]),
-        ("prometheus.sh", ["scripts/prometheus.sh up", "FRAUD_PROMETHEUS_PORT"]),
     ],
 )
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -74,14 +72,6 @@ def test_help_prints_usage_and_never_acts(script, mentions, flag, tmp_path):
     assert not home.exists() and not (tmp_path / "docker").exists()
 
 
-@pytest.mark.parametrize("script", ["stack.sh", "prod.sh", "prometheus.sh"])
-def test_unknown_command_prints_usage_and_exits_2(script, tmp_path):
-    env = {"HOME": str(tmp_path), "PATH": MINIMAL_PATH, "FRAUD_HOME": str(tmp_path / "home")}
-    result = run(["bash", str(SCRIPTS / script), "no-such-command"], env)
-    assert result.returncode == 2
-    assert f"scripts/{script}" in result.stdout
-
-
 def test_docker_engine_refuses_an_unknown_option(tmp_path):
     calls = tmp_path / "calls"
     env = {"HOME": str(tmp_path), "PATH": f"{stub_bin(tmp_path / 's', calls)}:{MINIMAL_PATH}"}
@@ -100,9 +90,9 @@ def uv_folder() -> Path | None:
     return user_bin if (user_bin / "uv").is_file() else None
 
 
-@pytest.mark.parametrize("script", ["stack.sh", "prod.sh"])
-def test_env_puts_the_tools_on_a_minimal_path(script, tmp_path):
-    """After `eval "$(scripts/X.sh env)"` the README's commands resolve in a new shell."""
+@pytest.mark.parametrize("profile", ["embedded", "production"])
+def test_env_puts_the_tools_on_a_minimal_path(profile, tmp_path):
+    """After `eval "$(fraud stack env)"` the README's commands resolve in a new shell."""
     missing = None
     if not (ROOT / ".venv" / "bin" / "fraud").is_file():
         missing = "the checkout's .venv has no `fraud` (run `uv sync --frozen`)"
@@ -124,7 +114,7 @@ def test_env_puts_the_tools_on_a_minimal_path(script, tmp_path):
         # uv came from the caller's PATH: a fresh shell finds it where the user installed it
         env["PYTHONUSERBASE"] = str(uv_dir.parent)
     shell = (
-        f'eval "$({SCRIPTS / script} env)" || exit 9\n'
+        f'eval "$({ROOT / ".venv" / "bin" / "fraud"} stack --profile {profile} env)" || exit 9\n'
         "command -v prefect fraud bentoml uv || exit 8\n"
         "fraud --help >/dev/null || exit 7\n"
         'echo "API=$PREFECT_API_URL"\n'
@@ -140,50 +130,3 @@ def test_env_puts_the_tools_on_a_minimal_path(script, tmp_path):
     ]
     assert Path(lines[3]).parent == uv_dir
     assert lines[-1].startswith("API=http://127.0.0.1:")
-
-
-def process_lib(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
-    """Run ``body`` in bash after sourcing scripts/lib/process.sh with tmp run and log dirs."""
-    shell = (
-        "set -euo pipefail\n"
-        f"RUN_DIR={tmp_path}/run LOG_DIR={tmp_path}/logs\n"
-        'mkdir -p "$RUN_DIR" "$LOG_DIR"\n'
-        "log() { printf '[test] %s\\n' \"$*\" >&2; }\n"
-        f"source {SCRIPTS / 'lib' / 'process.sh'}\n" + body
-    )
-    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
-    return run(["bash", "--noprofile", "--norc", "-c", shell], env, cwd=tmp_path)
-
-
-def test_process_lib_starts_waits_and_stops_by_pid(tmp_path):
-    ready = tmp_path / "ready"
-    result = process_lib(
-        tmp_path,
-        f'start_bg server bash -c "echo to-the-log; sleep 1; touch {ready}; exec sleep 60"\n'
-        f"wait_healthy server file://{ready} 20\n"
-        "print_status server other\n"
-        'pid="$(cat "$RUN_DIR/server.pid")"\n'
-        "stop_pid server\n"
-        'kill -0 "$pid" 2>/dev/null && echo STILL-RUNNING || echo gone\n'
-        "print_status server\n",
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("server: running (pid ")
-    assert lines[1:] == ["other: stopped", "gone", "server: stopped"]
-    assert "to-the-log" not in result.stdout + result.stderr  # servers write to their log only
-    assert (tmp_path / "logs" / "server.log").read_text() == "to-the-log\n"
-    assert not (tmp_path / "run" / "server.pid").exists()
-    assert "stopping server (pid" in result.stderr
-
-
-def test_process_lib_reports_a_server_that_exits_while_waited_on(tmp_path):
-    result = process_lib(
-        tmp_path,
-        'start_bg broken bash -c "echo cannot bind the port; exit 3"\n'
-        f"wait_healthy broken file://{tmp_path}/never 20 || echo FAILED\n",
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "FAILED"
-    assert "cannot bind the port" in result.stderr
-    assert f"broken exited; see {tmp_path}/logs/broken.log" in result.stderr

@@ -8,7 +8,8 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from bento.request_model import build_batch_model, build_request_model, describe_errors
+from bento.field_errors import describe_errors
+from bento.request_model import build_batch_model, build_request_model
 from data_contracts.spec import parse_spec
 
 TOY = {

@@ -10,7 +10,8 @@ from flows.alerting.emails import EmailContent
 from flows.alerting.outbox import deliver, flush_outbox
 from flows.alerting.smtp import SmtpSettings, compose_message
 from flows.core.http import free_port
-from flows.monitoring.results import drift_email, result_markdown
+from flows.monitoring.report_mail import drift_email
+from flows.monitoring.run_artifacts import result_markdown
 from tests.support.drift import result
 
 SECRET = "s3cr3t-pa55"

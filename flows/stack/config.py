@@ -1,0 +1,196 @@
+"""Every default of the local stacks in one place: ports, homes, pools, heartbeats.
+
+Read from the environment with the ``FRAUD_`` prefix (the same variable names the Makefile, the
+tests and the docs use), validated, so a bad value is an error naming the variable.
+:class:`StackConfig` is the embedded default (a local Prefect server on SQLite);
+:class:`ProductionConfig` adds the production profile (PostgreSQL, an MLflow tracking server,
+the Evidently UI service), whose state lives apart under ``FRAUD_PROD_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from data_contracts.artifacts import fraud_home
+from flows.core.settings import PROJECT_ROOT
+
+PREFECT_MIN_HEARTBEAT = 30  # Prefect's floor for PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+ALERT_POOL = "fraud-alerts"  # prefect.yaml: the failure-alert deployment runs on its own worker
+LOCAL_MAIL_RECIPIENTS = "fraud-team@localhost"
+SQL_NAME = r"^[a-z_][a-z0-9_]*$"
+C = TypeVar("C", bound=BaseSettings)
+
+
+class StackConfigError(ValueError):
+    """A stack setting from the environment is invalid; the message names the variable."""
+
+
+class StackConfig(BaseSettings):
+    """The embedded default: where its state lives and which ports its servers take."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+
+    home: Path = Field(default_factory=lambda: fraud_home(), description="All local state.")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Local Prefect server (and UI).")
+    mail_port: int = Field(8025, ge=1, le=65535, description="Local mail catcher (SMTP).")
+    serve_port: int = Field(3000, ge=1, le=65535, description="`make serve` and the fleet.")
+    evidently_port: int = Field(8000, ge=1, le=65535, description="`make monitor-ui`.")
+    evidently_dir: Path | None = Field(None, description="Drift dashboard workspace.")
+    work_pool: str = Field("fraud-pool", description="Process work pool of the pipeline.")
+    deployment: str = Field("train-and-release/fraud-detector", description="`make release`.")
+    heartbeat_seconds: int = Field(
+        30, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between flow run heartbeats."
+    )
+    heartbeat_silence_seconds: int = Field(
+        90, ge=1, description="A run silent this long is marked Crashed and mailed."
+    )
+    smtp_host: str | None = Field(None, description="Your SMTP server; unset: a mail catcher.")
+    prefect_api_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("PREFECT_API_URL"),
+        description="An existing Prefect server to use instead of a local one.",
+    )
+
+    @property
+    def project_root(self) -> Path:
+        return PROJECT_ROOT
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return Path(os.environ.get("PREFECT_HOME") or self.home / "prefect")
+
+    @property
+    def bentoml_home(self) -> Path:
+        return Path(os.environ.get("BENTOML_HOME") or self.home / "bentoml")
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.home / "mail"
+
+    @property
+    def dashboard_dir(self) -> Path:
+        return self.evidently_dir or self.home / "evidently"
+
+    @property
+    def external_prefect(self) -> bool:
+        return bool(self.prefect_api_url)
+
+    @property
+    def api_url(self) -> str:
+        return self.prefect_api_url or f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def local_mail(self) -> bool:
+        return not self.smtp_host
+
+    @property
+    def bin(self) -> Path:
+        """The checkout's environment: prefect, mlflow, bentoml, fraud."""
+        return PROJECT_ROOT / ".venv" / "bin"
+
+
+class ProductionConfig(BaseSettings):
+    """The production profile: PostgreSQL, Prefect and MLflow servers on it, Evidently UI."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+
+    fraud_home: Path = Field(
+        default_factory=lambda: fraud_home(), validation_alias=AliasChoices("FRAUD_HOME")
+    )
+    prod_home: Path | None = Field(None, description="All state of the profile.")
+    pg_port: int = Field(5433, ge=1, le=65535)
+    pg_user: str = Field("fraud", pattern=SQL_NAME)
+    pg_password_file: Path | None = Field(None, description="Default <prod home>/secrets/...")
+    pg_dir: Path | None = Field(None, description="The cluster; default <prod home>/pg.")
+    prod_db_prefix: str = Field("fraud", pattern=SQL_NAME)
+    prod_prefect_port: int = Field(4201, ge=1, le=65535)
+    mlflow_port: int = Field(5001, ge=1, le=65535)
+    mlflow_artifacts: Path | None = Field(None, description="Default <prod home>/mlflow-...")
+    mail_port: int = Field(8026, ge=1, le=65535)
+    prod_prometheus_port: int = Field(9091, ge=1, le=65535)
+    prod_evidently_port: int = Field(8001, ge=1, le=65535)
+
+    @property
+    def home(self) -> Path:
+        return (self.prod_home or self.fraud_home / "prod").absolute()
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.pg_dir or self.home / "pg"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def password_file(self) -> Path:
+        return self.pg_password_file or self.secrets_dir / "pg-password"
+
+    @property
+    def pgpass(self) -> Path:
+        return self.secrets_dir / "pgpass"
+
+    @property
+    def prefect_db(self) -> str:
+        return f"{self.prod_db_prefix}_prefect"
+
+    @property
+    def mlflow_db(self) -> str:
+        return f"{self.prod_db_prefix}_mlflow"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.mlflow_artifacts or self.home / "mlflow-artifacts"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://127.0.0.1:{self.prod_prefect_port}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def evidently_url(self) -> str:
+        return f"http://127.0.0.1:{self.prod_evidently_port}"
+
+    def stack_environ(self) -> dict[str, str]:
+        """The variables that point the embedded stack's workers and commands at this profile."""
+        return {
+            "FRAUD_HOME": str(self.home),
+            "PREFECT_HOME": str(self.home / "prefect"),
+            "BENTOML_HOME": str(self.home / "bentoml"),
+            "FRAUD_MAIL_PORT": str(self.mail_port),
+            "PREFECT_API_URL": self.prefect_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "FRAUD_EVIDENTLY_URL": self.evidently_url,
+            "FRAUD_EVIDENTLY_UI_URL": self.evidently_url,
+        }
+
+
+def load(kind: type[C]) -> C:
+    """Build a config from the environment; an invalid value is an error naming its variable."""
+    try:
+        return kind()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{_variable(str(e['loc'][0]))}={e.get('input')!r}: {e['msg']}" for e in err.errors()
+        )
+        raise StackConfigError(problems) from None
+
+
+def _variable(field: str) -> str:
+    return field if field.isupper() else f"FRAUD_{field.upper()}"
