@@ -29,6 +29,8 @@ from uuid import UUID
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows.stack.config import HEARTBEAT_SECONDS, HEARTBEAT_SILENCE_SECONDS, PREFECT_MIN_HEARTBEAT
+
 # Prefect is imported where the rules are built, so `fraud automations --help` stays fast.
 if TYPE_CHECKING:
     from prefect.events.schemas.automations import AutomationCore
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 CRASH_RULE = "fraud: crash silent runs"
 ALERT_RULE = "fraud: alert on silent crashes"
 SILENT_PREFIX = "Unresponsive:"
-PREFECT_MIN_HEARTBEAT = 30
 
 
 class HeartbeatSettings(BaseSettings):
@@ -45,10 +46,10 @@ class HeartbeatSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
 
     heartbeat_seconds: int = Field(
-        30, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between flow run heartbeats."
+        HEARTBEAT_SECONDS, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between heartbeats."
     )
     heartbeat_silence_seconds: int = Field(
-        90, description="A run silent this long is marked Crashed."
+        HEARTBEAT_SILENCE_SECONDS, description="A run silent this long is marked Crashed."
     )
     alert_deployment: str = Field(
         "failure-alert/fraud-pipeline", description="Deployment that mails silent crashes."

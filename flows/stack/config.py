@@ -20,6 +20,8 @@ from data_contracts.artifacts import fraud_home
 from flows.core.settings import PROJECT_ROOT
 
 PREFECT_MIN_HEARTBEAT = 30  # Prefect's floor for PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+HEARTBEAT_SECONDS = 30  # flow runs send a heartbeat this often (the stack sets it on the worker)
+HEARTBEAT_SILENCE_SECONDS = 90  # a run silent this long is marked Crashed and mailed
 ALERT_POOL = "fraud-alerts"  # prefect.yaml: the failure-alert deployment runs on its own worker
 LOCAL_MAIL_RECIPIENTS = "fraud-team@localhost"
 SQL_NAME = r"^[a-z_][a-z0-9_]*$"
@@ -44,10 +46,10 @@ class StackConfig(BaseSettings):
     work_pool: str = Field("fraud-pool", description="Process work pool of the pipeline.")
     deployment: str = Field("train-and-release/fraud-detector", description="`make release`.")
     heartbeat_seconds: int = Field(
-        30, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between flow run heartbeats."
+        HEARTBEAT_SECONDS, ge=PREFECT_MIN_HEARTBEAT, description="Seconds between heartbeats."
     )
     heartbeat_silence_seconds: int = Field(
-        90, ge=1, description="A run silent this long is marked Crashed and mailed."
+        HEARTBEAT_SILENCE_SECONDS, ge=1, description="A run silent this long is marked Crashed."
     )
     smtp_host: str | None = Field(None, description="Your SMTP server; unset: a mail catcher.")
     prefect_api_url: str | None = Field(
