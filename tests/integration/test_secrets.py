@@ -37,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 SMTP_USER = "fraud-monitor"
 SMTP_SECRET = f"smtp-sentinel-{secrets.token_hex(12)}"
-SMTP_PORT = free_port()
 
 
 class AuthInbox:
@@ -62,12 +61,18 @@ class AuthInbox:
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[AuthInbox]:
+def smtp_port() -> int:
+    """Chosen when the module starts, not at collection: a port free minutes ago may be taken."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def smtp(smtp_port: int) -> Iterator[AuthInbox]:
     inbox = AuthInbox()
     controller = Controller(
         inbox,
         hostname="127.0.0.1",
-        port=SMTP_PORT,
+        port=smtp_port,
         authenticator=inbox.authenticate,
         auth_required=True,  # no login, no mail: a delivered message proves the login
         auth_require_tls=False,
@@ -78,10 +83,10 @@ def smtp() -> Iterator[AuthInbox]:
 
 
 @pytest.fixture(scope="module")
-def stack_extra_env(smtp) -> dict[str, str]:
+def stack_extra_env(smtp, smtp_port: int) -> dict[str, str]:
     return {
         "FRAUD_SMTP_HOST": "127.0.0.1",
-        "FRAUD_SMTP_PORT": str(SMTP_PORT),
+        "FRAUD_SMTP_PORT": str(smtp_port),
         "FRAUD_SMTP_USER": SMTP_USER,
         "FRAUD_SMTP_PASSWORD": SMTP_SECRET,
         "FRAUD_SMTP_SENDER": "fraud-monitor@example.test",
