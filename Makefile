@@ -137,7 +137,7 @@ serve: up ## bentoml serve the champion on http://127.0.0.1:3000 (background; ma
 	@$(FRAUD) stack serve
 
 demo-drift: run ## the monitoring story: traffic, no drift, drifted traffic, drift, email, retraining
-	@scripts/demo_drift.sh
+	@$(FRAUD) stack demo-drift
 
 prometheus: install ## Prometheus on http://127.0.0.1:9090 scraping the serving fleet and `make serve` (fraud prometheus)
 	@$(FRAUD) prometheus up

@@ -35,6 +35,8 @@ ACTIONS: dict[str, str] = {
     "summary": "where things are: Prefect UI, MLflow run, model versions",
     "serve": "bentoml serve the champion on 127.0.0.1:3000 in the background",
     "monitor-ui": "the Evidently UI over the drift dashboard on 127.0.0.1:8000",
+    "demo-drift": "the monitoring story on the running stack: serve, traffic, no drift, drifted "
+    "traffic, drift, email, retraining, the served version follows the champion",
     "fleet-up": "the serving fleet behind HAProxy (installs haproxy when missing)",
     "fleet-down": "stop the fleet (balancer by PID, replicas by container id)",
     "install": "apt-get install what a server or test needs when missing (root): haproxy, "
@@ -133,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
     if action in simple:
         simple[action]()
         return 0
+    if action == "demo-drift":
+        from flows.stack.demo import drift_demo
+
+        return drift_demo(stack)
     if action == "env":
         return _print(stack.env_lines(), sys.stdout)
     if action == "release":

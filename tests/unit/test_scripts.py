@@ -1,4 +1,4 @@
-"""The shell scripts (root provisioning and the demo) and ``fraud stack env``: valid syntax,
+"""The shell scripts (root provisioning) and ``fraud stack env``: valid syntax,
 ``--help`` that never acts, and an env that finds the tools.
 
 No server is started here: every command that could act (docker, dockerd, apt-get, setsid,
@@ -49,7 +49,6 @@ def test_scripts_parse(script):
     ("script", "mentions"),
     [
         ("docker-engine.sh", ["scripts/docker-engine.sh stop", "STATE_DIR"]),
-        ("demo_drift.sh", ["make run"]),
     ],
 )
 @pytest.mark.parametrize("flag", ["--help", "-h"])
