@@ -17,13 +17,31 @@ from flows.cli.options import add_fleet_up_arguments
 DESCRIPTION = (
     "Start, stop and inspect the local stack. Servers log to $FRAUD_HOME/logs/NAME.log and are "
     "stopped by the PID in $FRAUD_HOME/run/NAME.pid. Talk to the stack from your shell with "
-    'eval "$(fraud stack env)". Settings come from the environment (FRAUD_PREFECT_PORT 4200, '
-    "FRAUD_MAIL_PORT 8025, FRAUD_SERVE_PORT 3000, FRAUD_EVIDENTLY_PORT 8000, FRAUD_WORK_POOL, "
-    "FRAUD_HEARTBEAT_SECONDS 30, FRAUD_HEARTBEAT_SILENCE_SECONDS 90; production: "
-    "FRAUD_PROD_HOME, FRAUD_PG_PORT 5433, FRAUD_PROD_PREFECT_PORT 4201, FRAUD_MLFLOW_PORT 5001, "
-    "FRAUD_PROD_EVIDENTLY_PORT 8001, FRAUD_PROD_PROMETHEUS_PORT 9091). With PREFECT_API_URL "
-    "set, an existing Prefect server is used instead of a local one."
+    'eval "$(fraud stack env)". With PREFECT_API_URL set, an existing Prefect server is used '
+    "instead of a local one."
 )
+SETTINGS_EPILOG = (
+    "settings (environment, with their defaults): {embedded}; production: {production}"
+)
+
+
+def settings_help() -> str:
+    """Every stack setting with its default, read from the one place they are defined."""
+    from pydantic_core import PydanticUndefined
+
+    from flows.stack.config import ProductionConfig, StackConfig
+
+    def listed(kind: type) -> str:
+        items = []
+        for name, field in kind.model_fields.items():
+            if field.default in (None, PydanticUndefined) or field.validation_alias:
+                continue
+            items.append(f"FRAUD_{name.upper()}={field.default}")
+        return ", ".join(items)
+
+    return SETTINGS_EPILOG.format(embedded=listed(StackConfig), production=listed(ProductionConfig))
+
+
 ACTIONS: dict[str, str] = {
     "up": "start what is not running (a healthy server and worker are reused)",
     "down": "stop what the stack started, by PID",
@@ -59,6 +77,7 @@ def add_param(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``fraud stack [--profile P] ACTION`` on ``parser``."""
     parser.description = DESCRIPTION
+    parser.epilog = settings_help()
     parser.add_argument(
         "--profile", choices=("embedded", "production"), default="embedded",
         help="embedded (default): Prefect on SQLite under FRAUD_HOME; production: PostgreSQL, "
