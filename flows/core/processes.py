@@ -84,15 +84,35 @@ class Server:
     settle_s: float = 0.5
 
 
-def port_holder(port: int) -> Holder | None:
-    """The process listening on TCP ``port`` (any address), or None when nothing listens."""
+def port_holders(port: int) -> list[Holder]:
+    """Every process with a socket listening on TCP ``port`` (a parent that bound it and the
+    workers it handed the socket to each count), empty when nothing listens."""
+    holders: dict[int, Holder] = {}
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
             continue
         if conn.pid is None:  # a socket of another user, not visible without privileges
-            return Holder(pid=-1, sid=None, command="a process of another user")
-        return Holder(pid=conn.pid, sid=_sid(conn.pid), command=_command(conn.pid))
-    return None
+            holders[-1] = Holder(pid=-1, sid=None, command="a process of another user")
+        else:
+            holders[conn.pid] = Holder(conn.pid, _sid(conn.pid), _command(conn.pid))
+    return list(holders.values())
+
+
+def port_holder(port: int) -> Holder | None:
+    """A process listening on TCP ``port`` (any address), or None when nothing listens."""
+    holders = port_holders(port)
+    return holders[0] if holders else None
+
+
+def started_by(holder: Holder, pid: int) -> bool:
+    """Whether ``holder`` is ``pid``, in its session, or a descendant of it (a server may start
+    its workers in sessions of their own, as ``bentoml serve`` does)."""
+    if holder.pid == pid or holder.sid == pid:
+        return True
+    try:
+        return any(parent.pid == pid for parent in psutil.Process(holder.pid).parents())
+    except psutil.Error:
+        return False
 
 
 def _sid(pid: int) -> int | None:
@@ -242,11 +262,11 @@ class ProcessManager:
             return
         deadline = time.monotonic() + 5
         while True:
-            holder = port_holder(server.port)
-            if holder is not None and holder.sid == pid:
+            holders = port_holders(server.port)
+            if any(started_by(holder, pid) for holder in holders):
                 return
-            if holder is not None or time.monotonic() > deadline:
-                who = holder.describe() if holder else "nothing listening"
+            if holders or time.monotonic() > deadline:
+                who = holders[0].describe() if holders else "nothing listening"
                 raise PortTaken(
                     f"{server.name}: port {server.port} answers, but from {who}, not the server "
                     f"started as pid {pid}; see {self.log_file(server.name)}"

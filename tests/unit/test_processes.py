@@ -6,6 +6,7 @@ the stack's servers, so the tests take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -196,3 +197,33 @@ def test_stop_signal_reaches_the_whole_group(tmp_path):
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_a_worker_in_a_session_of_its_own_still_counts_as_the_started_server(tmp_path):
+    """``bentoml serve`` hands its socket to workers started with a new session: those
+    workers answer for the server that was started, and the start is healthy."""
+    pm, _ = manager(tmp_path)
+    port = free_port()
+    worker = HTTP_SERVER.format(port=port)
+    parent = Server(
+        "parent-of-worker",
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True)\n"
+            "time.sleep(60)",
+        ],
+        port=port,
+        health=f"http://127.0.0.1:{port}/",
+        start_timeout_s=20,
+    )
+    pid = pm.ensure(parent)
+    try:
+        holder = port_holder(port)
+        assert holder.pid != pid and os.getsid(holder.pid) != pid  # not in the started session
+    finally:
+        pm.stop("parent-of-worker")
+        if holder is not None:  # its own session: the group signal does not reach it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder.pid, signal.SIGKILL)
