@@ -293,11 +293,15 @@ class ProductionStack:
             else ("stopped")
         )
         mlflow = "healthy" if http_probe(f"{cfg.mlflow_url}/health")() else "not answering"
+        from flows.stack import prometheus
+
+        os.environ["FRAUD_PROMETHEUS_PORT"] = str(cfg.prod_prometheus_port)
         return [
             f"postgresql: {pg}",
             *self.processes.status_lines(["postgres", "mlflow-server"]),
             *self.stack.status(),
             f"MLflow: {cfg.mlflow_url} ({mlflow})",
+            *prometheus.status(),
         ]
 
     def env_lines(self) -> list[str]:
