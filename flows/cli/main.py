@@ -142,8 +142,9 @@ def build_parser(
     """The ``fraud`` parser; only the subcommand named in ``argv`` gets its full options."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Operate the fraud-detection pipeline: rollback, history, serving fleet, "
-        "summary, data, traffic, automations, work pools and Kubernetes manifests.",
+        description="Operate the fraud-detection pipeline: the local stack and Prometheus, "
+        "rollback, history, serving fleet, summary, data, traffic, automations, work pools and "
+        "Kubernetes manifests.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

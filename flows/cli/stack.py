@@ -10,6 +10,8 @@ own session with a PID file and a log file, and stopped by PID
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess  # nosec B404 # only to name TimeoutExpired
 import sys
 
 from flows.cli.options import add_fleet_up_arguments
@@ -43,7 +45,8 @@ def settings_help() -> str:
 
 
 ACTIONS: dict[str, str] = {
-    "up": "start what is not running (a healthy server and worker are reused)",
+    "up": "start what is not running (servers this stack started and that still run are reused; "
+    "a port held by anything else is an error naming it)",
     "down": "stop what the stack started, by PID",
     "status": "show what is running",
     "env": 'print the environment to talk to this stack (eval "$(fraud stack env)")',
@@ -106,9 +109,27 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _run(args)
-    except (ProcessError, StackError, StackConfigError, PackageError, PrometheusError) as err:
+    except PrometheusError as err:
+        if err.details:
+            print(err.details.rstrip(), file=sys.stderr)
         print(f"[stack] {err}", file=sys.stderr)
         return 1
+    except (ProcessError, StackError, StackConfigError, PackageError) as err:
+        print(f"[stack] {err}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as err:
+        print(
+            f"[stack] {shlex.join(map(str, err.cmd))} took over {err.timeout:.0f} s",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as err:  # a folder that cannot be made, a tool missing from .venv, not root
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"[stack] {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[stack] interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:

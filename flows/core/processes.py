@@ -8,8 +8,9 @@ grace period, then SIGKILL.
 
 A start is healthy only when the process it started is the one answering: before a start, a port
 held by another process is an error naming the holder; after the health probe answers, the
-listening socket must belong to the started process's session. A PID file whose process is gone,
-or whose PID was reused by a younger process, counts as stopped.
+listening socket must belong to the started process (or its descendants). A PID file whose
+process is gone, or whose PID now belongs to a process that started at another moment (start
+times in clock ticks since boot, recorded beside the PID file), counts as stopped.
 
 ``psutil`` (already in the locked environment) finds who holds a port and reads process facts
 portably; everything else is the standard library.
@@ -32,6 +33,7 @@ from pathlib import Path
 import psutil
 
 from flows.core.files import tail
+from flows.core.ports import port_holder, port_holders, started_by
 
 Probe = Callable[[], bool]
 
@@ -49,22 +51,10 @@ class StartFailed(ProcessError):
 
 
 @dataclass(frozen=True)
-class Holder:
-    """The process listening on a port: its PID, session and command line."""
-
-    pid: int
-    sid: int | None
-    command: str
-
-    def describe(self) -> str:
-        return f"pid {self.pid} ({self.command[:120]})"
-
-
-@dataclass(frozen=True)
 class Server:
     """How to run one local server and how to know it is up.
 
-    ``health`` is a URL (healthy when a GET answers with a status below 500) or a callable probe;
+    ``health`` is a URL (healthy when a GET answers with a status below 400) or a callable probe;
     without one, the server counts as started once it is still running after ``settle_s``.
     ``port`` is checked free before the start and owned by the started session after it.
     ``port_setting`` names the variable that moves the port (said in the error when it is taken).
@@ -84,65 +74,43 @@ class Server:
     settle_s: float = 0.5
 
 
-def port_holders(port: int) -> list[Holder]:
-    """Every process with a socket listening on TCP ``port`` (a parent that bound it and the
-    workers it handed the socket to each count), empty when nothing listens."""
-    holders: dict[int, Holder] = {}
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
-            continue
-        if conn.pid is None:  # a socket of another user, not visible without privileges
-            holders[-1] = Holder(pid=-1, sid=None, command="a process of another user")
-        else:
-            holders[conn.pid] = Holder(conn.pid, _sid(conn.pid), _command(conn.pid))
-    return list(holders.values())
-
-
-def port_holder(port: int) -> Holder | None:
-    """A process listening on TCP ``port`` (any address), or None when nothing listens."""
-    holders = port_holders(port)
-    return holders[0] if holders else None
-
-
-def started_by(holder: Holder, pid: int) -> bool:
-    """Whether ``holder`` is ``pid``, in its session, or a descendant of it (a server may start
-    its workers in sessions of their own, as ``bentoml serve`` does)."""
-    if holder.pid == pid or holder.sid == pid:
-        return True
-    try:
-        return any(parent.pid == pid for parent in psutil.Process(holder.pid).parents())
-    except psutil.Error:
-        return False
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
-
-
-def _command(pid: int) -> str:
-    try:
-        return " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
-    except psutil.Error:
-        return "unknown command"
-
-
 def http_probe(url: str, timeout: float = 2) -> Probe:
-    """A probe that is healthy when a GET of ``url`` answers below 500 (no proxy)."""
+    """A probe that is healthy when a GET of ``url`` answers below 400 (no proxy)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def probe() -> bool:
         try:
             with opener.open(url, timeout=timeout) as response:  # nosec B310 # local http URL
-                return int(response.status) < 500
-        except urllib.error.HTTPError as err:
-            return err.code < 500
+                return int(response.status) < 400
+        except urllib.error.HTTPError:
+            return False
         except (OSError, ValueError):
             return False
 
     return probe
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_as(user: str, env: Mapping[str, str] | None) -> dict:
+    """``Popen`` arguments that run as ``user`` with its own group and home (not root's groups),
+    as ``runuser -u`` would."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ProcessError(f"the system user {user!r} is missing") from None
+    base = dict(os.environ if env is None else env)
+    base |= {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "env": base}
 
 
 def _say(message: str) -> None:
@@ -163,35 +131,39 @@ class ProcessManager:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def start_file(self, name: str) -> Path:
+        """The started process's identity (its start time in clock ticks since boot)."""
+        return self.run_dir / f"{name}.started"
+
     def pid(self, name: str) -> int | None:
         """The recorded PID of ``name`` if that process still runs (and is not a reused PID)."""
-        path = self.pid_file(name)
         try:
-            pid = int(path.read_text().split()[0])
-            recorded = path.stat().st_mtime
+            pid = int(self.pid_file(name).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
-                _reap(pid)
-                return None
-            # a process younger than its PID file is another one that got the PID back
-            if process.create_time() > recorded + 2:
-                return None
-        except psutil.Error:
+        if not process_alive(pid):
             return None
-        return pid
+        try:
+            recorded = int(self.start_file(name).read_text().strip())
+        except (OSError, ValueError):
+            return pid  # no identity on record (an older PID file): the PID alone decides
+        # another process that got the PID back started at another tick; the wall clock
+        # plays no part, so a stepped clock cannot make a live server look stopped
+        return pid if start_ticks(pid) in (recorded, None) else None
 
     def alive(self, name: str) -> bool:
         return self.pid(name) is not None
 
     def start(self, server: Server) -> int:
         """Start ``server`` unless it runs already; returns its PID (no health wait)."""
+        return self.start_new(server)[0]
+
+    def start_new(self, server: Server) -> tuple[int, bool]:
+        """Start ``server`` unless it runs already: its PID, and whether this call started it."""
         running = self.pid(server.name)
         if running is not None:
             self.say(f"{server.name} already running (pid {running})")
-            return running
+            return running, False
         if server.port is not None:
             holder = port_holder(server.port)
             if holder is not None:
@@ -208,20 +180,22 @@ class ProcessManager:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_file(server.name)
         self.say(f"starting {server.name} (log: {log})")
+        env = dict(server.env) if server.env is not None else None
+        as_user = run_as(server.user, env) if server.user else {"env": env}
         with log.open("ab") as out:
             process = subprocess.Popen(  # nosec B603 # argv list from the stack's own settings
                 list(server.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=dict(server.env) if server.env is not None else None,
                 cwd=server.cwd,
                 start_new_session=True,
-                user=server.user,
                 close_fds=True,
+                **as_user,
             )
         self.pid_file(server.name).write_text(f"{process.pid}\n")
-        return process.pid
+        self.start_file(server.name).write_text(f"{start_ticks(process.pid) or ''}\n")
+        return process.pid, True
 
     def wait_healthy(self, server: Server, timeout_s: float | None = None) -> None:
         """Wait until ``server`` answers its probe from its own session (raises with its log)."""
@@ -248,14 +222,23 @@ class ProcessManager:
         )
 
     def ensure(self, server: Server, timeout_s: float | None = None) -> int:
-        """Start ``server`` if needed and wait until it is healthy; a failed start is stopped."""
-        pid = self.start(server)
+        """Start ``server`` if needed and wait until it is healthy.
+
+        A start that fails is stopped; a server that was already running is never stopped
+        here, even when it does not answer (``status`` and ``down`` are for that).
+        """
+        pid, started = self.start_new(server)
         try:
             self.wait_healthy(server, timeout_s)
         except ProcessError:
-            self.stop(server.name, grace_s=5)
+            if started:
+                self.stop_server(server)
             raise
         return pid
+
+    def stop_server(self, server: Server) -> bool:
+        """Stop ``server`` with its own stop signal and grace period."""
+        return self.stop(server.name, grace_s=server.stop_grace_s, sig=server.stop_signal)
 
     def _check_owner(self, server: Server, pid: int) -> None:
         if server.port is None:
@@ -286,6 +269,7 @@ class ProcessManager:
         pid = self.pid(name)
         if pid is None:
             self.pid_file(name).unlink(missing_ok=True)
+            self.start_file(name).unlink(missing_ok=True)
             return False
         self.say(f"stopping {name} (pid {pid})")
         _signal_group(pid, sig)
@@ -294,6 +278,7 @@ class ProcessManager:
             _signal_group(pid, signal.SIGKILL)
             _wait_gone(pid, 5)
         self.pid_file(name).unlink(missing_ok=True)
+        self.start_file(name).unlink(missing_ok=True)
         return True
 
     def status(self, names: Sequence[str]) -> list[tuple[str, int | None]]:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from data_contracts.artifacts import fraud_home
@@ -35,7 +35,15 @@ class StackConfigError(ValueError):
 class StackConfig(BaseSettings):
     """The embedded default: where its state lives and which ports its servers take."""
 
-    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _absolute(cls, value: object) -> object:
+        """Folders are absolute: servers and flow runs work in other folders than the caller."""
+        return value.absolute() if isinstance(value, Path) else value
 
     home: Path = Field(default_factory=lambda: fraud_home(), description="All local state.")
     prefect_port: int = Field(4200, ge=1, le=65535, description="Local Prefect server (and UI).")
@@ -107,7 +115,15 @@ class StackConfig(BaseSettings):
 class ProductionConfig(BaseSettings):
     """The production profile: PostgreSQL, Prefect and MLflow servers on it, Evidently UI."""
 
-    model_config = SettingsConfigDict(env_prefix="FRAUD_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _absolute(cls, value: object) -> object:
+        """Folders are absolute: servers and flow runs work in other folders than the caller."""
+        return value.absolute() if isinstance(value, Path) else value
 
     fraud_home: Path = Field(
         default_factory=lambda: fraud_home(), validation_alias=AliasChoices("FRAUD_HOME")
@@ -180,6 +196,9 @@ class ProductionConfig(BaseSettings):
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "FRAUD_EVIDENTLY_URL": self.evidently_url,
             "FRAUD_EVIDENTLY_UI_URL": self.evidently_url,
+            "FRAUD_EVIDENTLY_PORT": str(self.prod_evidently_port),
+            "FRAUD_EVIDENTLY_DIR": str(self.home / "evidently"),
+            "FRAUD_PROD_HOME": str(self.home),
         }
 
 

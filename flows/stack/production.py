@@ -23,7 +23,7 @@ import subprocess  # nosec B404 # psql with an argv list, never a shell
 import time
 from pathlib import Path
 
-from flows.core.processes import Server, http_probe
+from flows.core.processes import Server, http_probe, run_as, stop_pid
 from flows.stack import packages
 from flows.stack.config import ProductionConfig, StackConfig, load
 from flows.stack.embedded import EmbeddedStack, StackError, say
@@ -131,7 +131,9 @@ class ProductionStack:
         for path in (cfg.cluster_dir, cfg.cluster_dir / "run", data):
             _chown_postgres(path)
         data.chmod(0o700)
-        reach = subprocess.run(["test", "-w", str(data)], user="postgres", check=False)  # nosec
+        reach = subprocess.run(  # nosec B603 B607 # test(1), argv list
+            ["test", "-w", str(data)], check=False, **run_as("postgres", None)
+        )
         if reach.returncode != 0:
             raise StackError(
                 f"user postgres cannot reach {cfg.cluster_dir} (a parent folder is private); "
@@ -143,7 +145,7 @@ class ProductionStack:
             code = subprocess.run(  # nosec B603
                 [str(self.pg_bin() / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
                  "--locale=C", "--auth-local=peer", "--auth-host=scram-sha-256"],
-                user="postgres", stdout=out, stderr=subprocess.STDOUT, check=False,
+                stdout=out, stderr=subprocess.STDOUT, check=False, **run_as("postgres", None),
             ).returncode  # fmt: skip
         if code != 0:
             raise StackError(f"initdb failed; see {log}")
@@ -156,7 +158,7 @@ class ProductionStack:
         result = subprocess.run(  # nosec B603
             [str(self.pg_bin() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
              "-h", str(cfg.cluster_dir / "run"), "-p", str(cfg.pg_port), "-d", "postgres"],
-            input=sql, text=True, user="postgres", capture_output=True, check=False,
+            input=sql, text=True, capture_output=True, check=False, **run_as("postgres", None),
         )  # fmt: skip
         if result.returncode != 0:
             raise StackError(f"psql failed: {result.stderr.strip()[-500:]}")
@@ -201,7 +203,15 @@ class ProductionStack:
             self.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);\n')
 
     def pg_down(self) -> None:
-        self.processes.stop("postgres", grace_s=60, sig=signal.SIGINT)
+        """Stop the cluster: by this home's PID file, else by the cluster's own postmaster.pid."""
+        if self.processes.stop("postgres", grace_s=60, sig=signal.SIGINT):
+            return
+        pid = self.cluster_pid()
+        if pid is None:
+            return
+        say(f"stopping PostgreSQL of {self.config.cluster_dir} (pid {pid}, from postmaster.pid)")
+        if not stop_pid(pid, ((signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0))):
+            raise StackError(f"PostgreSQL (pid {pid}) did not stop; see its log")
 
     # ------------------------------------------------------------------ servers
     def server_env(self, **more: str) -> dict[str, str]:
@@ -249,15 +259,17 @@ class ProductionStack:
         ui = self.stack.evidently_ui(cfg.prod_evidently_port, cfg.home / "evidently")
         ui = dataclasses.replace(ui, port_setting="FRAUD_PROD_EVIDENTLY_PORT")
         servers = (self.prefect_server(), self.mlflow_server(), ui)
-        for server in servers:  # start all three, then wait: their start-ups overlap
-            self.processes.start(server)
-        for server in servers:
-            try:
+        started: list[Server] = []
+        try:
+            for server in servers:  # start all three, then wait: their start-ups overlap
+                if self.processes.start_new(server)[1]:
+                    started.append(server)
+            for server in servers:
                 self.processes.wait_healthy(server)
-            except Exception:
-                for other in servers:
-                    self.processes.stop(other.name, grace_s=5)
-                raise
+        except Exception:
+            for server in started:  # what was running before this call keeps running
+                self.processes.stop_server(server)
+            raise
         self.stack.up()
         from flows.stack import prometheus
 

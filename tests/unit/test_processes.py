@@ -23,6 +23,7 @@ from flows.core.processes import (
     Server,
     StartFailed,
     port_holder,
+    start_ticks,
 )
 
 HTTP_SERVER = (
@@ -159,11 +160,12 @@ def test_a_stale_or_garbage_pid_file_counts_as_stopped(tmp_path):
     pm.pid_file("gone").write_text("999999999\n")
     pm.pid_file("junk").write_text("not a pid\n")
     assert pm.status(["gone", "junk"]) == [("gone", None), ("junk", None)]
-    # a live PID that is younger than its PID file's record is a reused PID, not the server
+    # a live PID whose start time is not the recorded one is a reused PID, not the server
     pm.pid_file("reused").write_text(f"{os.getpid()}\n")
-    old = time.time() - 3600
-    os.utime(pm.pid_file("reused"), (old, old))
+    pm.start_file("reused").write_text(f"{start_ticks(os.getpid()) - 1}\n")
     assert pm.pid("reused") is None
+    pm.start_file("reused").write_text(f"{start_ticks(os.getpid())}\n")
+    assert pm.pid("reused") == os.getpid()  # the wall clock plays no part
 
 
 def test_stop_signal_reaches_the_whole_group(tmp_path):
@@ -227,3 +229,17 @@ def test_a_worker_in_a_session_of_its_own_still_counts_as_the_started_server(tmp
         if holder is not None:  # its own session: the group signal does not reach it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder.pid, signal.SIGKILL)
+
+
+def test_ensure_never_stops_a_server_it_did_not_start(tmp_path):
+    """A running server that fails this call's health check is reported, not killed."""
+    pm, _ = manager(tmp_path)
+    sleeper = Server("svc", [sys.executable, "-c", "import time; time.sleep(60)"], settle_s=0.2)
+    pid = pm.ensure(sleeper)
+    probing = Server(sleeper.name, sleeper.argv, health=lambda: False, start_timeout_s=1)
+    try:
+        with pytest.raises(StartFailed, match="did not become healthy"):
+            pm.ensure(probing)
+        assert pm.pid("svc") == pid  # still running, still recorded
+    finally:
+        pm.stop("svc")
