@@ -127,12 +127,29 @@ class Endpoint:
         self.memory = memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.handler(scope, receive, send)
-        except Exception:
-            request_id = new_request_id()
-            logger.exception("prediction failed", extra={"request_id": request_id})
-            payload = ErrorResponse(request_id=request_id, detail="internal error")
-            await send_json(send, 500, payload.model_dump_json().encode(), request_id)
+            await self.handler(scope, receive, tracked)
+        except Exception as err:
+            if started:
+                # the answer was begun: a second one cannot follow. The usual cause is a client
+                # gone mid-answer (a closed transport), not a bug: one line, no traceback
+                logger.warning(
+                    "answer not completed: %s: %s",
+                    type(err).__name__,
+                    err,
+                    extra={"path": scope.get("path")},
+                )
+            else:
+                request_id = new_request_id()
+                logger.exception("prediction failed", extra={"request_id": request_id})
+                payload = ErrorResponse(request_id=request_id, detail="internal error")
+                await send_json(send, 500, payload.model_dump_json().encode(), request_id)
         # the handler's buffers are gone: give their pages back after a large request
         await self.memory.after(scope.get(BODY_BYTES, 0))

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from bento.request_model import MAX_ERRORS_PER_REQUEST, MAX_NAME_SHOWN, FieldError
+from bento.request_model import (
+    MAX_ERRORS_PER_REQUEST,
+    MAX_NAME_SHOWN,
+    REQUEST_ID,
+    REQUEST_ID_CHARS,
+    FieldError,
+    unsafe_character,
+)
 
 # pydantic error type -> the problem reported to the caller
 _PROBLEMS = {
@@ -34,6 +41,7 @@ _PROBLEMS = {
     "json_invalid": "invalid JSON",
     "json_type": "invalid JSON",
 }
+_SCANNED = 1024  # characters of a refused value searched for the control character to name
 _KEY_PROBLEMS = {"missing", "extra_forbidden", "json_invalid", "json_type"}
 # a failed member of "X | None" adds the member's type name to the location
 _TYPE_TAGS = {"float", "str", "bool", "int", "constrained-float", "function-after", "literal"}
@@ -73,9 +81,20 @@ def describe_errors(
             problem = "null not allowed"
         elif kind == "literal_error" and not isinstance(value, str):
             problem = "wrong type"
+        elif kind == "string_pattern_mismatch" and name == REQUEST_ID:
+            problem = "invalid characters"
+            message = f"A request id may hold only {REQUEST_ID_CHARS}"
         elif kind == "literal_error" and max_lengths and len(value) > max_lengths.get(name, 1e9):
             problem = "too long"
             message = f"String should have at most {max_lengths[name]} characters"
+        elif kind == "string_pattern_mismatch" or (
+            kind == "literal_error" and unsafe_character(value[:_SCANNED])
+        ):  # the pattern of open categories and transaction ids; a closed category says it too
+            where = unsafe_character(value[:_SCANNED])
+            problem = "control character"
+            message = "String should not contain control or formatting characters" + (
+                f" ({where})" if where else ""
+            )
         elif kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
             # an integer too large for a float: what the JSON parser reports as infinite
             problem = "NaN or infinite"

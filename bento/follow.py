@@ -2,15 +2,23 @@
 
 A release or a rollback records the champion in a pointer file
 (``<FRAUD_HOME>/bentoml/champions/<model>``, see :mod:`bento.store`). :class:`ChampionFollower`
-polls that file (one ``stat`` every ``FRAUD_FOLLOW_INTERVAL_S``, default 2 s) from a thread of
-the serving worker. When it names another model, the follower loads it beside the served one and
-verifies it exactly as start-up does (sha256 of the ONNX bytes, spec hash, graph inputs, a
-warm-up prediction: :func:`bento.runtime.load_runtime`), then hands it to the service, which
-swaps it in with one assignment. Requests already running keep the model they started with;
-the next request gets the new one. A model that fails verification is **refused**: the served
-model keeps answering, the refusal is logged at ERROR, counted
-(``fraud_model_swaps_refused_total{reason}``) and shown on ``GET /model``, and the same pointer
-is not tried again until it changes.
+polls that file (one ``stat`` every ``FRAUD_FOLLOW_INTERVAL_S``, default 2 s; the file is read
+only when the ``stat`` changed, and never when it is over
+:data:`~data_contracts.artifacts.MAX_POINTER_BYTES`) from a thread of the serving worker. When
+it names another model, the follower loads it beside the served one and verifies it exactly as
+start-up does (sha256 of the ONNX bytes, spec hash, graph inputs, a warm-up prediction:
+:func:`bento.runtime.load_runtime`), then hands it to the service, which swaps it in with one
+assignment. Requests already running keep the model they started with; the next request gets
+the new one.
+
+Anything that keeps the follower from serving what the pointer says is **refused**, with a
+reason: ``missing`` (no pointer, or no such model in the store), ``unreadable``,
+``undecodable`` (not UTF-8, empty, not a ``<model>:v<N>`` tag), ``oversized``,
+``wrong_model``, ``bad_hash``, ``bad_graph``, ``verification`` (metadata, spec file,
+threshold) or ``error`` (anything else). The served model keeps answering; the refusal is
+logged once (ERROR), counted once (``fraud_model_swaps_refused_total{reason}``) and shown on
+``GET /model`` (``follow.refused``, beside the poll's fresh ``checked_at``) until the pointer
+changes; a pointer naming the served model again clears it.
 
 ``FRAUD_FOLLOW_CHAMPION`` chooses:
 
@@ -33,19 +41,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bento.runtime import ModelLoadError, ModelRuntime
+from bento.runtime import BAD_GRAPH, BAD_HASH, VERIFICATION, ModelLoadError, ModelRuntime
 from bento.store import ModelNotFoundError
-from data_contracts.artifacts import parse_tag, pointer_path, read_champion_pointer
+from data_contracts.artifacts import (
+    LEGACY_POINTER_FILE,
+    POINTER_OVERSIZED,
+    POINTER_UNDECODABLE,
+    POINTER_UNREADABLE,
+    PointerError,
+    parse_tag,
+    pointer_path,
+    read_champion_pointer,
+)
 
 FOLLOW_ENV = "FRAUD_FOLLOW_CHAMPION"
 INTERVAL_ENV = "FRAUD_FOLLOW_INTERVAL_S"
 DEFAULT_INTERVAL_S = 2.0
 MODES = ("auto", "on", "off")
 # why a new champion was refused (the label values of fraud_model_swaps_refused_total)
-REFUSED_MISSING = "missing"  # the pointer names a model the store does not hold
-REFUSED_VERIFICATION = "verification"  # sha256, spec hash, graph or warm-up check failed
+REFUSED_MISSING = "missing"  # no pointer, or the model it names is not in the store
+REFUSED_UNREADABLE = POINTER_UNREADABLE  # a directory (not a file) or a failed read
+REFUSED_UNDECODABLE = POINTER_UNDECODABLE  # not UTF-8, empty, or not a <model>:v<N> tag
+REFUSED_OVERSIZED = POINTER_OVERSIZED  # longer than any tag: not read
 REFUSED_WRONG_MODEL = "wrong_model"  # the pointer names another model's tag
-REFUSED_ERROR = "error"  # anything else (a bug, an unreadable store)
+REFUSED_BAD_HASH = BAD_HASH  # the ONNX bytes or the spec differ from the store's record
+REFUSED_BAD_GRAPH = BAD_GRAPH  # ONNX Runtime cannot load or run it, or it does not fit the spec
+REFUSED_VERIFICATION = VERIFICATION  # metadata, spec file or threshold
+REFUSED_ERROR = "error"  # anything else (a bug)
 
 logger = logging.getLogger("fraud.serving.follow")
 
@@ -82,24 +104,23 @@ def follow_settings(
     return follow, interval, mode
 
 
-@dataclass(frozen=True)
-class PointerState:
-    """What the pointer file says, and a stamp that changes whenever the file is rewritten."""
-
-    tag: str | None
-    stamp: tuple[int, int, str | None]
+Mark = tuple[tuple[int, ...] | None, ...]
 
 
-def read_pointer(bentoml_home: Path, model_name: str) -> PointerState:
-    """The champion tag of ``model_name`` and the pointer file's stamp (mtime, inode, tag)."""
-    path = pointer_path(bentoml_home, model_name)
-    try:
-        st = path.stat()
-        mark = (st.st_mtime_ns, st.st_ino)
-    except FileNotFoundError:
-        mark = (0, 0)
-    tag = read_champion_pointer(bentoml_home, model_name)
-    return PointerState(tag, (*mark, tag))
+def pointer_mark(bentoml_home: Path, model_name: str) -> Mark:
+    """What changes whenever a pointer file (or the legacy shared one) is rewritten, resized,
+    replaced or its permissions change: one ``stat`` each, nothing read."""
+    marks: list[tuple[int, ...] | None] = []
+    for path in (pointer_path(bentoml_home, model_name), bentoml_home / LEGACY_POINTER_FILE):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            marks.append(None)
+        except OSError as err:  # reading it will say why
+            marks.append((err.errno or -1,))
+        else:
+            marks.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+    return tuple(marks)
 
 
 @dataclass
@@ -159,54 +180,55 @@ class ChampionFollower:
         self._install = install
         self._on_swap = on_swap or (lambda: None)
         self._on_refused = on_refused or (lambda reason: None)
-        self._refused_stamp: tuple[int, int, str | None] | None = None
-        self._missing_logged = False
+        self._mark: Mark | None = None  # the pointer as last looked at (None: never)
+        self._refused: tuple[Mark | None, str | None, str] | None = None  # the last refusal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- one poll -------------------------------------------------------------------------
     def check_once(self) -> str | None:
-        """Look at the pointer once; swap or refuse. Returns ``swapped``, ``refused`` or None."""
-        state = read_pointer(self.bentoml_home, self.model_name)
+        """Look at the pointer once; swap or refuse. Returns ``swapped``, ``refused`` (a new
+        refusal) or None (nothing changed, or the pointer names the served model)."""
         self.status.checked_at = time.time()
-        if state.tag is None:
-            if not self._missing_logged:
-                logger.warning(
-                    "champion pointer of %s is gone; %s keeps serving",
-                    self.model_name,
-                    self.served_tag,
-                    extra={"pointer": self.status.pointer, "model_tag": self.served_tag},
-                )
-                self._missing_logged = True
-            return None
-        self._missing_logged = False
-        if state.tag == self.served_tag or state.stamp == self._refused_stamp:
-            return None
-        return self._try(state)
-
-    def _try(self, state: PointerState) -> str:
-        tag = str(state.tag)
-        started = time.monotonic()
+        mark = pointer_mark(self.bentoml_home, self.model_name)
+        if mark == self._mark:
+            return None  # the pointer is as it was: so is the outcome
+        self._mark = mark
+        try:
+            tag = read_champion_pointer(self.bentoml_home, self.model_name, strict=True)
+        except PointerError as err:
+            return self._refuse(None, err.reason, str(err))
+        if tag is None:
+            return self._refuse(
+                None, REFUSED_MISSING, f"the champion pointer {self.status.pointer} is gone"
+            )
         try:
             name, _ = parse_tag(tag)
-            if name != self.model_name:
-                raise _Refusal(
-                    REFUSED_WRONG_MODEL, f"the pointer names {tag}, not a {self.model_name} model"
-                )
+        except ValueError as err:
+            return self._refuse(tag[:100], REFUSED_UNDECODABLE, str(err)[:300])
+        if name != self.model_name:
+            detail = f"the pointer names {tag}, not a {self.model_name} model"
+            return self._refuse(tag, REFUSED_WRONG_MODEL, detail)
+        if tag == self.served_tag:
+            self._clear()
+            return None
+        return self._try(tag)
+
+    def _try(self, tag: str) -> str:
+        started = time.monotonic()
+        try:
             runtime = self._load(tag)
-        except _Refusal as refusal:
-            return self._refuse(state, refusal.reason, str(refusal))
         except ModelNotFoundError as err:
-            return self._refuse(state, REFUSED_MISSING, str(err))
+            return self._refuse(tag, REFUSED_MISSING, str(err))
         except ModelLoadError as err:
-            return self._refuse(state, REFUSED_VERIFICATION, str(err))
+            return self._refuse(tag, err.reason, str(err))
         except Exception as err:  # an unexpected failure must not stop the serving worker
-            return self._refuse(state, REFUSED_ERROR, f"{type(err).__name__}: {err}")
+            return self._refuse(tag, REFUSED_ERROR, f"{type(err).__name__}: {err}")
         loaded_s = time.monotonic() - started
         previous = self.served_tag
         self._install(runtime)
         self.served_tag = tag
-        self._refused_stamp = None
+        self._refused = None
         event = {
             "event": "swapped",
             "from": previous,
@@ -235,11 +257,15 @@ class ChampionFollower:
         )
         return "swapped"
 
-    def _refuse(self, state: PointerState, reason: str, detail: str) -> str:
-        self._refused_stamp = state.stamp
+    def _refuse(self, tag: str | None, reason: str, detail: str) -> str | None:
+        """Show, count and log a refusal: once per pointer change (``_mark``)."""
+        key = (self._mark, tag, reason)
+        if key == self._refused:
+            return None
+        self._refused = key
         event = {
             "event": "refused",
-            "tag": state.tag,
+            "tag": tag,
             "reason": reason,
             "detail": detail,
             "at": time.time(),
@@ -247,16 +273,31 @@ class ChampionFollower:
         }
         self.status.refused = event
         self.status.history.append(event)
-        self._on_refused(reason)
+        try:
+            self._on_refused(reason)
+        except Exception:  # a metrics failure must not hide the refusal
+            logger.exception("counting a refused champion failed")
         logger.error(
             "new champion %s REFUSED (%s): %s; %s keeps serving",
-            state.tag,
+            tag or "(no tag)",
             reason,
             detail,
             self.served_tag,
-            extra={"model_tag": state.tag, "reason": reason, "serving": self.served_tag},
+            extra={"model_tag": tag, "reason": reason, "serving": self.served_tag},
         )
         return "refused"
+
+    def _clear(self) -> None:
+        """The pointer names the served model again: a refusal shown before is over."""
+        self._refused = None
+        if self.status.refused is not None:
+            self.status.refused = None
+            self.status.history.append({"event": "cleared", "at": time.time()})
+            logger.info(
+                "champion pointer names the served %s again; the last refusal is cleared",
+                self.served_tag,
+                extra={"model_tag": self.served_tag},
+            )
 
     # -- the thread -----------------------------------------------------------------------
     def start(self) -> None:
@@ -269,8 +310,8 @@ class ChampionFollower:
         while not self._stop.wait(self.status.interval_s):
             try:
                 self.check_once()
-            except Exception:  # never let a bad poll end following
-                logger.exception("champion pointer check failed")
+            except Exception as err:  # never let a bad poll end following; once per change
+                self._refuse(None, REFUSED_ERROR, f"{type(err).__name__}: {err}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop polling (a swap in progress finishes first)."""
@@ -278,9 +319,3 @@ class ChampionFollower:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-
-
-class _Refusal(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason

@@ -61,9 +61,11 @@ from bento.request_body import check_batch, describe_refused_record, new_request
 from bento.request_model import (
     MAX_ID_LENGTH,
     REQUEST_ID,
+    REQUEST_ID_CHARS,
     FieldError,
     build_batch_model,
     build_request_model,
+    is_safe_request_id,
 )
 from bento.runtime import ModelRuntime
 
@@ -184,6 +186,11 @@ class ServingApp:
                 length = value
             elif key == b"x-request-id":
                 header_id = value.decode("latin-1")[:MAX_ID_LENGTH]
+        if header_id is not None and not is_safe_request_id(header_id):
+            message = f"A request id may hold only {REQUEST_ID_CHARS}"
+            error = FieldError(field="X-Request-ID", problem="invalid characters", message=message)
+            await self._refuse(send, 422, new_request_id(), "invalid X-Request-ID header", [error])
+            return None, None
         request_id = header_id or new_request_id()
         if not is_json(content_type):
             shown = content_type.decode("latin-1") if content_type else "none"

@@ -13,6 +13,10 @@ A failed write never reaches the caller: the records are dropped and reported th
 ``loss_log_interval_s`` with the running total). :meth:`InferenceLogWriter.start` tries the
 folder first and logs at once when it cannot be written. Every flush tries again, so the log
 resumes by itself when the folder becomes writable, and says how many records were lost.
+Whether the log can be written right now (the last write, or an idle probe of the folder and
+today's date folder every flush interval) is :attr:`InferenceLogWriter.writable`, reported
+through ``on_state`` (the ``fraud_inference_log_writable`` gauge) and :meth:`status`
+(``GET /model``, ``fraud fleet status``); a change is logged once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from data_contracts.inference_log import (
     LOG_DIR_ENV,
     LogFiles,
     build_table,
+    day_folder,
     hash_transaction_id,
     log_schema,
 )
@@ -61,6 +67,7 @@ class InferenceLogWriter:
         loss_log_interval_s: float = 60.0,
         on_written: Callable[[int], None] | None = None,
         on_lost: Callable[[int, str], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
         id_key: bytes | None = None,
     ) -> None:
         self.root = Path(root)
@@ -73,6 +80,8 @@ class InferenceLogWriter:
         self.loss_log_interval_s = loss_log_interval_s
         self._on_written = on_written or (lambda n: None)
         self._on_lost = on_lost or (lambda n, reason: None)
+        self._on_state = on_state or (lambda ok: None)
+        self.writable: bool | None = None  # None until the first check
         self._numbers = tuple(f.name for f in spec.features if f.is_numeric)
         self._strings = tuple(f.name for f in spec.features if not f.is_numeric)
         self._lock = threading.Lock()
@@ -170,21 +179,54 @@ class InferenceLogWriter:
 
     # -- lifecycle ------------------------------------------------------------------------
     def check_writable(self) -> str | None:
-        """Create the log folder and a file in it: the problem, or None when it can be written."""
-        probe = self.root / f".probe-{os.getpid()}"
+        """Create the log folder and a file in it, and in today's date folder when it exists
+        (another writer may have made it): the problem, or None when both can be written."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            today = day_folder(self.root, datetime.now(UTC))
+            for folder in (self.root, today) if today.is_dir() else (self.root,):
+                probe = folder / f".probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
         except OSError as err:
             return f"{type(err).__name__}: {err}"
         return None
 
     def start(self) -> None:
         """Check the folder (logging at once when it cannot be written), start the flush thread."""
-        problem = self.check_writable()
+        self._set_writable(self.check_writable())
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="inference-log-writer", daemon=True
+            )
+            self._thread.start()
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /model`` says about the log: folder, writable now, written, lost, why."""
+        return {
+            "folder": str(self.root),
+            "writable": self.writable,
+            "written": self.written,
+            "lost": self.lost,
+            "last_error": self.last_error,
+        }
+
+    def _set_writable(self, problem: str | None, *, say: bool = True) -> None:
+        """Record whether the log can be written; report a change once, and log it unless
+        ``say`` is False (a write's losses and resumption are logged by themselves)."""
+        ok = problem is None
         if problem is not None:
             self.last_error = problem
+        if ok == self.writable:
+            return
+        was, self.writable = self.writable, ok
+        try:
+            self._on_state(ok)
+        except Exception:  # a metrics failure must not stop the writer
+            logger.exception("inference log: reporting its state failed")
+        if not say:
+            return
+        if not ok:
             logger.error(
                 "inference log: folder %s cannot be written (%s); serving goes on, scored "
                 "records are counted as lost until it can",
@@ -192,11 +234,8 @@ class InferenceLogWriter:
                 problem,
                 extra={"reason": problem, "log_root": str(self.root)},
             )
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="inference-log-writer", daemon=True
-            )
-            self._thread.start()
+        elif was is False:
+            logger.info("inference log: folder %s can be written again", self.root)
 
     def warm_up(self) -> None:
         """Convert and encode one dummy row in memory, so pyarrow's one-time set-up (tens of
@@ -228,6 +267,8 @@ class InferenceLogWriter:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if self._pending == 0:  # idle: look whether the log could be written now
+                self._set_writable(self.check_writable())
             self.flush()
 
     @property
@@ -266,6 +307,7 @@ class InferenceLogWriter:
         written = self._files.write(table)
         for lost, reason in written.failures:  # any I/O failure: count, log, keep serving
             self._report_loss(lost, reason)
+        self._set_writable(written.failures[-1][1] if written.failures else None, say=False)
         return written.rows, written.files
 
     def _report_loss(self, n: int, reason: str) -> None:

@@ -16,8 +16,19 @@ timeout for reading them. uvicorn's ``h11_max_incomplete_event_size`` applies to
 protocol only, and BentoML passes neither it nor a protocol choice to uvicorn. So
 :class:`BoundedHeadProtocol` (httptools, as before) answers **431** and closes the connection
 once a request head passes ``FRAUD_MAX_HEADER_BYTES`` (16 KiB), and **408** when a started
-head is not complete within ``FRAUD_HEADER_TIMEOUT_S`` (10 s). It is installed as uvicorn's
+head is not complete within ``FRAUD_HEADER_TIMEOUT_S`` (10 s). A connection on which no request
+begins within ``FRAUD_IDLE_TIMEOUT_S`` (10 s, HAProxy's ``timeout http-request``) of being
+opened is closed: uvicorn arms its keep-alive timer only after a response, so a connection that
+never sent a byte was held until the worker ran out of files. It is installed as uvicorn's
 ``auto`` and ``httptools`` protocols.
+
+**Refusals in a pipeline.** uvicorn answered a malformed request (400), and this module a 431
+or 408, by writing and closing at once, while requests pipelined before it on the same
+connection were still queued or running: they were scored and logged but never answered, and
+their answers hit the closed transport (five log lines and tracebacks per connection). The
+refusal now waits until every request before it has been answered, then goes out and the
+connection closes; nothing after it is read. Each refusal is one log line (``request
+refused: ...``); uvicorn's own "Invalid HTTP request received." line is dropped.
 
 **Metrics.** BentoML's ``RunnerTrafficMetricsMiddleware`` labels its request series with
 ``scope["path"]``: every distinct URL a client sends became new series on ``/metrics``.
@@ -29,7 +40,9 @@ app.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,9 @@ UNMATCHED = "unmatched"
 REAL_PATH = "fraud.real_path"  # scope key carrying the request's path past the metrics
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_IDLE_TIMEOUT_S = 10.0  # like the fleet's HAProxy (timeout http-request 10s)
+UVICORN_INVALID_REQUEST = "Invalid HTTP request received."  # logged by us as a refusal instead
+logger = logging.getLogger("fraud.serving")
 
 
 # --------------------------------------------------------------------------- metrics labels
@@ -101,29 +117,47 @@ def route_labelled(base: type) -> type:
 # --------------------------------------------------------------------------- request heads
 
 
-def _limits(environ: dict[str, str] | os._Environ[str] | None = None) -> tuple[int, float]:
+def _limits(
+    environ: dict[str, str] | os._Environ[str] | None = None,
+) -> tuple[int, float, float]:
+    """``FRAUD_MAX_HEADER_BYTES``, ``FRAUD_HEADER_TIMEOUT_S`` and ``FRAUD_IDLE_TIMEOUT_S``."""
     env = os.environ if environ is None else environ
     size = int(env.get("FRAUD_MAX_HEADER_BYTES") or DEFAULT_MAX_HEADER_BYTES)
     timeout = float(env.get("FRAUD_HEADER_TIMEOUT_S") or DEFAULT_HEADER_TIMEOUT_S)
-    if size < 1024 or not timeout > 0:
-        raise ValueError("FRAUD_MAX_HEADER_BYTES must be >= 1024 and FRAUD_HEADER_TIMEOUT_S > 0")
-    return size, timeout
+    idle = float(env.get("FRAUD_IDLE_TIMEOUT_S") or DEFAULT_IDLE_TIMEOUT_S)
+    if size < 1024 or not timeout > 0 or not idle > 0:
+        raise ValueError(
+            "FRAUD_MAX_HEADER_BYTES must be >= 1024, FRAUD_HEADER_TIMEOUT_S and "
+            "FRAUD_IDLE_TIMEOUT_S > 0"
+        )
+    return size, timeout, idle
+
+
+class _DropInvalidRequestLine(logging.Filter):
+    """Drops uvicorn's "Invalid HTTP request received." (the refusal logs its own line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_INVALID_REQUEST
 
 
 def bounded_head_protocol() -> type:
-    """uvicorn's httptools protocol with a bounded request head and a head read timeout."""
+    """uvicorn's httptools protocol with a bounded request head, a head read timeout, an idle
+    timeout from the connection's start, and refusals answered after the requests before
+    them (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    max_bytes, timeout = _limits()
+    max_bytes, timeout, idle = _limits()
 
     class HeadTooLarge(Exception):
         pass
 
     class BoundedHeadProtocol(HttpToolsProtocol):  # type: ignore[misc]
-        """Answers 431 to a request head over the limit, 408 to one read too slowly."""
+        """Answers 431 to a request head over the limit, 408 to one read too slowly, closes a
+        connection idle from its start, and answers a refusal after the requests before it."""
 
         max_head_bytes = max_bytes
         head_timeout_s = timeout
+        idle_timeout_s = idle
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -133,9 +167,14 @@ def bounded_head_protocol() -> type:
             self._in_head = False
             self._began_in_read = False  # a head began during the current read
             self._head_timer: asyncio.TimerHandle | None = None
+            self._refusal: bytes | None = None  # waits for the answers before it
+            self._idle_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                self.idle_timeout_s, self._idle_timed_out
+            )
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_timer()
+            self._stop_idle_timer()
             super().connection_lost(exc)
 
         def _stop_head_timer(self) -> None:
@@ -143,9 +182,20 @@ def bounded_head_protocol() -> type:
                 self._head_timer.cancel()
                 self._head_timer = None
 
+        def _stop_idle_timer(self) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+
+        def _idle_timed_out(self) -> None:
+            # no request began since the connection opened: nothing to answer, just close
+            self._idle_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
         def data_received(self, data: bytes) -> None:
-            if self.transport.is_closing():
-                return
+            if self.transport.is_closing() or self._refusal is not None:
+                return  # nothing after a refused request is read
             self._began_in_read = False
             super().data_received(data)
             # a head arriving in many reads: counted as it comes, before it is complete; in the
@@ -163,9 +213,10 @@ def bounded_head_protocol() -> type:
             if self._too_large:
                 self._refuse(431, "Request header fields too large")
             else:
-                super().send_400_response(msg)
+                self._refuse(400, "Invalid HTTP request")
 
         def on_message_begin(self) -> None:
+            self._stop_idle_timer()
             super().on_message_begin()
             self._in_head = True
             self._began_in_read = True
@@ -199,18 +250,43 @@ def bounded_head_protocol() -> type:
             if self._in_head and not self.transport.is_closing():
                 self._refuse(408, "Request header read timeout")
 
+        def _answering(self) -> bool:
+            """Whether a request parsed before now is still waiting for its answer (the last
+            parsed one completes last: pipelined requests are answered in order)."""
+            return self.cycle is not None and not self.cycle.response_complete
+
         def _refuse(self, status: int, reason: str) -> None:
+            """Refuse the request being read: answer once those before it are answered."""
             self._in_head = False
             self._stop_head_timer()
-            if self.transport.is_closing():
+            if self.transport.is_closing() or self._refusal is not None:
                 return
             body = reason.encode()
-            self.transport.write(
+            self._refusal = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                % (status, reason.encode(), len(body), body)
+                % (status, HTTPStatus(status).phrase.encode(), len(body), body)
             )
-            self.transport.close()
+            waiting = len(self.pipeline) + int(self._answering())
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else None
+            logger.info(
+                "request refused: %s",
+                reason,
+                extra={"status": status, "client": client, "answered_before": waiting},
+            )
+            if not self._answering():
+                self._send_refusal()
+
+        def _send_refusal(self) -> None:
+            self._unset_keepalive_if_required()
+            if self._refusal is not None and not self.transport.is_closing():
+                self.transport.write(self._refusal)
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._refusal is not None and not self.pipeline and not self._answering():
+                self._send_refusal()
 
     return BoundedHeadProtocol
 
@@ -230,6 +306,7 @@ def install() -> None:
 
     if BoundedHeadProtocol is None:
         BoundedHeadProtocol = bounded_head_protocol()
+        logging.getLogger("uvicorn.error").addFilter(_DropInvalidRequestLine())
     target = f"{__name__}:BoundedHeadProtocol"
     uvicorn.config.HTTP_PROTOCOLS["auto"] = target
     uvicorn.config.HTTP_PROTOCOLS["httptools"] = target
@@ -243,22 +320,35 @@ def install() -> None:
 # --------------------------------------------------------------------------- model store
 
 
+_MODEL_STORE: Path | None = None  # the store use_model_store set, if any
+
+
 def use_model_store(path: Path) -> None:
     """Make ``bentoml.models.get`` read the model store at ``path`` (the checkout's own store).
 
     BentoML reads its store from ``BENTOML_HOME`` only; a checkout's ``bentoml serve`` serves the
     project's store under ``FRAUD_HOME`` without asking the user to set it.
     """
+    global _MODEL_STORE
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     BentoMLContainer.model_store.set(model_store_at(path))
+    _MODEL_STORE = Path(path)
 
 
 def model_store_path() -> str:
-    """The folder of the model store ``bentoml.models.get`` reads (for error messages)."""
+    """The folder of the model store ``bentoml.models.get`` reads (for error messages).
+
+    The one :func:`use_model_store` set, else BentoML's configured ``model_store_dir``
+    (``$BENTOML_HOME/models``): no private attribute of the store object is read (BentoML
+    1.4.40 removed the ``_fs`` this used, and a missing model was reported as an
+    AttributeError).
+    """
+    if _MODEL_STORE is not None:
+        return str(_MODEL_STORE)
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return str(BentoMLContainer.model_store.get()._fs.getsyspath("/"))
+    return str(BentoMLContainer.model_store_dir.get())
 
 
 def model_store_at(folder: Path) -> Any:

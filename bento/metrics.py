@@ -35,6 +35,7 @@ class ServiceMetrics:
     category_near_misses: Any = None
     model_swaps: Any = None
     model_swaps_refused: Any = None
+    log_writable: Any = None
 
     def set_features(self, feature_names: Iterable[str]) -> None:
         """Label field errors by a new model's features (after a swap to another spec)."""
@@ -159,10 +160,16 @@ def service_metrics(feature_names: tuple[str, ...]) -> ServiceMetrics:
             "fraud_model_swaps",
             "New champions verified and swapped in without a restart (champion following).",
         ),
+        log_writable=Gauge(
+            "fraud_inference_log_writable",
+            "1 while the inference log can be written (last write or folder probe), else 0.",
+            multiprocess_mode="livemin",
+        ),
         model_swaps_refused=Counter(
             "fraud_model_swaps_refused",
-            "New champions refused by verification, by reason (missing, verification, "
-            "wrong_model, error); the served model kept answering.",
+            "Champion pointers not followed, by reason (missing, unreadable, undecodable, "
+            "oversized, wrong_model, bad_hash, bad_graph, verification, error), once per "
+            "pointer change; the served model kept answering.",
             ["reason"],
         ),
     )

@@ -22,7 +22,9 @@ from bento.request_model import (
     MAX_JSON_DEPTH,
     MAX_UNKNOWN_KEYS,
     REQUEST_ID,
+    REQUEST_ID_CHARS,
     FieldError,
+    is_safe_request_id,
 )
 from data_contracts.artifacts import RECORDS_FIELD
 
@@ -34,7 +36,8 @@ def new_request_id() -> str:
 def caller_request_id(raw: Any) -> str | None:
     """The ``request_id`` of a parsed body that failed validation, when it has a usable one."""
     value = raw.get(REQUEST_ID) if isinstance(raw, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH else None
+    usable = isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+    return value if usable and is_safe_request_id(value) else None
 
 
 def parse_body(body: bytes) -> tuple[Any, FieldError | None]:
@@ -108,6 +111,14 @@ def envelope_errors(raw: Any, max_records: int) -> list[FieldError]:
                 field=REQUEST_ID,
                 problem="too long",
                 message=f"String should have at most {MAX_ID_LENGTH} characters",
+            )
+        )
+    elif request_id is not None and not is_safe_request_id(request_id):
+        errors.append(
+            FieldError(
+                field=REQUEST_ID,
+                problem="invalid characters",
+                message=f"A request id may hold only {REQUEST_ID_CHARS}",
             )
         )
     return errors

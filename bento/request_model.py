@@ -4,7 +4,9 @@ The request model is built from a :class:`FeatureSpec` at start-up, never writte
 required field per feature (JSON types are strict: numbers are numbers, booleans are booleans),
 ranges from ``min``/``max``, closed category sets as literals, ``null`` only where the spec
 says ``nullable``; unknown keys are refused; categorical values and the transaction id are no
-longer than the spec allows. Validation runs in pydantic-core (Rust).
+longer than the spec allows and hold no control or formatting character (issue 31: NUL, CR/LF,
+bidi overrides such as U+202E and zero-width joiners were scored and stored as sent); request
+ids are made of :data:`REQUEST_ID_CHARS` only. Validation runs in pydantic-core (Rust).
 
 Bounded work (issue 14): the limits below bound the work and the answer for a refused request.
 :mod:`bento.record_checker` describes a refused record within them and
@@ -13,6 +15,9 @@ Bounded work (issue 14): the limits below bound the work and the answer for a re
 
 from __future__ import annotations
 
+import functools
+import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
@@ -30,6 +35,56 @@ MAX_ERRORS_PER_REQUEST = 200
 MAX_NAME_SHOWN = 40  # characters of an unknown key name shown in answers, logs and metrics
 # pydantic-core's JSON parser refuses nesting deeper than this (a valid body nests 3 deep)
 MAX_JSON_DEPTH = 200
+
+
+# request ids (body, batch or X-Request-ID header) go into answers, headers, logs and the
+# inference log: visible ASCII without quotes, spaces, backslashes or angle brackets
+REQUEST_ID_CHARS = "letters, digits and . _ ~ : / + = @ # , ; { } -"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._~:/+=@#,;{}-]*$"
+_SAFE_ID = re.compile(REQUEST_ID_PATTERN)
+# Unicode categories refused in categorical values and transaction ids: controls (NUL, CR, LF,
+# tab), formatting characters (bidi overrides such as U+202E, zero-width joiners, BOM), line
+# and paragraph separators
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def unsafe_character(value: str) -> str | None:
+    """The first control or formatting character of ``value`` (in the Basic Multilingual
+    Plane, as :func:`no_control_pattern`) described: code point, name, position; None when it
+    has none. Printable ASCII is checked in one C call."""
+    if value.isascii() and value.isprintable():
+        return None
+    for i, ch in enumerate(value):
+        if ch <= "\uffff" and unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            return f"U+{ord(ch):04X} {unicodedata.name(ch, 'control')} at position {i}"
+    return None
+
+
+@functools.cache
+def no_control_pattern() -> str:
+    """A regex of strings without a character of :data:`_UNSAFE_CATEGORIES`, built once from
+    ``unicodedata`` (16 spans in Unicode 14). It is a field ``pattern``: checked in
+    pydantic-core's Rust regex engine (about 40 ns a value) and published in the OpenAPI
+    document, so the schema says exactly what is refused. The class holds the characters
+    themselves, which the Rust and Python engines and JSON Schema validators all read
+    literally. It covers the Basic Multilingual Plane, where every control, bidi and
+    zero-width character is; the 120 formatting characters beyond it (tag characters
+    U+E0020-E007F among them) are not refused: the schema fuzzer's generator cannot read
+    a class holding them (see docs/serving.md)."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x10000):
+        if unicodedata.category(chr(cp)) in _UNSAFE_CATEGORIES:
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    spans = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges)
+    return f"^[^{spans}]*$"
+
+
+def is_safe_request_id(value: str) -> bool:
+    """Whether ``value`` is made of :data:`REQUEST_ID_CHARS` only."""
+    return _SAFE_ID.match(value) is not None
 
 
 def _whole(value: float) -> float:
@@ -52,6 +107,7 @@ def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
         base: Any = str if open_set else Literal[cats]  # type: ignore[valid-type]
         if open_set:
             limits["max_length"] = spec.max_length(feature)
+            limits["pattern"] = no_control_pattern()
             limits["json_schema_extra"] = {"examples": list(cats)}
     elif feature.kind == FeatureKind.BOOLEAN:
         base = bool
@@ -71,16 +127,21 @@ def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
     return annotated | None if feature.nullable else annotated
 
 
+RequestId = Annotated[str, Field(max_length=MAX_ID_LENGTH, pattern=REQUEST_ID_PATTERN)]
+
+
 def build_request_model(spec: FeatureSpec, extra: str = "forbid") -> type[BaseModel]:
     """The ``/predict`` body model: the spec's features plus optional transaction/request ids.
 
     ``extra="ignore"`` gives the twin that skips unknown keys (their count is checked apart).
     """
     fields: dict[str, Any] = {f.name: (_feature_type(f, spec), ...) for f in spec.features}
-    for name, limit in ((TRANSACTION_ID, spec.id_max_length), (REQUEST_ID, MAX_ID_LENGTH)):
+    for name in (TRANSACTION_ID, REQUEST_ID):
         if name in fields:
             raise ValueError(f"feature name {name!r} is reserved by the serving API")
-        fields[name] = (str | None, Field(None, max_length=limit))
+    transaction = Annotated[str, Field(max_length=spec.id_max_length, pattern=no_control_pattern())]
+    fields[TRANSACTION_ID] = (transaction | None, None)
+    fields[REQUEST_ID] = (RequestId | None, None)
     title = "".join(part.capitalize() for part in spec.name.split("-")) + "Transaction"
     return create_model(  # type: ignore[call-overload, no-any-return]
         title,
@@ -96,7 +157,7 @@ def build_batch_model(record_model: type[BaseModel], max_records: int) -> type[B
         "BatchRequest",
         __config__=ConfigDict(extra="forbid", strict=True),
         records=(list[record_model], Field(..., min_length=1, max_length=max_records)),  # type: ignore[valid-type]
-        request_id=(str | None, Field(None, max_length=MAX_ID_LENGTH)),
+        request_id=(RequestId | None, None),
     )
 
 

@@ -27,8 +27,25 @@ from data_contracts.spec import MISSING_CATEGORY, FeatureKind, FeatureSpec, pars
 PROBABILITIES = "probabilities"
 
 
+# why a model was refused (ModelLoadError.reason; the follower's refusal reasons)
+MISSING = "missing"  # a file of the stored model is not there
+BAD_HASH = "bad_hash"  # sha256 or spec hash differs from what the store recorded
+BAD_GRAPH = "bad_graph"  # ONNX Runtime cannot load or run it, or its graph does not fit the spec
+VERIFICATION = "verification"  # anything else: metadata, spec file, threshold
+
+# ONNX Runtime writes its own errors (a failed warm-up run, for one) to stderr as raw coloured
+# lines; they reach the service as exceptions, logged in JSON, so only fatal ones are printed
+ORT_LOG_FATAL = 4
+ort.set_default_logger_severity(ORT_LOG_FATAL)
+
+
 class ModelLoadError(RuntimeError):
-    """The stored model is missing, corrupt or inconsistent with its metadata."""
+    """The stored model is missing, corrupt or inconsistent with its metadata; ``reason`` is
+    :data:`MISSING`, :data:`BAD_HASH`, :data:`BAD_GRAPH` or :data:`VERIFICATION`."""
+
+    def __init__(self, message: str, reason: str = VERIFICATION) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # ONNX protobuf messages that can hold tensors, and the fields leading to them (onnx.proto).
@@ -124,10 +141,10 @@ def check_self_contained(model_bytes: bytes, *, tag: str) -> None:
             ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
         except Exception as ort_err:  # onnxruntime raises its own exception types
             raise ModelLoadError(
-                f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {ort_err}"
+                f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {ort_err}", BAD_GRAPH
             ) from ort_err
         raise ModelLoadError(
-            f"model {tag}: {MODEL_FILE} cannot be checked for external data: {err}"
+            f"model {tag}: {MODEL_FILE} cannot be checked for external data: {err}", BAD_GRAPH
         ) from err
     if external:
         shown = ", ".join(repr(n) for n in external[:5])
@@ -135,7 +152,8 @@ def check_self_contained(model_bytes: bytes, *, tag: str) -> None:
         raise ModelLoadError(
             f"model {tag}: {MODEL_FILE} stores tensors as ONNX external data ({shown}{more}); "
             "only self-contained ONNX files are served: re-export the model with every "
-            "initializer inside the file (onnx.save_model(..., save_as_external_data=False))"
+            "initializer inside the file (onnx.save_model(..., save_as_external_data=False))",
+            BAD_GRAPH,
         )
 
 
@@ -217,6 +235,7 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = ORT_LOG_FATAL
     return options
 
 
@@ -225,19 +244,26 @@ def _check_graph(session: ort.InferenceSession, spec: FeatureSpec, spec_hash: st
     names = [n for n, _ in inputs]
     if names != spec.feature_names:
         raise ModelLoadError(
-            f"ONNX inputs {names} do not match the feature spec's pinned order {spec.feature_names}"
+            f"ONNX inputs {names} do not match the feature spec's pinned order "
+            f"{spec.feature_names}",
+            BAD_GRAPH,
         )
     for (name, onnx_type), feature in zip(inputs, spec.features, strict=True):
         expected = "tensor(float)" if feature.is_numeric else "tensor(string)"
         if onnx_type != expected:
-            raise ModelLoadError(f"ONNX input {name!r} is {onnx_type}, expected {expected}")
+            raise ModelLoadError(
+                f"ONNX input {name!r} is {onnx_type}, expected {expected}", BAD_GRAPH
+            )
     outputs = [o.name for o in session.get_outputs()]
     if PROBABILITIES not in outputs:
-        raise ModelLoadError(f"ONNX model has no {PROBABILITIES!r} output (outputs: {outputs})")
+        raise ModelLoadError(
+            f"ONNX model has no {PROBABILITIES!r} output (outputs: {outputs})", BAD_GRAPH
+        )
     graph_hash = session.get_modelmeta().custom_metadata_map.get("feature_spec_hash")
     if graph_hash is not None and graph_hash != spec_hash:
         raise ModelLoadError(
-            f"ONNX graph was exported for spec {graph_hash}, the stored spec is {spec_hash}"
+            f"ONNX graph was exported for spec {graph_hash}, the stored spec is {spec_hash}",
+            BAD_HASH,
         )
 
 
@@ -261,7 +287,7 @@ def _verified_files(
     model_path, spec_path = model_dir / MODEL_FILE, model_dir / SPEC_FILE
     for path in (model_path, spec_path):
         if not path.is_file():
-            raise ModelLoadError(f"model {tag}: {path.name} is missing from {model_dir}")
+            raise ModelLoadError(f"model {tag}: {path.name} is missing from {model_dir}", MISSING)
     for key in ("sha256", "spec_hash", "threshold"):
         if key not in metadata:
             raise ModelLoadError(f"model {tag}: store metadata has no {key!r}")
@@ -270,7 +296,8 @@ def _verified_files(
     if digest != metadata["sha256"]:
         raise ModelLoadError(
             f"model {tag}: {MODEL_FILE} is corrupt: sha256 {digest} does not match the "
-            f"recorded {metadata['sha256']}"
+            f"recorded {metadata['sha256']}",
+            BAD_HASH,
         )
     check_self_contained(model_bytes, tag=tag)
     try:
@@ -283,7 +310,8 @@ def _verified_files(
     if spec_hash != metadata["spec_hash"]:
         raise ModelLoadError(
             f"model {tag}: feature spec hash {spec_hash} does not match the recorded "
-            f"{metadata['spec_hash']}"
+            f"{metadata['spec_hash']}",
+            BAD_HASH,
         )
     return spec, digest, model_bytes
 
@@ -321,7 +349,9 @@ def load_runtime(
             model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # onnxruntime raises its own exception types
-        raise ModelLoadError(f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {err}") from err
+        raise ModelLoadError(
+            f"model {tag}: ONNX Runtime cannot load {MODEL_FILE}: {err}", BAD_GRAPH
+        ) from err
     _check_graph(session, spec, spec_hash)
     runtime = ModelRuntime(
         session=session,
@@ -338,7 +368,9 @@ def load_runtime(
     try:
         warm = runtime.score_one(example_record(spec))
     except Exception as err:
-        raise ModelLoadError(f"model {tag}: warm-up prediction failed: {err}") from err
+        raise ModelLoadError(f"model {tag}: warm-up prediction failed: {err}", BAD_GRAPH) from err
     if not (math.isfinite(warm) and 0.0 <= warm <= 1.0):
-        raise ModelLoadError(f"model {tag}: warm-up prediction {warm} is not a probability")
+        raise ModelLoadError(
+            f"model {tag}: warm-up prediction {warm} is not a probability", BAD_GRAPH
+        )
     return runtime

@@ -248,6 +248,7 @@ class FraudDetector:
             flush_records=config.log_flush_records,
             on_written=metrics.log_written.inc,
             on_lost=lambda n, _reason: metrics.log_lost.inc(n),
+            on_state=lambda ok: metrics.log_writable.set(1 if ok else 0),
             id_key=self._id_key(),
         )
         writer.warm_up()
@@ -282,7 +283,8 @@ class FraudDetector:
     def _describe(self) -> dict[str, Any]:
         """``GET /model``: the model answering now, and the follower's status."""
         runtime = SERVING.runtime or self.runtime
-        return describe_runtime(runtime) | {"follow": self.follow.as_dict()}
+        log = self.writer.status() if self.writer is not None else None
+        return describe_runtime(runtime) | {"follow": self.follow.as_dict(), "inference_log": log}
 
     def __is_ready__(self) -> bool:
         """Ready once the verified model is bound to the prediction endpoints."""

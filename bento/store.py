@@ -28,6 +28,7 @@ from data_contracts.artifacts import (
     DEFAULT_MODEL_NAME,
     MODEL_NAME_ENV,
     MODEL_TAG_ENV,
+    PointerError,
     fraud_home,
     pointer_path,
     read_champion_pointer,
@@ -88,7 +89,12 @@ def resolve_model_tag(
         return env[MODEL_TAG_ENV].strip()
     bentoml_home = fraud_home(env) / "bentoml"
     model = served_model_name(env)
-    tag = read_champion_pointer(bentoml_home, model)
+    try:
+        tag = read_champion_pointer(bentoml_home, model)
+    except PointerError as err:
+        raise ModelNotFoundError(
+            f"no model to serve: the champion pointer of {model} is {err.reason}: {err}"
+        ) from err
     if tag is None:
         raise ModelNotFoundError(
             f"no model to serve: {MODEL_TAG_ENV} is not set and {model} has no champion pointer "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +41,18 @@ META_MODEL_VERSION = "model_version"
 META_HOLDOUT = "holdout"  # optional: the release's holdout metrics (f1, precision, ...)
 META_KEYS = (META_THRESHOLD, META_SHA256, META_SPEC_HASH, META_MODEL_VERSION)
 # labels of a stored model and its bento and image: where it came from
-LABEL_KEYS = ("model_name", "model_version", "run_id", "spec_hash", "data_digest", "git_commit")
+# ``calibration``: how the served scores were calibrated (absent: registered before releases
+# calibrated, so the scores are the class-weighted ones)
+LABEL_CALIBRATION = "calibration"
+LABEL_KEYS = (
+    "model_name",
+    "model_version",
+    "run_id",
+    "spec_hash",
+    "data_digest",
+    "git_commit",
+    LABEL_CALIBRATION,
+)
 
 # --------------------------------------------------------------------------- environment
 
@@ -86,6 +98,10 @@ TAG_HOLDOUT_POSITIVES = "holdout_positives"
 # which holdout rows the champion comparison used, and why (rows the champion learned from are
 # left out): "the 3,120 of 4,000 holdout rows champion v3 never learned from: ..."
 TAG_F1_VS_CHAMPION_ROWS = "f1_vs_champion_rows"
+# how the version's scores were calibrated ("isotonic ..., cross-fitted on 128,000 training
+# rows ..."); versions registered before releases calibrated lack it
+TAG_CALIBRATION = "calibration"
+TAG_ECE = "holdout_ece"  # "0.0016 [0.0011, 0.0024]"
 
 # --------------------------------------------------------------------------- tags
 
@@ -145,25 +161,67 @@ def pointer_path(bentoml_home: Path, model_name: str) -> Path:
     return bentoml_home / CHAMPIONS_DIR / check_name(model_name)
 
 
-def _read_stripped(path: Path) -> str | None:
+# a pointer holds one tag (a name of at most 63 characters, ":v", a version): anything longer
+# is not read (a 200 MB file in its place was read whole on every poll)
+MAX_POINTER_BYTES = 1024
+POINTER_UNREADABLE = "unreadable"  # not a regular file, or reading it failed
+POINTER_UNDECODABLE = "undecodable"  # not UTF-8 text, or empty (a truncated write)
+POINTER_OVERSIZED = "oversized"  # longer than MAX_POINTER_BYTES
+
+
+class PointerError(ValueError):
+    """A champion pointer that exists but cannot be used; ``reason`` says how (one of
+    :data:`POINTER_UNREADABLE`, :data:`POINTER_UNDECODABLE`, :data:`POINTER_OVERSIZED`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def read_pointer_text(path: Path, max_bytes: int = MAX_POINTER_BYTES) -> str | None:
+    """The stripped text of a pointer file, None when there is none; :class:`PointerError`
+    for a file that is not a regular file, cannot be read, is over ``max_bytes`` (checked
+    before reading: at most ``max_bytes + 1`` bytes are ever read) or is not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise PointerError(POINTER_UNREADABLE, f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise PointerError(
+                POINTER_OVERSIZED, f"{path} holds {st.st_size} bytes, over {max_bytes} for a tag"
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(max_bytes + 1)
     except FileNotFoundError:
         return None
-    return text or None
+    except OSError as err:
+        raise PointerError(POINTER_UNREADABLE, f"{path} cannot be read: {err}") from err
+    if len(raw) > max_bytes:  # grew since the stat
+        raise PointerError(POINTER_OVERSIZED, f"{path} holds over {max_bytes} bytes for a tag")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise PointerError(POINTER_UNDECODABLE, f"{path} is not UTF-8 text: {err}") from err
 
 
-def read_champion_pointer(bentoml_home: Path, model_name: str) -> str | None:
+def read_champion_pointer(
+    bentoml_home: Path, model_name: str, *, strict: bool = False
+) -> str | None:
     """The champion tag of ``model_name`` recorded by the last release or rollback, or None.
 
     A home released before pointers were per model has only the shared legacy file; its tag
-    counts only when it names this model (never another model's champion).
+    counts only when it names this model (never another model's champion). A pointer that
+    cannot be used raises :class:`PointerError`; an empty one counts as none, unless
+    ``strict`` (the serving follower: an empty pointer is a truncated write, undecodable).
     """
-    tag = _read_stripped(pointer_path(bentoml_home, model_name))
-    if tag is not None:
+    path = pointer_path(bentoml_home, model_name)
+    tag = read_pointer_text(path)
+    if tag == "" and strict:
+        raise PointerError(POINTER_UNDECODABLE, f"{path} is empty")
+    if tag:
         return tag
-    legacy = _read_stripped(bentoml_home / LEGACY_POINTER_FILE)
-    if legacy is not None and legacy.partition(":")[0] == model_name:
+    legacy = read_pointer_text(bentoml_home / LEGACY_POINTER_FILE)
+    if legacy and legacy.partition(":")[0] == model_name:
         return legacy
     return None
 

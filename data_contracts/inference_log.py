@@ -11,7 +11,10 @@ Layout::
 One folder per UTC date of the records' timestamps. Every write is a new file (written under a
 hidden temporary name, then renamed), so readers never see half a file and no file is ever
 rewritten; the writer id (random per writer) keeps names unique across replicas writing to one
-shared folder, where PIDs repeat.
+shared folder, where PIDs repeat. A date folder gets the permission bits of ``<root>`` when a
+writer creates it, whatever that writer's umask: a shared log (``<root>`` sticky and
+world-writable, as the serving fleet makes it) stays writable by every writer, whichever user
+(root, the image's user) creates the day first (issue 31).
 
 Columns: every spec feature (raw values as served, spec order), then ``score`` (float64),
 ``decision`` (int8), ``model_version`` (str), ``timestamp`` (timestamp[us, UTC]),
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +99,29 @@ def partition_date(path: Path) -> datetime | None:
         return datetime.strptime(path.name[len(PARTITION_PREFIX) :], "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         return None
+
+
+def ensure_folder(folder: Path, like: Path) -> Path:
+    """Create ``folder`` (parents too) if missing, with ``like``'s permission bits.
+
+    The bits are set with ``chmod`` after ``mkdir``, so the creating process's umask does not
+    narrow them; a folder that already exists is left as it is. A ``chmod`` refused (another
+    writer created the folder meanwhile, as another user) is not an error: that writer sets
+    the same bits.
+    """
+    if folder.is_dir():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(like.stat().st_mode)
+        if stat.S_IMODE(folder.stat().st_mode) != mode:
+            folder.chmod(mode)
+    return folder
+
+
+def day_folder(root: Path, day: datetime) -> Path:
+    """The date folder of ``day`` under ``root`` (not created)."""
+    return root / partition_name(day)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,8 +228,8 @@ class LogFiles:
 
     def _write_part(self, part: pa.Table, day: int, stamp: str) -> Path:
         """One file under ``date=YYYY-MM-DD``: written to a hidden name, then renamed."""
-        folder = self.root / partition_name(datetime.fromtimestamp(day * 86_400, UTC))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = day_folder(self.root, datetime.fromtimestamp(day * 86_400, UTC))
+        ensure_folder(folder, like=self.root)
         self._seq += 1
         name = f"part-{stamp}-{self.writer_id}-{os.getpid()}-{self._seq}.parquet"
         tmp = folder / f".{name}.tmp"

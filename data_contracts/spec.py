@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,13 @@ _OPTIONAL_FEATURE_KEYS = ("max_length", "normalize_categories")
 
 
 def fold_category(value: str) -> str:
-    """The form in which two categories count as the same: case-folded, outer spaces removed."""
-    return value.strip().casefold()
+    """The form in which two categories count as the same: Unicode NFKC (fullwidth and other
+    compatibility forms become their plain letters: ``ｇｒｏｃｅｒｙ`` is ``grocery``),
+    case-folded, outer spaces removed."""
+    if value.isascii():  # the usual case: NFKC leaves ASCII as it is
+        return value.strip().casefold()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    return folded.strip()
 
 
 class FeatureKind(StrEnum):

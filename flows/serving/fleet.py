@@ -19,8 +19,10 @@ The record and its lock are :mod:`flows.serving.state`; status and restore are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,7 +31,7 @@ from typing import Any
 
 from data_contracts.artifacts import image_tag, parse_tag
 from data_contracts.id_key import KEY_ENV as ID_KEY_ENV
-from data_contracts.inference_log import LOG_DIR_ENV
+from data_contracts.inference_log import LOG_DIR_ENV, PARTITION_PREFIX
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
 from flows.packaging import container, smoke
@@ -52,6 +54,8 @@ from flows.serving.state import (
     save_state,
 )
 
+SHARED_MODE = 0o1777  # the shared inference-log folders: sticky, writable by every writer
+
 
 def replica_name(repository: str, version: str, port: int) -> str:
     """A container name unique on this engine (the port is unique on this host)."""
@@ -69,11 +73,17 @@ def shared_log_dir(settings: Settings) -> Path:
     """The shared inference-log folder, writable by the image's (non-root) user.
 
     Sticky and world-writable like /tmp: every replica (and a ``bentoml serve``) writes its own
-    files into it, none can remove another's.
+    files into it, none can remove another's. Its date folders get the same bits: those a
+    writer made before the folder was shared (a root ``make serve`` earlier today) here, the
+    later ones from their writer (:func:`data_contracts.inference_log.ensure_folder`).
     """
     root = settings.inference_log_root
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o1777)
+    root.chmod(SHARED_MODE)
+    for day in root.glob(f"{PARTITION_PREFIX}*"):
+        if day.is_dir() and stat.S_IMODE(day.stat().st_mode) != SHARED_MODE:
+            with contextlib.suppress(OSError):  # another user's: made shared by its writer
+                day.chmod(SHARED_MODE)
     return root
 
 

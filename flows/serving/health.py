@@ -1,6 +1,6 @@
-"""How the fleet is doing, and putting it back: each replica's container, ``/readyz`` and the
-balancer's view of it (``fraud fleet status``), and restarting replicas that died
-(``fraud fleet restore``).
+"""How the fleet is doing, and putting it back: each replica's container, ``/readyz``, the
+balancer's view of it and whether it can write the shared inference log (``fraud fleet
+status``), and restarting replicas that died (``fraud fleet restore``).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 
 from flows.core.http import http_json
 from flows.core.settings import Settings
@@ -16,6 +17,7 @@ from flows.serving import balancer
 from flows.serving.fleet import (
     balancer_alive,
     remove_replica,
+    shared_log_dir,
     start_verified,
 )
 from flows.serving.state import (
@@ -38,16 +40,47 @@ class ReplicaHealth:
     container: str  # running, exited, missing ...
     ready: bool  # its own /readyz answered 200
     balancer: str  # the balancer's view: UP, DOWN, ... or "not listed"
+    log: dict[str, Any] | None = None  # its inference log (GET /model), None: no answer
+
+    @property
+    def serving(self) -> bool:
+        """Running, ready and in the balancer's rotation."""
+        return self.container == "running" and self.ready and self.balancer.startswith("UP")
+
+    @property
+    def log_ok(self) -> bool:
+        """False when the replica says it cannot write its inference log (or it is off)."""
+        return self.log is None or self.log.get("writable") is not False
 
     @property
     def healthy(self) -> bool:
-        return self.container == "running" and self.ready and self.balancer.startswith("UP")
+        return self.serving and self.log_ok
+
+    def log_text(self) -> str:
+        """The inference log as ``fleet status`` shows it."""
+        log = self.log
+        if log is None:
+            return "log unknown"
+        counts = f"written {log.get('written', 0)}, lost {log.get('lost', 0)}"
+        if self.log_ok:
+            return f"log ok ({counts})"
+        return f"log NOT WRITABLE ({counts}: {log.get('last_error')})"
 
 
 def container_status(name: str) -> str:
     """Docker's status of the container (running, exited, ...), or "missing"."""
     proc = container.docker("inspect", "-f", "{{.State.Status}}", name, timeout=30)
     return proc.stdout.strip() if proc.returncode == 0 else "missing"
+
+
+def replica_log(replica: Replica) -> dict[str, Any] | None:
+    """The replica's inference-log status from its ``GET /model``; None when it says nothing."""
+    try:
+        status, card = http_json("GET", f"{replica.base_url}/model", timeout=2)
+    except OSError:
+        return None
+    log = card.get("inference_log") if status == 200 and isinstance(card, dict) else None
+    return log if isinstance(log, dict) else None
 
 
 def replica_ready(replica: Replica) -> bool:
@@ -85,10 +118,15 @@ class FleetStatus:
             out.append(
                 f"  {r.replica.name} 127.0.0.1:{r.replica.port} v{r.replica.version}: "
                 f"container {r.container}, /readyz {'200' if r.ready else 'no'}, "
-                f"balancer {r.balancer} [{mark}]"
+                f"balancer {r.balancer}, {r.log_text()} [{mark}]"
             )
-        if not self.healthy:
+        if not all(r.serving for r in self.replicas):
             out.append("some replicas are not serving: `fraud fleet restore` restarts them")
+        if not all(r.log_ok for r in self.replicas):
+            out.append(
+                "some replicas cannot write the inference log (the drift check misses what "
+                "they score): `fraud fleet restore` makes the shared folder writable again"
+            )
         return out
 
 
@@ -109,7 +147,11 @@ def status(settings: Settings) -> FleetStatus | None:
             ready = f"{code} {json.dumps(body)}"
     health = [
         ReplicaHealth(
-            r, container_status(r.name), replica_ready(r), views.get(r.name, "not listed")
+            r,
+            container_status(r.name),
+            replica_ready(r),
+            views.get(r.name, "not listed"),
+            replica_log(r),
         )
         for r in state.replicas
     ]
@@ -118,7 +160,8 @@ def status(settings: Settings) -> FleetStatus | None:
 
 def restore(settings: Settings, *, ready_timeout_s: float = 90) -> list[Replica]:
     """Restart every replica that is not running and ready, on its own port and name; the
-    balancer's health checks put it back in rotation. Returns the restarted replicas."""
+    balancer's health checks put it back in rotation. The shared inference-log folders are
+    made writable by every writer again first. Returns the restarted replicas."""
     paths = FleetPaths.of(settings)
     with fleet_lock(paths):
         state = load_state(paths)
@@ -128,6 +171,7 @@ def restore(settings: Settings, *, ready_timeout_s: float = 90) -> list[Replica]
             raise FleetError(
                 "the fleet's balancer is not running: `fraud fleet down` then `fraud fleet up`"
             )
+        shared_log_dir(settings)  # date folders another writer made unshared: shared again
         broken = [
             r
             for r in state.replicas

@@ -7,22 +7,28 @@ each rollout comes from the new version and no request fails. The faults reuse t
 fleet: a version that never becomes ready and one that answers its reference records wrongly
 are refused with the old version serving and the alias unmoved; a replica SIGKILLed under load
 costs the clients nothing (HAProxy retries on the next replica), the fleet command reports it
-and restores it; a bad balancer config never replaces the good one.
+and restores it; a bad balancer config never replaces the good one. Before the fleet comes up,
+a root ``bentoml serve`` of the champion scores a few records, so today's inference-log folder
+is made by root first (issue 31): every replica must still write there.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from data_contracts.inference_log import day_folder, read_log
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
 from flows.packaging import container as images
@@ -35,6 +41,7 @@ from flows.training.gate import GatePolicy
 from flows.training.train import TrainParams
 from tests.integration.conftest import ROOT, remove_images
 from tests.support.load import Load
+from tests.support.serving import call, running_bento, serve_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1200)]
 
@@ -90,13 +97,34 @@ def served(tmp_path_factory, small_data, docker_engine) -> Iterator[Served]:
         settings = Settings()
         try:
             release(str(data), 60)
+            case = smoke.load_smoke_case(settings, f"{prefix}{MODEL}:v1")
+            root_writer_first(settings, home, case.records)
             state = fleet.up(settings, MODEL, replicas=2, port=port, metrics_port=free_port())
             assert state.version == "1" and len(state.replicas) == 2
-            case = smoke.load_smoke_case(settings, f"{prefix}{MODEL}:v1")
             yield Served(settings, f"{prefix}{MODEL}", port, case.records, env)
         finally:
             fleet.down(settings)
             remove_images(prefix)
+
+
+ROOT_WRITER_RECORDS = 5
+
+
+def root_writer_first(settings: Settings, home: Path, records: list[dict]) -> None:
+    """A ``bentoml serve`` of the champion from the checkout, as this (root) process's user
+    with umask 022, scores a few records and stops (its log flushed): today's date folder
+    is its own, 0755, before any replica writes."""
+    env = serve_env(home, home / "bentoml", FRAUD_INFERENCE_LOG_DIR=str(home / "inference_log"))
+    umask = os.umask(0o022)
+    try:
+        with running_bento(env, home.parent / "root-writer.log") as server:
+            for i in range(ROOT_WRITER_RECORDS):
+                record = {**records[i % len(records)], "request_id": f"root-{i}"}
+                assert call(f"{server.base}/predict", record)[0] == 200
+    finally:
+        os.umask(umask)
+    today = day_folder(settings.inference_log_root, datetime.now(UTC))
+    assert today.is_dir() and today.stat().st_mode & 0o777 == 0o755, oct(today.stat().st_mode)
 
 
 def after(load: Load, moment: float) -> set[str]:
@@ -239,3 +267,70 @@ def test_a_bad_balancer_config_never_replaces_the_good_one(served):
     assert paths.config.read_text() == good
     balancer.reload(served.state().balancer_pid, paths.master_socket)  # reloads the good one
     assert http_json("GET", f"http://127.0.0.1:{served.port}/readyz")[0] == 200
+
+
+def _fleet_records(served: Served, tag: str, n: int) -> None:
+    for i in range(n):
+        record = {**served.records[i % len(served.records)], "request_id": f"{tag}-{i}"}
+        status, body = http_json("POST", f"http://127.0.0.1:{served.port}/predict", record)
+        assert status == 200, body
+
+
+def _logged(served: Served, tag: str) -> int:
+    """Records of ``tag`` in the drift check's window (the last 24 hours of the log)."""
+    table = read_log(
+        served.settings.inference_log_root, now=datetime.now(UTC), hours=24, columns=["request_id"]
+    )
+    return sum(1 for rid in table["request_id"].to_pylist() if str(rid).startswith(f"{tag}-"))
+
+
+def _replica_logs(served: Served) -> list[dict]:
+    replicas = served.state().replicas
+    return [http_json("GET", f"{r.base_url}/model")[1]["inference_log"] for r in replicas]
+
+
+def _until(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    return predicate()
+
+
+def test_replicas_write_the_log_in_a_day_a_root_writer_made_and_say_when_they_cannot(served):
+    """Issue 31: root made today's folder 0755 before the fleet came up; the replicas (uid
+    1034) must write there, and a replica that cannot write shows it (``/model``, the
+    ``fraud_inference_log_writable`` gauge the FraudInferenceLogUnwritable alert reads, and
+    ``fraud fleet status``) until ``fraud fleet restore`` shares the folder again."""
+    root = served.settings.inference_log_root
+    today = day_folder(root, datetime.now(UTC))
+    assert _logged(served, "root") == ROOT_WRITER_RECORDS
+    _fleet_records(served, "fleet", 40)
+    assert _until(lambda: _logged(served, "fleet") == 40), _replica_logs(served)
+    assert today.stat().st_uid == os.getuid() and today.stat().st_mode & 0o7777 == 0o1777
+    assert all(log["writable"] and log["lost"] == 0 for log in _replica_logs(served))
+    report = served.fraud("fleet", "status")
+    assert report.returncode == 0 and report.stdout.count("log ok (") == 2, report.stdout
+
+    today.chmod(0o755)  # a writer that is not shared makes the day its own again
+    try:
+        _fleet_records(served, "lost", 10)
+        failing = _until(lambda: all(not log["writable"] for log in _replica_logs(served)))
+        assert failing, _replica_logs(served)
+        metrics = [call(f"{r.base_url}/metrics")[1] for r in served.state().replicas]
+        unwritable = re.compile(r"^fraud_inference_log_writable(\{[^}]*\})? 0(\.0)?$", re.M)
+        assert all(unwritable.search(text) for text in metrics), metrics
+        report = served.fraud("fleet", "status")
+        assert report.returncode == 3, report.stdout + report.stderr
+        assert report.stdout.count("log NOT WRITABLE") == 2, report.stdout
+        assert "PermissionError" in report.stdout and "fraud fleet restore" in report.stdout
+        assert _until(lambda: sum(log["lost"] for log in _replica_logs(served)) == 10)
+    finally:
+        restored = served.fraud("fleet", "restore")
+    assert restored.returncode == 0, restored.stderr
+    assert today.stat().st_mode & 0o7777 == 0o1777
+    assert _until(lambda: all(log["writable"] for log in _replica_logs(served)))
+    _fleet_records(served, "again", 10)
+    assert _until(lambda: _logged(served, "again") == 10)
+    assert served.fraud("fleet", "status").returncode == 0

@@ -19,6 +19,7 @@ import contextlib
 import http.client
 import json
 import random
+import re
 import socket
 import statistics
 import string
@@ -57,7 +58,8 @@ def tiny(spec, tmp_path_factory) -> TinyModel:
 def server(tiny, tmp_path_factory) -> Iterator[BentoServer]:
     home = tmp_path_factory.mktemp("hostile-home")
     with running_bento(
-        model_env(home, tiny, FRAUD_HEADER_TIMEOUT_S="2"), home / "serve.log"
+        model_env(home, tiny, FRAUD_HEADER_TIMEOUT_S="2", FRAUD_IDLE_TIMEOUT_S="2"),
+        home / "serve.log",
     ) as srv:
         yield srv
     assert "Traceback" not in srv.text(), srv.text()[-3000:]
@@ -311,3 +313,58 @@ def test_pipelined_large_batches_are_not_taken_for_large_heads(server, tiny):
                 break
             data += chunk
     assert data.count(b"HTTP/1.1 200") == 2, data.split(b"\r\n", 1)[0]
+
+
+def test_idle_connections_are_closed_from_their_start(server):
+    """Issue 31: connections that never send a byte were held for ever (2,000 still open after
+    76 s). FRAUD_IDLE_TIMEOUT_S is 2 s for this server (10 s by default, like HAProxy's)."""
+    port = port_of(server)
+    socks = [socket.create_connection((HOST, port), timeout=10) for _ in range(200)]
+    opened = time.monotonic()
+    closed_after: list[float | None] = []
+    try:
+        for sock in socks:
+            sock.settimeout(max(0.1, 8 - (time.monotonic() - opened)))
+            try:
+                data = sock.recv(1)  # b"" once the server closes it
+            except TimeoutError:
+                data = None
+            closed_after.append(time.monotonic() - opened if data == b"" else None)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert None not in closed_after, f"{closed_after.count(None)} of 200 still open after 8 s"
+    assert min(closed_after) > 1.5 and max(closed_after) < 6, (min(closed_after), max(closed_after))
+    assert request(port, "GET", "/readyz").status == 200  # a connection that asks is served
+
+
+def _pipelined(port: int, data: bytes) -> list[bytes]:
+    """Send ``data`` in one write; the status of every answer until the server closes."""
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return re.findall(rb"HTTP/1.1 (\d{3}) ", received)
+
+
+def test_a_refused_request_in_a_pipeline_is_answered_after_the_ones_before_it(server, tiny):
+    """Issue 31: 10 valid requests then a malformed one, in one write, got one 400 and nothing
+    else (request 1 scored and logged, never answered), and five log lines with tracebacks."""
+    port = port_of(server)
+    body = json.dumps(tiny.records(1)[0]).encode()
+    one = (
+        f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    malformed = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+    too_large = f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'b' * 40_000}\r\n\r\n"
+    before = server.log.stat().st_size
+    for _ in range(3):
+        assert _pipelined(port, one * 10 + malformed + one) == [b"200"] * 10 + [b"400"]
+    assert _pipelined(port, one * 3 + too_large.encode()) == [b"200"] * 3 + [b"431"]
+    time.sleep(0.5)
+    grown = server.log.read_bytes()[before:].decode()
+    lines = grown.splitlines()
+    assert len(lines) == 4 and all("request refused: " in line for line in lines), grown[-3000:]
+    assert [json.loads(line)["status"] for line in lines] == [400, 400, 400, 431]

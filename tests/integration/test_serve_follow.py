@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -11,8 +12,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_contracts.artifacts import write_champion_pointer
-from tests.support.serving import call, running_bento, serve_env, train_tiny_model
+from data_contracts.artifacts import pointer_path, write_champion_pointer
+from tests.support.serving import (
+    call,
+    failing_graph,
+    import_raw_model,
+    model_env,
+    running_bento,
+    serve_env,
+    start_bento,
+    train_tiny_model,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -106,11 +116,11 @@ def test_serve_swaps_to_a_new_champion_and_refuses_a_corrupt_one(spec, tmp_path:
         )
         assert card["version"] == "2"
         refused = card["follow"]["refused"]
-        assert refused["tag"] == v3.tag and refused["reason"] == "verification"
+        assert refused["tag"] == v3.tag and refused["reason"] == "bad_hash"
         assert "corrupt" in refused["detail"]
         assert call(f"{server.base}/predict", record)[1]["model_version"] == "2"
         metrics = call(f"{server.base}/metrics")[1]
-        assert _metric(metrics, "fraud_model_swaps_refused_total", reason="verification") == 1
+        assert _metric(metrics, "fraud_model_swaps_refused_total", reason="bad_hash") == 1
         assert "REFUSED" in server.text()
 
         # the page at / is this model's
@@ -125,3 +135,95 @@ def test_serve_swaps_to_a_new_champion_and_refuses_a_corrupt_one(spec, tmp_path:
     assert len(frame) == sent
     by_version = frame["model_version"].value_counts().to_dict()
     assert by_version == {"1": first_two, "2": sent - first_two}
+
+
+def _put(path: Path, content: bytes | int | None) -> None:
+    """The pointer's content: bytes, a sparse file of ``content`` bytes, or a directory."""
+    if path.is_dir():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, int):
+        with path.open("wb") as fh:
+            fh.truncate(content)
+    else:
+        path.write_bytes(content)
+
+
+# what was put in the pointer, the refusal reason, and a phrase of its detail
+BAD_POINTERS = [
+    (b"fraud-detector:v999\n", "missing", "is not in the BentoML model store"),
+    (b"fraud-detector:v\xff1\n", "undecodable", "is not UTF-8 text"),
+    (b"fraud-detec", "undecodable", "must look like"),
+    (200_000_000, "oversized", "holds 200000000 bytes"),
+    (None, "unreadable", "is not a regular file"),
+    (b"credit-risk:v2\n", "wrong_model", "not a fraud-detector model"),
+    (b"fraud-detector:v2\n", "bad_hash", "is corrupt: sha256"),
+    (b"fraud-detector:v3\n", "bad_graph", "warm-up prediction failed"),
+]
+
+
+def test_every_pointer_the_follower_cannot_serve_is_refused_counted_and_logged_once(
+    spec, tmp_path: Path
+):
+    """Issue 31: a missing version said ``AttributeError: 'ModelStore' object has no attribute
+    '_fs'``; a bad pointer was a traceback every 2 s, or one WARNING, or nothing; /model kept
+    the last refusal after the pointer was restored; onnxruntime wrote raw lines to the log."""
+    home = tmp_path / "home"
+    bentoml_home = home / "bentoml"
+    v1 = train_tiny_model(spec, bentoml_home, version=1)
+    train_tiny_model(spec, bentoml_home, version=2, rows=3000)
+    with (bentoml_home / "models" / "fraud-detector" / "v2" / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    import_raw_model(spec, bentoml_home, 3, failing_graph(spec))
+    write_champion_pointer(bentoml_home, v1.tag)
+    pointer = pointer_path(bentoml_home, "fraud-detector")
+    env = serve_env(home, bentoml_home, FRAUD_FOLLOW_INTERVAL_S="0.2", FRAUD_INFERENCE_LOG="off")
+    counts: Counter[str] = Counter()
+    with running_bento(env, tmp_path / "serve.log") as server:
+        start = server.log.stat().st_size
+        for content, reason, detail in BAD_POINTERS:
+            before, written_at = server.log.stat().st_size, time.time()
+            _put(pointer, content)
+            card = _until(
+                lambda since=written_at: (
+                    (c := call(f"{server.base}/model")[1]["follow"])["refused"]
+                    and c["refused"]["at"] > since
+                    and c
+                ),
+                what=f"the refusal ({reason})",
+            )
+            assert card["refused"]["reason"] == reason and detail in card["refused"]["detail"]
+            time.sleep(1.0)  # five more polls: nothing new is logged or counted
+            card = call(f"{server.base}/model")[1]
+            assert card["version"] == "1" and card["follow"]["refused"]["reason"] == reason
+            assert card["follow"]["checked_at"] > card["follow"]["refused"]["at"] + 0.5
+            counts[reason] += 1
+            metrics = call(f"{server.base}/metrics")[1]
+            for why, n in counts.items():
+                assert _metric(metrics, "fraud_model_swaps_refused_total", reason=why) == n, why
+            lines = server.log.read_bytes()[before:].decode().splitlines()
+            assert [ln for ln in lines if "REFUSED" in ln] == lines and len(lines) == 1, lines
+        assert call(f"{server.base}/predict", v1.records(1)[0])[1]["model_version"] == "1"
+        _put(pointer, b"fraud-detector:v1\n")  # restored: the refusal is over
+        _until(lambda: call(f"{server.base}/model")[1]["follow"]["refused"] is None, what="clear")
+        during = server.log.read_bytes()[start:].decode()
+    assert "Traceback" not in during and "AttributeError" not in during
+    assert all(json.loads(line) for line in during.splitlines())  # JSON only, onnxruntime's too
+
+
+def test_a_missing_model_at_start_up_says_so(spec, tmp_path: Path):
+    home = tmp_path / "home"
+    tiny = train_tiny_model(spec, home / "bentoml", version=1)
+    env = model_env(home, tiny, FRAUD_MODEL_TAG="fraud-detector:v999")
+    server = start_bento(env, tmp_path / "serve.log")
+    try:
+        server.proc.wait(120)
+    finally:
+        server.stop()
+    text = server.text()
+    assert server.proc.returncode != 0
+    assert "fraud-detector:v999 is not in the BentoML model store" in text, text[-3000:]
+    assert str(home / "bentoml" / "models") in text and "AttributeError" not in text

@@ -100,6 +100,38 @@ def train_tiny_model(
     )
 
 
+def failing_graph(spec: FeatureSpec) -> bytes:
+    """An ONNX graph with the spec's inputs and a ``probabilities`` output whose every run
+    fails (a Reshape to an impossible shape): it loads, then fails its warm-up prediction."""
+    from onnx import TensorProto, helper
+
+    inputs = [
+        helper.make_tensor_value_info(
+            f.name, TensorProto.STRING if not f.is_numeric else TensorProto.FLOAT, [None, 1]
+        )
+        for f in spec.features
+    ]
+    first = next(f.name for f in spec.features if f.is_numeric)
+    shape = helper.make_tensor("impossible", TensorProto.INT64, [2], [3, 5])
+    node = helper.make_node("Reshape", [first, "impossible"], ["probabilities"])
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "fails", inputs, [out], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def import_raw_model(
+    spec: FeatureSpec, bentoml_home: Path, version: int, model_bytes: bytes
+) -> str:
+    """Store ``model_bytes`` as ``fraud-detector:v<version>`` with a true sha256; its tag."""
+    return import_model(
+        bentoml_home, MODEL_NAME, version, model_bytes,
+        json.loads(json.dumps(spec.model_dump(mode="json"))),
+        threshold=THRESHOLD, spec_hash=spec.spec_hash(),
+        labels={"model_name": MODEL_NAME, "model_version": str(version), "run_id": "test"},
+    ).tag  # fmt: skip
+
+
 # loopback calls never go through a proxy configured in the environment
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

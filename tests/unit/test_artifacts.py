@@ -40,3 +40,26 @@ def test_the_contract_imports_no_third_party_package():
         for alias in node.names
     }
     assert roots <= set(sys.stdlib_module_names) | {"__future__"}, roots
+
+
+def test_a_pointer_that_cannot_be_used_says_why(tmp_path):
+    from data_contracts.artifacts import PointerError, pointer_path, read_champion_pointer
+
+    path = pointer_path(tmp_path, "fraud-detector")
+    path.parent.mkdir(parents=True)
+    assert read_champion_pointer(tmp_path, "fraud-detector") is None
+    path.write_bytes(b"")
+    assert read_champion_pointer(tmp_path, "fraud-detector") is None  # the flows: none
+    for content, reason in (
+        (b"", "undecodable"),
+        (b"\xff", "undecodable"),
+        (b"x" * 2000, "oversized"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(PointerError) as refused:
+            read_champion_pointer(tmp_path, "fraud-detector", strict=True)
+        assert refused.value.reason == reason
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(PointerError, match="is not a regular file"):
+        read_champion_pointer(tmp_path, "fraud-detector")

@@ -115,7 +115,8 @@ def test_spec_lengths_are_overridable_and_hash_neutral_when_unset(spec):
     assert custom.spec_hash() != spec.spec_hash()
     model = build_request_model(custom)
     assert model.model_fields["merchant_category"].metadata[0].max_length == 20
-    assert model.model_fields["transaction_id"].metadata[0].max_length == 16
+    transaction = model.model_json_schema()["properties"]["transaction_id"]["anyOf"]
+    assert [t["maxLength"] for t in transaction if t.get("type") == "string"] == [16]
     with pytest.raises(ValueError, match="longer than max_length"):
         _spec_with(spec, features={"channel": {"max_length": 2}})
     with pytest.raises(ValueError, match="longer than max_string_length"):
@@ -195,3 +196,85 @@ def test_an_honest_full_batch_stays_far_below_the_value_limit(spec, record):
     assert count_values(full) * 3 < value_limit(100, len(checker.allowed))
     checked = check_batch(checker, 100, full, None)
     assert checked.records is not None and len(checked.records) == 100
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("grocery", None),
+        ("épicerie", None),
+        ("grocery\u0301", None),  # a combining accent is a letter's part, not hidden
+        ("grocery\x00", "U+0000"),
+        ("\u202eyrecorg", "U+202E RIGHT-TO-LEFT OVERRIDE at position 0"),
+        ("gro\u200dcery", "U+200D ZERO WIDTH JOINER at position 3"),
+        ("a\tb", "U+0009"),
+        ("a\u2028b", "U+2028 LINE SEPARATOR"),
+    ],
+)
+def test_control_and_formatting_characters_are_found(value, found):
+    from bento.request_model import unsafe_character
+
+    where = unsafe_character(value)
+    assert (where is None) if found is None else (found in where)
+
+
+def test_hidden_characters_and_unsafe_request_ids_are_refused_naming_the_field(spec, record):
+    checker = RecordChecker(build_request_model(spec), spec)
+    cases = [
+        ("merchant_category", "grocery\x00", "control character"),  # open set
+        ("channel", "pos\u202e", "control character"),  # closed set
+        ("transaction_id", "tx\r\n1", "control character"),
+        ("request_id", "abc\r\nX-Forged: 1", "invalid characters"),
+        ("request_id", "<b>", "invalid characters"),
+    ]
+    for field, value, problem in cases:
+        checked = checker.check({**record, field: value})
+        assert checked.model is None
+        assert [(e.field, e.problem) for e in checked.errors] == [(field, problem)], checked.errors
+    ok = checker.check({**record, "request_id": "req-1:a/b+c=d@e#f,g;h{i}~j_k.l"})
+    assert ok.model is not None
+
+
+def test_normalized_categories_fold_compatibility_forms(spec):
+    normalizing = _spec_with(spec, features={"merchant_category": {"normalize_categories": True}})
+    policy = CategoryPolicy(normalizing)
+    values = {"merchant_category": "ｇｒｏｃｅｒｙ", "channel": "pos", "device_type": None}
+    assert policy.apply(values) == [] and values["merchant_category"] == "grocery"
+    assert policy.take() == {("merchant_category", True): 1}
+    kept = {"merchant_category": "ＧＡＳ", "channel": "pos", "device_type": None}
+    assert CategoryPolicy(spec).apply(kept) == [] and kept["merchant_category"] == "ＧＡＳ"
+
+
+def test_an_answer_that_fails_half_way_is_one_line_not_a_second_answer(caplog):
+    """Issue 31: a failure after the answer began (a transport the server had closed) sent a
+    second ``http.response.start`` and logged two tracebacks."""
+    import asyncio
+
+    from bento.asgi import Endpoint
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        if sent:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        sent.append(message)
+
+    async def handler(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    endpoint = Endpoint(handler, MemoryReleaser())
+    with caplog.at_level("INFO", logger="fraud.serving"):
+        asyncio.run(endpoint({"type": "http", "path": "/predict"}, None, send))
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    (line,) = caplog.records
+    assert "answer not completed: RuntimeError" in line.getMessage() and not line.exc_info
+
+
+def test_the_idle_timeout_has_a_default_and_refuses_nonsense():
+    from bento import internals
+
+    assert internals._limits({}) == (16 * 1024, 10.0, 10.0)
+    assert internals._limits({"FRAUD_IDLE_TIMEOUT_S": "2.5"})[2] == 2.5
+    with pytest.raises(ValueError, match="FRAUD_IDLE_TIMEOUT_S > 0"):
+        internals._limits({"FRAUD_IDLE_TIMEOUT_S": "0"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -121,3 +122,31 @@ def test_reading_nothing_gives_an_empty_table(tmp_path):
     empty = read_log(tmp_path / "missing", now=datetime.now(UTC), hours=1, columns=["score"])
     assert isinstance(empty, pa.Table) and empty.num_rows == 0
     assert set(empty.column_names) == {"score", "timestamp", "model_version"}
+
+
+def test_a_date_folder_takes_the_log_folder_mode_whatever_the_umask(tmp_path, spec, values):
+    """Issue 31: a writer with umask 022 (or 077) made the day 0755 and the fleet's replicas,
+    another user, lost every record of that day. A day now takes the top folder's bits."""
+    table = build_table(
+        spec,
+        {f.name: [values[f.name]] for f in spec.features},
+        scores=[0.1],
+        decisions=[0],
+        timestamps=[datetime.now(UTC)],
+        model_version="1",
+        request_ids="r",
+    )
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    for root, mode in ((shared, 0o1777), (private, 0o750)):
+        root.mkdir()
+        root.chmod(mode)
+    umask = os.umask(0o077)
+    try:
+        for root in (shared, private):
+            assert LogFiles(root).write(table).rows == 1
+    finally:
+        os.umask(umask)
+    (shared_day,) = shared.glob("date=*")
+    (private_day,) = private.glob("date=*")
+    assert shared_day.stat().st_mode & 0o7777 == 0o1777
+    assert private_day.stat().st_mode & 0o7777 == 0o750

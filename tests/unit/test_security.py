@@ -337,14 +337,19 @@ def test_batch_length_cap(client, record):
 )
 @pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
 def test_caller_request_id_cannot_break_or_add_headers(client, record, path, request_id):
+    """Issue 31: such ids were answered and stored as sent (CR/LF/NUL in the inference log);
+    now a request id keeps to a safe set of characters, or the request is refused naming it."""
     body = (
         {**record, "request_id": request_id}
         if path == "/predict"
         else {"records": [record], "request_id": request_id}
     )
     r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
-    assert r.status_code == 200, r.text
-    assert r.json()["request_id"] == request_id
+    assert r.status_code == 422, r.text
+    assert ("request_id", "invalid characters") in {
+        (e["field"], e["problem"]) for e in r.json()["errors"]
+    }
+    assert r.json()["request_id"] != request_id  # never echoed: a generated one
     header = r.headers["x-request-id"]
     assert header.isascii() and header.isprintable() and " " not in header
     assert "set-cookie" not in r.headers

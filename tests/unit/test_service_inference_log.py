@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bento.inference_log import InferenceLogWriter, hash_transaction_id, log_schema
+from data_contracts.inference_log import day_folder
 
 
 @pytest.fixture
@@ -197,3 +200,46 @@ def test_start_says_at_once_when_the_folder_cannot_be_written(tmp_path, spec, ca
     assert f"folder {blocker / 'log'} cannot be written (NotADirectoryError" in caplog.text
     ok = InferenceLogWriter(tmp_path / "log", spec, "1")
     assert ok.check_writable() is None and list((tmp_path / "log").iterdir()) == []
+
+
+def _until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_whether_the_log_can_be_written_is_reported_once_per_change(tmp_path, spec, values):
+    """Issue 31: a failed write, and an idle probe of today's folder, say the log cannot be
+    written (the gauge behind FraudInferenceLogUnwritable, ``/model``); each change once."""
+    root = tmp_path / "log"
+    states: list[bool] = []
+    writer = InferenceLogWriter(root, spec, "1", flush_interval_s=3600, on_state=states.append)
+    writer.start()
+    today = day_folder(root, datetime.now(UTC))
+    today.write_text("a file where today's folder should be")
+    writer.append_row(values, 0.5, 1, "r1", None)
+    assert writer.flush() == 0
+    assert writer.flush() == 0  # nothing pending, no change: not reported again
+    assert states == [True, False]
+    status = writer.status()
+    assert status["writable"] is False and status["lost"] == 1
+    assert status["last_error"].startswith("FileExistsError") and status["folder"] == str(root)
+    today.unlink()
+    writer.append_row(values, 0.5, 1, "r2", None)
+    assert writer.flush() == 1 and states == [True, False, True]
+    writer.close()
+
+    # idle: the flush thread probes the folder and today's folder each interval
+    probing = InferenceLogWriter(root, spec, "1", flush_interval_s=0.02, on_state=states.append)
+    probing.start()
+    blocked = today / f".probe-{os.getpid()}"
+    blocked.mkdir()  # today's folder takes no probe file (as root, permissions would not stop it)
+    try:
+        assert _until(lambda: probing.writable is False), probing.status()
+        assert probing.status()["last_error"].startswith("IsADirectoryError")
+    finally:
+        blocked.rmdir()
+    assert _until(lambda: probing.writable is True)
+    probing.close()
+    assert states[-3:] == [True, False, True]
