@@ -14,9 +14,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from bento.runtime import ModelRuntime
+from data_contracts.artifacts import LABEL_CALIBRATION
 from data_contracts.spec import FeatureKind
 
-HOLDOUT_ORDER = ("f1", "precision", "recall", "pr_auc", "roc_auc")
+HOLDOUT_ORDER = ("f1", "precision", "recall", "pr_auc", "roc_auc", "brier", "ece")
+# the page's line about fraud_probability when the stored model says nothing of calibration
+UNCALIBRATED = (
+    "not calibrated: a class-weighted score, higher than the fraud rate it stands for "
+    "(this version was registered before releases calibrated)"
+)
+
+
+def calibration_text(labels: Mapping[str, str]) -> str:
+    """How ``fraud_probability`` was calibrated, from the stored model's labels."""
+    text = labels.get(LABEL_CALIBRATION, "")
+    if not text or text == "none":
+        return UNCALIBRATED
+    return text
 
 
 def describe_runtime(runtime: ModelRuntime) -> dict[str, Any]:
@@ -39,6 +53,7 @@ def describe_runtime(runtime: ModelRuntime) -> dict[str, Any]:
         "sha256": runtime.sha256,
         "spec_hash": runtime.spec_hash,
         "threshold": runtime.threshold,
+        "calibration": calibration_text(labels),
         "holdout": dict(runtime.holdout),
         "features": features,
         "source": {
@@ -119,6 +134,7 @@ def render_page(card: Mapping[str, Any]) -> str:
             ("version", str(card["version"])),
             ("store tag", str(card["tag"])),
             ("decision threshold", f"{card['threshold']:.6g}"),
+            ("fraud_probability calibrated", str(card.get("calibration") or UNCALIBRATED)),
             ("ONNX sha256", str(card["sha256"])),
             ("feature spec hash", str(card["spec_hash"])),
             ("MLflow run", str(source.get("mlflow_run", "unknown"))),

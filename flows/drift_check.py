@@ -97,8 +97,11 @@ def measure_performance(
     champion_f1: float | None,
     now: datetime,
     report_dir: Path | None = None,
+    reference_ratio: float | None = None,
 ) -> RealizedPerformance:
-    return steps.measure_performance(settings, config, window, champion_f1, now, report_dir)
+    return steps.measure_performance(
+        settings, config, window, champion_f1, now, report_dir, reference_ratio
+    )
 
 
 @task(name="decide-retraining", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -76,12 +76,11 @@ def check_data(splits: Splits, spec: FeatureSpec) -> data_checks.DataCheckReport
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(
-    splits: Splits, spec: FeatureSpec, params: TrainParams, search: SearchSettings
-) -> release.TrainedCandidate:
-    return release.train_candidate(
-        splits, spec, params, search=search, time_ordered=splits_by_time(splits)
-    )
+def train(splits: Splits, spec: FeatureSpec, params: TrainParams, search: SearchSettings,
+          policy: GatePolicy) -> release.TrainedCandidate:  # fmt: skip
+    return release.train_candidate(splits, spec, params, search=search,
+                                   time_ordered=splits_by_time(splits),
+                                   objective=policy.objective())  # fmt: skip
 
 
 @task(name="export-onnx-and-parity", cache_policy=NO_CACHE)
@@ -121,7 +120,8 @@ def gate(
     policy: GatePolicy,
 ) -> Decision:
     return gate_release(candidate.metrics, candidate.holdout_scores, exported.parity, champion,
-                        holdout, spec, policy)  # fmt: skip
+                        holdout, spec, policy, f1_threshold=candidate.f1_threshold,
+                        calibration=candidate.calibration_text())  # fmt: skip
 
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -344,7 +344,7 @@ def train_and_release(
     what = params.classifier if not searching.enabled else f"model search {search}"
     step(f"{describe(splits)}; training {what}")
     try:
-        candidate = train(splits, spec, params, searching)
+        candidate = train(splits, spec, params, searching, policy)
     except SearchError as err:  # e.g. an early time fold without a fraud: say so, stop cleanly
         _stopped_artifact(name, path, quarantine, err)
         raise

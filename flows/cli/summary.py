@@ -18,8 +18,11 @@ DESCRIPTION = __doc__.splitlines()[0]
 
 
 def evidence_lines(tags: dict[str, str]) -> list[str]:
-    """The holdout F1 with its interval, and the difference to the champion, from version tags."""
+    """The holdout F1 with its interval, the difference to the champion, and how the scores
+    were calibrated with their holdout ECE, from version tags."""
     from data_contracts.artifacts import (
+        TAG_CALIBRATION,
+        TAG_ECE,
         TAG_F1_VS_CHAMPION,
         TAG_F1_VS_CHAMPION_ROWS,
         TAG_HOLDOUT_F1,
@@ -40,6 +43,9 @@ def evidence_lines(tags: dict[str, str]) -> list[str]:
         lines.append(f"vs champion:       {tags[TAG_F1_VS_CHAMPION]}")
     if TAG_F1_VS_CHAMPION_ROWS in tags:
         lines.append(f"  compared on:     {tags[TAG_F1_VS_CHAMPION_ROWS]}")
+    if TAG_HOLDOUT_F1 in tags:  # a version of this release format: say what its score means
+        ece = f"; holdout ECE {tags[TAG_ECE]}" if TAG_ECE in tags else ""
+        lines.append(f"calibration:       {tags.get(TAG_CALIBRATION, 'not recorded')}{ece}")
     return lines
 
 

@@ -27,6 +27,7 @@ from flows.alerting import smtp as mail
 from flows.core.settings import Settings
 from flows.monitoring import retraining
 from flows.monitoring.analysis import DriftAnalysis, analyse
+from flows.monitoring.calibration import reference_rate_ratio
 from flows.monitoring.charts import Chart, HistoryPoint
 from flows.monitoring.config import DriftCheckConfig
 from flows.monitoring.performance import RealizedPerformance
@@ -103,8 +104,9 @@ def run_drift_check(
     performance: RealizedPerformance | None = None
     try:  # labels are a second opinion: a broken feed is reported, the drift verdict stands
         performance = steps.measure_performance(
-            settings, config, window, reference.holdout_f1, now, folder
-        )
+            settings, config, window, reference.holdout_f1, now, folder,
+            reference_ratio=reference_rate_ratio(reference.frame),
+        )  # fmt: skip
     except Exception as err:
         problems = [*problems, f"realized performance: {type(err).__name__}: {err}"]
     plan = steps.plan_retraining(

@@ -29,6 +29,7 @@ from data_contracts.inference_log import (
     TIMESTAMP_COLUMN,
     TRANSACTION_ID_HASH_COLUMN,
 )
+from flows.monitoring.calibration import RealizedCalibration, realized_calibration
 from flows.monitoring.feedback import LABEL, LABELLED_AT, FeedbackCounts
 
 Status = Literal["no feedback", "not enough labels", "not judged", "within limits", "dropped"]
@@ -48,6 +49,12 @@ class FeedbackPolicy(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
     trigger: bool = Field(True, description="A drop triggers retraining without input drift.")
+    rate_ratio_limit: float = Field(
+        1.5,
+        gt=1,
+        description="A calibration collapse: observed over predicted fraud rate, relative to "
+        "the champion's reference, clearly beyond this factor either way (also a drop).",
+    )
 
 
 class RealizedPerformance(BaseModel):
@@ -70,6 +77,7 @@ class RealizedPerformance(BaseModel):
     pr_auc: float | None = None
     champion_f1: float | None = None
     report_html: str | None = None  # Evidently's classification report of the labelled rows
+    calibration: RealizedCalibration | None = None  # predicted vs observed fraud rate
     tolerance: float = 0.0
     confidence: float = 0.95
     counts: FeedbackCounts = FeedbackCounts()
@@ -90,6 +98,8 @@ class RealizedPerformance(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 out[f"realized_{name}"] = float(value)
+        if self.calibration is not None:
+            out |= self.calibration.metrics()
         return out
 
 
@@ -172,8 +182,14 @@ def realized_performance(
     champion_f1: float | None,
     report_dir: Path | None = None,
     scored_rows: int | None = None,
+    reference_ratio: float | None = None,
 ) -> RealizedPerformance:
     """Join labels to the window's scored rows; the served decisions' metrics, judged.
+
+    Beside F1, the predicted and observed fraud rates of the labelled rows
+    (:func:`flows.monitoring.calibration.realized_calibration`, judged against
+    ``reference_ratio``, the champion reference's observed over predicted rate): a calibration
+    collapse is a drop too.
 
     ``window`` holds the id, score, decision and timestamp of every window row;
     ``scored_rows`` is the window's row count when ``window`` holds no rows because there is no
@@ -211,7 +227,14 @@ def realized_performance(
     base["positives"] = positives
     if report_dir is not None and len(joined) and 0 < positives < len(joined):
         base["report_html"] = str(classification_report(joined, report_dir))
-    if len(joined) < policy.min_labels or positives < policy.min_positives:
+    enough = len(joined) >= policy.min_labels and positives >= policy.min_positives
+    if len(joined) and SCORE_COLUMN in joined.columns:
+        base["calibration"] = realized_calibration(
+            y, joined[SCORE_COLUMN].to_numpy(dtype=np.float64), reference_ratio,
+            limit=policy.rate_ratio_limit, judge=enough, resamples=policy.resamples,
+            confidence=policy.confidence, seed=policy.seed,
+        )  # fmt: skip
+    if not enough:
         return RealizedPerformance(
             status="not enough labels",
             detail=(
@@ -245,6 +268,11 @@ def realized_performance(
             f"{measured}; top of the interval {high:.3f} {sign} holdout F1 {champion_f1:.3f} "
             f"- {policy.f1_tolerance:g}"
         )
+    calibration = base.get("calibration")
+    if isinstance(calibration, RealizedCalibration):
+        detail += f"; {calibration.detail}"
+        if calibration.collapsed:
+            status = "dropped"
     return RealizedPerformance(
         status=status,
         detail=detail,

@@ -84,13 +84,30 @@ class DriftCheckResult(BaseModel):
         if perf is not None and perf.dropped and perf.f1 is not None:
             drift = "DRIFT" if v.outcome == Outcome.DRIFT else "no input drift"
             return (
-                f"REALIZED PERFORMANCE DROPPED: F1 {perf.f1:.3f} vs holdout "
-                f"{perf.champion_f1:.3f}; {drift}: {share}{score}; "
+                f"REALIZED PERFORMANCE DROPPED: {dropped_text(perf)}; {drift}: {share}{score}; "
                 f"retraining {self.retrain.action.value}"
             )
         if v.outcome == Outcome.NO_DRIFT:
             return f"no drift: {share}{score}"
         return f"DRIFT: {share}{score}; retraining {self.retrain.action.value}"
+
+
+def dropped_text(perf: RealizedPerformance) -> str:
+    """What dropped: ``F1 0.31 vs holdout 0.86`` and/or the collapsed calibration."""
+    parts = []
+    f1_dropped = (
+        perf.f1_high is not None
+        and perf.champion_f1 is not None
+        and perf.f1_high < perf.champion_f1 - perf.tolerance
+    )
+    if f1_dropped and perf.f1 is not None and perf.champion_f1 is not None:
+        parts.append(f"F1 {perf.f1:.3f} vs holdout {perf.champion_f1:.3f}")
+    cal = perf.calibration
+    if cal is not None and cal.collapsed:
+        parts.append(
+            f"observed fraud rate {cal.observed_rate:.2%} vs predicted {cal.predicted_rate:.2%}"
+        )
+    return " and ".join(parts) or "F1 " + fmt_number(perf.f1, 3)
 
 
 def fmt_number(value: float | None, digits: int = 4) -> str:
@@ -250,6 +267,8 @@ def performance_facts(perf: RealizedPerformance | None) -> list[tuple[str, str]]
                 + (f"; holdout F1 {perf.champion_f1:.3f}" if perf.champion_f1 is not None else ""),
             )
         )
+    if perf.calibration is not None:
+        rows.append(("Calibration", perf.calibration.detail))
     faults = perf.counts.faults()
     if faults:
         rows.append(("Feedback faults", "; ".join(faults)))

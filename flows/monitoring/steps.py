@@ -103,15 +103,18 @@ def measure_performance(
     champion_f1: float | None,
     now: datetime,
     report_dir: Path | None = None,
+    reference_ratio: float | None = None,
 ) -> RealizedPerformance:
-    """The served model's realized F1 on the labelled feedback for the window's transactions
-    (and Evidently's classification report of them in ``report_dir``)."""
+    """The served model's realized F1 and calibration on the labelled feedback for the
+    window's transactions (and Evidently's classification report of them in ``report_dir``);
+    ``reference_ratio`` is the champion reference's observed over predicted fraud rate."""
     key = settings.id_key()  # clear ids in feedback are hashed as the bento hashes them
     feedback, counts = read_feedback(settings.feedback_root, key, now)
     scored = window.scored if window.scored is not None else pa.table({})
     return realized_performance(
-        scored, feedback, counts, config.feedback, champion_f1, report_dir, window.rows
-    )
+        scored, feedback, counts, config.feedback, champion_f1, report_dir, window.rows,
+        reference_ratio=reference_ratio,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

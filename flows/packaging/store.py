@@ -18,6 +18,7 @@ from typing import Any
 
 from bento import internals
 from data_contracts.artifacts import (
+    LABEL_CALIBRATION,
     META_HOLDOUT,
     META_MODEL_VERSION,
     META_SHA256,
@@ -25,6 +26,7 @@ from data_contracts.artifacts import (
     META_THRESHOLD,
     ONNX_FILE,
     SPEC_FILE,
+    TAG_CALIBRATION,
     store_tag,
     version_label,
 )
@@ -70,6 +72,7 @@ def store_labels(model_name: str, version: str | int, tags: Mapping[str, str]) -
         "spec_hash": tags.get("feature_spec_hash", "unknown"),
         "data_digest": tags.get("data_digest", "unknown"),
         "git_commit": tags.get("git_commit", "unknown"),
+        LABEL_CALIBRATION: tags.get(TAG_CALIBRATION, "none"),
     }
 
 

@@ -30,6 +30,7 @@ from data_contracts.spec import FeatureSpec
 from flows.core.settings import Settings
 from flows.registry import registry
 from flows.registry.search_runs import log_search_runs, search_metrics, search_params
+from flows.training.calibration_report import reliability_figure
 from flows.training.data_checks import DataCheckReport
 from flows.training.explain import feature_importance
 from flows.training.gate import ChampionScore, Decision, GatePolicy
@@ -128,6 +129,8 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "gate.outcome": record.decision.outcome,
                 "gate.reasons": "; ".join(record.decision.reasons) or "all checks passed",
                 "quarantine.file": record.quarantine_path or "none",
+                "calibration": record.candidate.calibration_text(),
+                "threshold.objective": record.candidate.objective,
                 **record.split_tags,
                 **data_check_tags(record.data_checks),
             }
@@ -160,6 +163,8 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
             "validation_report.json",
         )
         mlflow.log_dict(json.loads(record.decision.model_dump_json()), "gate_decision.json")
+        if record.candidate.calibrator is not None:
+            mlflow.log_dict(record.candidate.calibrator.model_dump(mode="json"), "calibration.json")
         if record.reference is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
@@ -179,6 +184,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
                 "git_commit": record.git_commit,
                 "run_id": run_id,
                 "holdout_f1": m.f1,
+                "calibration": record.candidate.calibration_text(),
             },
             input_example=record.input_example,
         )
@@ -190,7 +196,7 @@ def track(settings: Settings, run_id: str, record: ReleaseRecord, raw: pd.DataFr
 def model_metrics(record: ReleaseRecord) -> dict[str, float]:
     """The holdout scores linked to the logged model (the model page and registry show them)."""
     m = record.candidate.metrics
-    return {
+    out = {
         "holdout_f1": m.f1,
         "holdout_precision": m.precision,
         "holdout_recall": m.recall,
@@ -198,6 +204,11 @@ def model_metrics(record: ReleaseRecord) -> dict[str, float]:
         "holdout_roc_auc": m.roc_auc,
         "threshold": record.candidate.threshold,
     }
+    evidence = record.decision.evidence
+    if evidence is not None and evidence.probability is not None:
+        quality = evidence.probability.calibration.candidate
+        out |= {"holdout_brier": quality.brier.estimate, "holdout_ece": quality.ece.estimate}
+    return out
 
 
 def _log_figures(record: ReleaseRecord) -> None:
@@ -210,6 +221,11 @@ def _log_figures(record: ReleaseRecord) -> None:
         "calibration.png": lambda: calibration_figure(y, scores),
         "confusion_matrix.png": lambda: confusion_figure(m),
     }
+    evidence = record.decision.evidence
+    if evidence is not None and evidence.probability is not None:
+        paired = evidence.probability.paired_calibration
+        champion = f"v{record.champion.version}" if record.champion else None
+        figures["reliability.png"] = lambda: reliability_figure(paired, champion)
     if record.importance is not None:
         importance = record.importance
         figures["permutation_importance.png"] = lambda: importance_figure(importance)

@@ -11,6 +11,8 @@ import json
 import numpy as np
 
 from data_contracts.artifacts import (
+    TAG_CALIBRATION,
+    TAG_ECE,
     TAG_F1_VS_CHAMPION,
     TAG_F1_VS_CHAMPION_ROWS,
     TAG_HOLDOUT_F1,
@@ -37,6 +39,8 @@ def evidence_tags(decision: Decision, champion: ChampionScore | None) -> dict[st
     if difference is not None and champion is not None:
         tags[TAG_F1_VS_CHAMPION] = f"{difference} vs v{champion.version}"
         tags[TAG_F1_VS_CHAMPION_ROWS] = evidence.compared
+    if evidence.probability is not None:
+        tags[TAG_ECE] = evidence.probability.calibration.candidate.ece.text()
     return tags
 
 
@@ -71,6 +75,8 @@ def version_tags(record: ReleaseRecord, run_id: str) -> dict[str, str]:
         TAG_HOLDOUT_F1: f"{record.candidate.metrics.f1:.6f}",
         **evidence_tags(record.decision, record.champion),
         "threshold": repr(record.candidate.threshold),
+        "threshold.objective": record.candidate.objective,
+        TAG_CALIBRATION: record.candidate.calibration_text(),
         "model.family": record.params.classifier,
         "search.preset": record.candidate.search.settings.preset
         if record.candidate.search
@@ -96,22 +102,34 @@ def descriptions(record: ReleaseRecord) -> tuple[str, str]:
         "in service. Each version's description says how it was chosen and how it scored."
     )
     search = record.candidate.search
+    goal = "F1" if record.candidate.objective == "f1" else "least expected cost"
     if search is not None:
         chosen = (
             f"Chosen by model search (preset {search.settings.preset}): {search.winner.name} "
             f"ranked first of {len(search.ranking)} candidates by {search.folds_kind} "
             f"cross-validated average precision {search.winner.cv_ap_mean:.4f} "
-            f"± {search.winner.cv_ap_std:.4f}; threshold tuned for F1 on "
+            f"± {search.winner.cv_ap_std:.4f}; threshold tuned for {goal} on "
             f"{record.candidate.threshold_from}."
         )
     else:
-        chosen = "Fixed model (no search); threshold tuned on the validation split."
+        chosen = f"Fixed model (no search); threshold tuned for {goal} on the validation split."
     hp = ", ".join(f"{k}={v}" for k, v in searched_params(params).items())
     version = (
         f"{params.classifier} ({hp}). {chosen} Holdout ({m.rows:,} rows, {m.positives:,} "
         f"positives): F1 {m.f1:.4f}, precision {m.precision:.4f}, recall {m.recall:.4f}, "
-        f"PR-AUC {m.pr_auc:.4f} at threshold {m.threshold:.4f}. Gate: {record.decision.outcome}"
+        f"PR-AUC {m.pr_auc:.4f} at threshold {m.threshold:.4f}{_calibration_text(record)}. "
+        f"Gate: {record.decision.outcome}"
         f" ({'; '.join(record.decision.reasons) or 'all checks passed'}). Data digest "
         f"{record.data_digest}, commit {record.git_commit}."
     )
     return model, version
+
+
+def _calibration_text(record: ReleaseRecord) -> str:
+    """``; scores calibrated: isotonic ..., holdout ECE 0.0016, Brier 0.00489``."""
+    text = f"; scores calibrated: {record.candidate.calibration_text()}"
+    evidence = record.decision.evidence
+    if evidence is not None and evidence.probability is not None:
+        q = evidence.probability.calibration.candidate
+        text += f"; holdout ECE {q.ece.estimate:.4f}, Brier {q.brier.estimate:.5f}"
+    return text

@@ -1,5 +1,6 @@
 """The release gates as pure decisions: holdout size, F1 (floor and champion comparison, with
-bootstrap intervals), segments, and ONNX parity.
+bootstrap intervals), calibration (:mod:`flows.training.probability_gate`; with the cost
+objective the champion is compared on expected cost), segments, and ONNX parity.
 
 The champion check is a non-inferiority test on the paired bootstrap interval of the difference
 candidate minus champion (:mod:`flows.training.uncertainty`): a candidate is promoted when the
@@ -28,75 +29,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from data_contracts.schemas import LABEL_INT
 from data_contracts.spec import FeatureSpec
 from flows.training.onnx_export import ParityReport
+from flows.training.policy import RULES as RULES
+from flows.training.policy import ChampionRule as ChampionRule
+from flows.training.policy import GatePolicy as GatePolicy
+from flows.training.probability_gate import (
+    ProbabilityEvidence,
+    calibration_check,
+    cost_check,
+    probability_evidence,
+)
 from flows.training.slices import SliceReport, resolve_slice_features, slice_check, slice_report
 from flows.training.train import Metrics
 from flows.training.uncertainty import F1Bootstrap, paired_f1_bootstrap
-
-ChampionRule = Literal["non_inferior", "superior", "not_clearly_worse"]
-RULES: dict[str, str] = {
-    "non_inferior": "promote when the difference's lower bound is at or above -tolerance, "
-    "so ties within the tolerance pass",
-    "superior": "promote only a clear improvement, the lower bound above 0, so ties are blocked",
-    "not_clearly_worse": "block only a clear drop beyond the tolerance, the upper bound below "
-    "-tolerance, so every tie passes",
-}
-
-
-class GatePolicy(BaseModel):
-    """Thresholds of the release gates; flow parameters, so a deployment run can change them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    f1_floor: float = Field(0.6, ge=0, le=1, description="Minimum holdout F1 of a candidate.")
-    floor_on: Literal["estimate", "lower_bound"] = Field(
-        "estimate",
-        description="Judge the floor on the F1 estimate (its interval is shown) or on the "
-        "interval's lower bound (stricter: the floor must hold with the policy's confidence).",
-    )
-    champion_tolerance: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Non-inferiority margin: how much worse than the champion (in holdout F1) "
-        "the candidate may be; the difference interval's lower bound must be at or above "
-        "minus this.",
-    )
-    champion_rule: ChampionRule = Field(
-        "non_inferior", description="How the difference interval decides: " + "; ".join(
-            f"{k}: {v}" for k, v in RULES.items()
-        )
-    )  # fmt: skip
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Coverage of the intervals.")
-    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
-    bootstrap_seed: int = Field(0, description="Seed of the bootstrap: same holdout, same answer.")
-    min_holdout_positives: int = Field(
-        50, ge=0, description="Fewer holdout positives than this: too few to judge, blocked."
-    )
-    allow_small_holdout: bool = Field(
-        False, description="Judge a holdout below min_holdout_positives anyway (not blocked)."
-    )
-    slice_features: tuple[str, ...] | None = Field(
-        None, description="Features whose segments are evaluated; default: every categorical."
-    )
-    max_slice_drop: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="Block when a segment's F1 is more than this below the champion's "
-        "(None: segments are reported, not checked).",
-    )
-    min_slice_positives: int = Field(
-        30, ge=1, description="Segments with fewer holdout positives are too small to judge."
-    )
-    parity_tolerance: float = Field(1e-4, gt=0, description="Max |p_sklearn - p_onnx|.")
-    max_quarantine_share: float = Field(
-        0.05, ge=0, le=1, description="Stop the run when more rows than this fail the contract."
-    )
-    block_on_leakage: bool = Field(
-        False,
-        description="Stop before training when a feature alone separates the classes almost "
-        "perfectly (likely leakage); otherwise the release only warns.",
-    )
 
 
 class ChampionScore(BaseModel):
@@ -120,6 +64,9 @@ class ChampionScore(BaseModel):
         "None when its version cannot tell",
     )  # fmt: skip
     overlap: str = Field("", description="How ``seen`` was told, or why it could not be")
+    calibration: str = Field(
+        "", description="How its scores were calibrated (its version tag); empty: not recorded"
+    )
 
     @property
     def decisions(self) -> np.ndarray | None:
@@ -154,6 +101,10 @@ class Evidence(BaseModel):
     comparison: F1Bootstrap | None = None
     compared: str = ""
     champion_seen_rows: int | None = None
+    probability: ProbabilityEvidence | None = None  # calibration and cost on the holdout
+    candidate_calibration: str = ""  # how the candidate's scores were calibrated
+    threshold_objective: str = "f1"
+    f1_threshold: float | None = None  # the threshold F1 would have chosen (cost objective)
 
     @property
     def paired(self) -> F1Bootstrap:
@@ -170,6 +121,8 @@ class Evidence(BaseModel):
             out["champion_compared_rows"] = float(self.comparison.rows)
         if self.champion_seen_rows is not None:
             out["champion_seen_holdout_rows"] = float(self.champion_seen_rows)
+        if self.probability is not None:
+            out |= self.probability.metrics()
         return out
 
 
@@ -200,8 +153,15 @@ def gather_evidence(
     holdout: pd.DataFrame,
     spec: FeatureSpec,
     policy: GatePolicy,
+    *,
+    f1_threshold: float | None = None,
+    calibration: str = "",
 ) -> Evidence:
-    """Bootstrap the holdout F1s (paired with the champion when it was scored) and slice them.
+    """Bootstrap the holdout F1s (paired with the champion when it was scored) and slice them;
+    measure calibration and cost (:func:`flows.training.probability_gate.probability_evidence`).
+
+    ``f1_threshold`` is the threshold F1 would have chosen (cost objective), ``calibration``
+    says how the candidate's scores were calibrated.
 
     Raises:
         ValueError: ``policy.slice_features`` names a feature the spec lacks or a numeric one.
@@ -227,12 +187,23 @@ def gather_evidence(
             champ[rows] if champ is not None else None, policy.min_slice_positives,
         )  # fmt: skip
     seen = champion.seen if champion is not None else None
+    scored = champion is not None and champion.scores is not None and champion.threshold is not None
+    probability = probability_evidence(
+        y_holdout, (np.asarray(candidate_scores, dtype=np.float64), candidate_threshold,
+                    f1_threshold),
+        (champion.scores, champion.threshold) if scored else None,  # type: ignore[union-attr]
+        holdout, keep, policy,
+    )  # fmt: skip
     return Evidence(
         f1=f1,
         slices=slices,
         comparison=comparison,
         compared=compared,
         champion_seen_rows=int(seen.sum()) if seen is not None else None,
+        probability=probability,
+        candidate_calibration=calibration,
+        threshold_objective=policy.threshold_objective,
+        f1_threshold=f1_threshold,
     )
 
 
@@ -356,8 +327,24 @@ def decide_promotion(
                 f"({champion.note}); promote by hand if the change is intended",
             )
         )
+    elif policy.threshold_objective == "cost" and evidence.probability is not None:
+        cost = evidence.probability.paired_cost
+        name = f"champion v{champion.version}"
+        passed, detail = cost_check(cost, policy, name) if cost else (False, "no costs")
+        if evidence.compared:
+            detail += f"; compared on {evidence.compared}"
+        checks.append(Check(name="champion", passed=passed, detail=detail))
     else:
         checks.append(_champion_check(champion, evidence, policy))
+    if evidence.probability is not None:
+        scored = champion is not None and champion.f1 is not None
+        passed, detail = calibration_check(
+            evidence.probability.paired_calibration, policy,
+            f"v{champion.version}" if scored and champion else None,
+            evidence.candidate_calibration or "not stated",
+            champion.calibration if champion else "",
+        )  # fmt: skip
+        checks.append(Check(name="calibration", passed=passed, detail=detail))
     if policy.max_slice_drop is not None and evidence.slices is not None:
         passed, detail = slice_check(evidence.slices, policy.max_slice_drop)
         checks.append(Check(name="slices", passed=passed, detail=detail))
@@ -382,10 +369,14 @@ def gate_release(
     holdout: pd.DataFrame,
     spec: FeatureSpec,
     policy: GatePolicy,
+    *,
+    f1_threshold: float | None = None,
+    calibration: str = "",
 ) -> Decision:
     """The release gate: the holdout's evidence (:func:`gather_evidence`), then the decision."""
     y = holdout[LABEL_INT].to_numpy(dtype=np.int64)
     evidence = gather_evidence(
-        y, candidate_scores, candidate.threshold, champion, holdout, spec, policy
-    )
+        y, candidate_scores, candidate.threshold, champion, holdout, spec, policy,
+        f1_threshold=f1_threshold, calibration=calibration,
+    )  # fmt: skip
     return decide_promotion(candidate, parity, champion, policy, evidence)

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from data_contracts.artifacts import TAG_CALIBRATION
 from data_contracts.schemas import LABEL_INT, ValidationResult, validate_frame
 from data_contracts.spec import FeatureSpec, default_spec, load_spec, parse_spec
+from flows.training.calibration import Calibrator, calibrate, calibrated, calibrator_of
 from flows.training.gate import ChampionScore, GatePolicy
 from flows.training.onnx_export import (
     ParityReport,
@@ -32,6 +34,12 @@ from flows.training.search import (
     search_settings,
 )
 from flows.training.splitting import rows_learned_from
+from flows.training.thresholds import (
+    CostError,
+    ThresholdObjective,
+    check_costs,
+    choose_threshold,
+)
 from flows.training.train import (
     Metrics,
     Splits,
@@ -40,7 +48,6 @@ from flows.training.train import (
     evaluate,
     fit,
     predict_proba,
-    tune_threshold,
 )
 
 
@@ -49,8 +56,13 @@ class ContractViolation(ValueError):
 
 
 def enforce_contract(result: ValidationResult, policy: GatePolicy) -> None:
-    """Raise :class:`ContractViolation` on fatal column errors or too many quarantined rows."""
+    """Raise :class:`ContractViolation` on fatal column errors, too many quarantined rows, or
+    costs the policy names that the data cannot give (a missing cost column)."""
     problems = list(result.fatal_errors)
+    try:
+        check_costs(result.valid, policy.objective())
+    except CostError as err:
+        problems.append(str(err))
     if result.quarantined_share > policy.max_quarantine_share:
         problems.append(
             f"{result.quarantined_rows} of {result.total_rows} rows "
@@ -72,11 +84,15 @@ def validate(df: pd.DataFrame, spec: FeatureSpec) -> ValidationResult:
 class TrainedCandidate:
     """A fitted candidate with its tuned threshold and holdout scores.
 
-    ``params`` are the hyper-parameters of the fitted model (the search's winner when a search
-    ran); ``search`` holds the ranking of every configuration tried, None without a search.
+    ``pipeline`` is the served model: the fitted pipeline followed by its calibrator
+    (:class:`flows.training.calibration.CalibratedModel`), or the bare pipeline when
+    calibration is off. ``params`` are the hyper-parameters of the fitted model (the search's
+    winner when a search ran); ``search`` holds the ranking of every configuration tried, None
+    without a search. ``objective`` is what the threshold optimises; ``f1_threshold`` the one
+    F1 would have chosen on the same rows (the threshold itself under the F1 objective).
     """
 
-    pipeline: Pipeline
+    pipeline: Pipeline | Any
     threshold: float
     holdout_scores: np.ndarray
     metrics: Metrics
@@ -84,6 +100,18 @@ class TrainedCandidate:
     params: TrainParams | None = None
     search: SearchResult | None = None
     threshold_from: str = "validation"
+    objective: str = "f1"
+    f1_threshold: float | None = None
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        """How the served scores are calibrated (None: they are not)."""
+        return calibrator_of(self.pipeline)
+
+    def calibration_text(self) -> str:
+        """How the scores were calibrated, in one line."""
+        c = self.calibrator
+        return c.describe() if c else "none: the class-weighted scores are served as they are"
 
 
 def train_candidate(
@@ -93,8 +121,9 @@ def train_candidate(
     *,
     search: SearchSettings | str = "off",
     time_ordered: bool = False,
+    objective: ThresholdObjective | None = None,
 ) -> TrainedCandidate:
-    """Fit a candidate, tune its F1 threshold and score the frozen holdout.
+    """Fit a candidate, calibrate it, tune its threshold and score the frozen holdout.
 
     With ``search="off"`` (or ``params.cripple``, which shuffles the fixed model's labels) the
     fixed model of ``params`` is fitted on the training rows and its threshold tuned on the
@@ -106,6 +135,12 @@ def train_candidate(
     another scale (on 1M rows their threshold cost the refit 1.9 points of holdout F1), so the
     threshold is tuned on the validation rows when they are at least as many as the out-of-fold
     scores. ``threshold_from`` names the source.
+
+    The fitted model is calibrated as ``params.calibration`` says
+    (:func:`flows.training.calibration.calibrate`: cross-fitted on the training rows), and the
+    threshold is chosen on the calibrated scale (the out-of-fold scores are mapped through the
+    calibrator) for ``objective`` (:func:`flows.training.thresholds.choose_threshold`; F1 by
+    default).
     """
     check_label_classes(splits.train, spec)
     settings = search_settings(search) if isinstance(search, str) else search
@@ -115,20 +150,28 @@ def train_candidate(
         pipeline, params = refit(splits.train, spec, result.params)
     else:
         pipeline = fit(splits.train, spec, params)
+    model = calibrate(pipeline, splits.train, spec, params)
     y_val = splits.validation[LABEL_INT].to_numpy(dtype=np.int64)
-    val_scores = predict_proba(pipeline, splits.validation, spec)
+    val_scores = predict_proba(model, splits.validation, spec)
     # the folds' threshold fits the refit when they covered every training row, or when the
     # validation part is too small to do better
-    if result is not None and (
-        result.search_rows >= result.train_rows or len(y_val) < result.oof_rows
+    if (
+        result is not None
+        and result.oof_scores is not None
+        and (result.search_rows >= result.train_rows or len(y_val) < result.oof_rows)
     ):
-        threshold, source = result.threshold, f"{result.oof_rows:,} out-of-fold scores"
+        y_src, s_src = result.oof_labels, calibrated(model, result.oof_scores)
+        frame = splits.train.iloc[result.oof_positions]
+        source = f"{result.oof_rows:,} out-of-fold scores"
     else:
-        threshold, source = tune_threshold(y_val, val_scores), f"{len(y_val):,} validation rows"
-    holdout_scores = predict_proba(pipeline, splits.holdout, spec)
+        y_src, s_src, frame = y_val, val_scores, splits.validation
+        source = f"{len(y_val):,} validation rows"
+    choice = choose_threshold(objective or ThresholdObjective(), y_src, s_src, frame)
+    threshold = choice.threshold
+    holdout_scores = predict_proba(model, splits.holdout, spec)
     y_hold = splits.holdout[LABEL_INT].to_numpy(dtype=np.int64)
     return TrainedCandidate(
-        pipeline=pipeline,
+        pipeline=model,
         threshold=threshold,
         holdout_scores=holdout_scores,
         metrics=evaluate(y_hold, holdout_scores, threshold),
@@ -136,6 +179,8 @@ def train_candidate(
         params=params,
         search=result,
         threshold_from=source,
+        objective=choice.objective,
+        f1_threshold=choice.f1_threshold,
     )
 
 
@@ -188,7 +233,8 @@ def score_champion(
         same_ids=parsed.id_column is not None or spec_hash == spec.spec_hash(),
     )  # fmt: skip
     return ChampionScore(**base, f1=evaluate(y, scores, threshold).f1, scores=scores,
-                         seen=overlap.seen, overlap=overlap.basis)  # fmt: skip
+                         seen=overlap.seen, overlap=overlap.basis,
+                         calibration=(tags or {}).get(TAG_CALIBRATION, ""))  # fmt: skip
 
 
 def reference_snapshot(

@@ -16,6 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from data_contracts.schemas import LABEL_INT
+from flows.training.calibration_report import calibration_markdown, cost_markdown
 from flows.training.gate import ChampionScore, Decision, Evidence
 from flows.training.search import SearchResult
 from flows.training.slices import SliceReport
@@ -248,6 +249,8 @@ def release_markdown(
             f"| rows / positives | {metrics.rows:,} / {metrics.positives:,} | |",
             "",
         ]
+    if evidence is not None and evidence.probability is not None and metrics is not None:
+        lines += _probability_sections(evidence, metrics.threshold, champion)
     if splits is not None:
         lines += split_table(splits)
     if evidence is not None and evidence.slices is not None:
@@ -258,6 +261,34 @@ def release_markdown(
         lines += ["| fact | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in facts.items()]
     return "\n".join(lines) + "\n"
+
+
+def _probability_sections(
+    evidence: Evidence, threshold: float, champion: ChampionScore | None
+) -> list[str]:
+    """Calibration of both models (on the compared rows when the champion saw some holdout
+    rows) and, with costs set, the threshold's expected cost."""
+    prob = evidence.probability
+    if prob is None:
+        return []
+    scored = champion is not None and champion.f1 is not None
+    name = f"v{champion.version}" if champion is not None and scored else None
+    paired = prob.paired_calibration
+    lines = calibration_markdown(paired, evidence.candidate_calibration or "not stated", name,
+                                 champion.calibration if champion is not None else "")  # fmt: skip
+    if prob.calibration_comparison is not None:
+        c = prob.calibration.candidate
+        lines += [f"Candidate on all {prob.calibration.rows:,} holdout rows: ECE {c.ece.text()}, "
+                  f"Brier {c.brier.text()}; compared on {evidence.compared}.", ""]  # fmt: skip
+    if prob.cost is not None:
+        lines += cost_markdown(prob.cost, evidence.threshold_objective, threshold,
+                               evidence.f1_threshold, name)  # fmt: skip
+    paired_cost = prob.cost_comparison
+    if paired_cost is not None and paired_cost.champion and paired_cost.difference:
+        lines += [f"On the {paired_cost.rows:,} compared rows: expected cost per 1,000 candidate "
+                  f"{paired_cost.candidate.text()}, champion {paired_cost.champion.text()}, "
+                  f"difference {paired_cost.difference.text(True)}.", ""]  # fmt: skip
+    return lines
 
 
 def split_table(splits: Splits) -> list[str]:

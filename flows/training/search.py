@@ -121,6 +121,11 @@ class SearchResult(BaseModel):
     params: TrainParams  # the winner's configuration, to refit on all training rows
     threshold: float
     oof_rows: int
+    # the winner's out-of-fold scores, their labels and the rows' positions in ``train`` (for
+    # a threshold on the calibrated scale or by cost); kept in memory, not serialised
+    oof_scores: np.ndarray | None = Field(None, exclude=True, repr=False)
+    oof_labels: np.ndarray | None = Field(None, exclude=True, repr=False)
+    oof_positions: np.ndarray | None = Field(None, exclude=True, repr=False)
 
 
 class SearchError(ValueError):
@@ -128,7 +133,12 @@ class SearchError(ValueError):
 
 
 def _fixed_fields(base: TrainParams) -> dict[str, Any]:
-    return {"class_weight": base.class_weight, "random_state": base.random_state}
+    return {
+        "class_weight": base.class_weight,
+        "random_state": base.random_state,
+        "calibration": base.calibration,
+        "calibration_folds": base.calibration_folds,
+    }
 
 
 def candidate_grid(base: TrainParams, trials: int, seed: int) -> list[tuple[str, TrainParams]]:
@@ -282,7 +292,8 @@ def run_search(
         raise ValueError("search: preset 'off' trains the fixed model; there is nothing to search")
     started = clock()
     seed = base.random_state
-    sample = stratified_sample(train, settings.max_rows, seed)
+    # positions in ``train`` survive the sampling and ordering below
+    sample = stratified_sample(train.reset_index(drop=True), settings.max_rows, seed)
     if time_ordered:
         column = spec.event_time_column
         if not column or column not in sample.columns:
@@ -290,6 +301,7 @@ def run_search(
                 f"search: time-ordered folds need the event-time column {column!r} in the data"
             )
         sample = sample.sort_values(column, kind="stable")
+    positions = sample.index.to_numpy()
     sample = sample.reset_index(drop=True)
     x = model_frame(sample, spec)
     y = sample[LABEL_INT].to_numpy(dtype=np.int64)
@@ -344,4 +356,7 @@ def run_search(
         params=params_by_name[winner.name],
         threshold=tune_threshold(y[scored], oof[scored]),
         oof_rows=int(scored.sum()),
+        oof_scores=oof[scored],
+        oof_labels=y[scored],
+        oof_positions=positions[scored],
     )

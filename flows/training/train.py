@@ -61,6 +61,19 @@ class TrainParams(BaseModel):
     cripple: bool = Field(
         False, description="Train on shuffled labels: a candidate that must be blocked."
     )
+    calibration: Literal["isotonic", "none"] = Field(
+        "isotonic",
+        description="isotonic: serve calibrated probabilities (centred isotonic regression "
+        "cross-fitted on the training rows, flows.training.calibration); none: the class-"
+        "weighted scores as they are (what releases served before)",
+    )
+    calibration_folds: int | None = Field(
+        None,
+        ge=2,
+        le=10,
+        description="Folds of the calibration's cross-fitting; None: as many as the training "
+        "rows afford, 3 to 10 (flows.training.calibration.auto_folds)",
+    )
 
 
 def build_pipeline(spec: FeatureSpec, params: TrainParams) -> Pipeline:
@@ -137,11 +150,17 @@ def fit_threads(rows: int) -> Iterator[None]:
         yield
 
 
-def fit(train: pd.DataFrame, spec: FeatureSpec, params: TrainParams) -> Pipeline:
-    """Fit the pipeline on the model frame of ``train``."""
+def training_labels(train: pd.DataFrame, params: TrainParams) -> np.ndarray:
+    """The labels a model learns from: ``train``'s, shuffled when ``params.cripple``."""
     y = train[LABEL_INT].to_numpy(dtype=np.int64)
     if params.cripple:
         y = np.random.default_rng(params.random_state).permutation(y)
+    return y
+
+
+def fit(train: pd.DataFrame, spec: FeatureSpec, params: TrainParams) -> Pipeline:
+    """Fit the (uncalibrated) pipeline on the model frame of ``train``."""
+    y = training_labels(train, params)
     pipeline = build_pipeline(spec, params)
     with fit_threads(len(train)):
         pipeline.fit(model_frame(train, spec), y)

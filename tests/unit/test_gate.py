@@ -189,8 +189,9 @@ def test_every_failed_check_is_listed():
                           threshold=0.5)  # fmt: skip
     y = labels(1000, 40)
     d = judge(y, decisions(y, 5, 30), champion_of(y, decisions(y, 38, 2)), parity=parity)
+    # hard 0/1 scores that are mostly wrong are also clearly worse calibrated
     assert [r.split(":")[0] for r in d.reasons] == [
-        "holdout_size", "f1_floor", "champion", "onnx_parity"
+        "holdout_size", "f1_floor", "champion", "calibration", "onnx_parity"
     ]  # fmt: skip
 
 

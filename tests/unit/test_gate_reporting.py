@@ -93,8 +93,13 @@ def test_the_summary_prints_the_interval_from_the_tags():
     assert lines == [
         "holdout F1:        0.8123, interval 0.7811 to 0.8420 (95%), 135 positives",
         "vs champion:       +0.0120 (95% interval -0.0051 to +0.0290) vs v3",
+        "calibration:       not recorded",
     ]
     assert evidence_lines({}) == []
+    calibrated = evidence_lines(
+        {TAG_HOLDOUT_F1: "0.8", "calibration": "isotonic (...)", "holdout_ece": "0.0017 [..]"}
+    )
+    assert calibrated[-1] == "calibration:       isotonic (...); holdout ECE 0.0017 [..]"
 
 
 def test_the_run_result_carries_the_interval(spec):

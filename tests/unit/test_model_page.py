@@ -83,3 +83,13 @@ def test_holdout_metrics_come_from_the_training_run():
         raise RuntimeError("tracking server down")
 
     assert holdout_metrics(SimpleNamespace(get_run=broken), "r1") == {}
+
+
+def test_the_page_says_how_fraud_probability_was_calibrated(runtime):
+    card = describe_runtime(runtime)  # a store label-less model: registered before calibration
+    assert card["calibration"].startswith("not calibrated")
+    labelled = runtime.__class__(**{**runtime.__dict__, "labels": {
+        **runtime.labels, "calibration": "isotonic (centred, on log-odds), cross-fitted on "
+        "128,000 training rows (2,792 positives, 3 folds); 40 knots"}})  # fmt: skip
+    page = render_page(describe_runtime(labelled))
+    assert "fraud_probability calibrated" in page and "128,000 training rows" in page

@@ -26,6 +26,7 @@ LABELS = {
     "spec_hash": "abc",
     "data_digest": "d1",
     "git_commit": "c1",
+    "calibration": "none",
 }
 
 
@@ -72,6 +73,10 @@ def test_store_labels_come_from_the_version_tags():
     }
     assert store.store_labels("fraud-detector", "3", tags) == LABELS
     assert store.store_labels("fraud-detector", "3", {})["run_id"] == "unknown"
+    # how the scores were calibrated travels to the bento (its model page says it)
+    calibrated = tags | {"calibration": "isotonic (centred, on log-odds), cross-fitted on 9 rows"}
+    labels = store.store_labels("fraud-detector", "3", calibrated)
+    assert labels["calibration"].startswith("isotonic")
 
 
 def test_release_log_dir_is_per_version(settings):

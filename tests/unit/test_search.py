@@ -26,7 +26,13 @@ from flows.training.search import (
     search_settings,
     splits_by_time,
 )
-from flows.training.train import TrainParams, fit, predict_proba, split, tune_threshold
+from flows.training.thresholds import ThresholdObjective, choose_threshold
+from flows.training.train import TrainParams, fit, predict_proba, split
+
+
+def f1_threshold_on(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The release's F1 threshold on these rows (halfway below the best-F1 score)."""
+    return choose_threshold(ThresholdObjective(), labels, scores, None).threshold
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +98,9 @@ def test_searched_candidate_is_refitted_and_thresholded_out_of_fold():
     splits = split(toy_rows("interaction", spec), spec, 0.2, 0.2)
     cand = train_candidate(splits, spec, BASE, search=SMALL)
     assert cand.search is not None and cand.params.classifier == "hgb"
-    assert cand.threshold == cand.search.threshold
+    # tuned on the out-of-fold scores mapped to the calibrated scale
+    oof = cand.search
+    assert cand.threshold == f1_threshold_on(oof.oof_labels, cand.calibrator.apply(oof.oof_scores))
     assert cand.search.oof_rows == len(splits.train)  # every training row scored out of fold
     assert cand.threshold_from == f"{len(splits.train):,} out-of-fold scores"
     # the refit gets every round of the winning configuration (no early stopping there)
@@ -109,7 +117,7 @@ def test_a_search_on_a_sample_tunes_the_refit_threshold_on_enough_validation_row
     sampled = SMALL.model_copy(update={"max_rows": 600})
     cand = train_candidate(splits, spec, BASE, search=sampled)
     assert cand.search.search_rows == 600 < cand.search.train_rows
-    assert cand.threshold == tune_threshold(
+    assert cand.threshold == f1_threshold_on(
         y_val, predict_proba(cand.pipeline, splits.validation, spec)
     )
     assert cand.threshold_from == "960 validation rows"
@@ -119,19 +127,21 @@ def test_a_search_on_a_sample_tunes_the_refit_threshold_on_enough_validation_row
     larger = SMALL.model_copy(update={"max_rows": 2_000})
     kept = train_candidate(splits, spec, BASE, search=larger)
     assert kept.search.search_rows < kept.search.train_rows
-    assert kept.threshold == kept.search.threshold
+    assert kept.threshold == f1_threshold_on(
+        kept.search.oof_labels, kept.calibrator.apply(kept.search.oof_scores)
+    )
     assert kept.threshold_from.endswith("out-of-fold scores")
 
 
 def test_off_reproduces_the_fixed_model():
     spec = toy_spec()
     splits = split(toy_rows("linear", spec), spec, 0.2, 0.2)
-    params = TrainParams(max_iter=40)
+    params = TrainParams(max_iter=40, calibration="none")
     cand = train_candidate(splits, spec, params, search="off")
     fixed = fit(splits.train, spec, params)
     y_val = splits.validation[LABEL_INT].to_numpy()
     assert cand.search is None and cand.params == params
-    assert cand.threshold == tune_threshold(y_val, predict_proba(fixed, splits.validation, spec))
+    assert cand.threshold == f1_threshold_on(y_val, predict_proba(fixed, splits.validation, spec))
     np.testing.assert_array_equal(cand.holdout_scores, predict_proba(fixed, splits.holdout, spec))
     default = train_candidate(splits, spec, params)  # off is the function's default
     np.testing.assert_array_equal(default.holdout_scores, cand.holdout_scores)
