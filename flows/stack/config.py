@@ -32,8 +32,8 @@ class StackConfigError(ValueError):
     """A stack setting from the environment is invalid; the message names the variable."""
 
 
-class StackConfig(BaseSettings):
-    """The embedded default: where its state lives and which ports its servers take."""
+class _FraudSettings(BaseSettings):
+    """``FRAUD_`` variables; an empty one counts as unset, and folders are absolute."""
 
     model_config = SettingsConfigDict(
         env_prefix="FRAUD_", frozen=True, extra="ignore", env_ignore_empty=True
@@ -44,6 +44,10 @@ class StackConfig(BaseSettings):
     def _absolute(cls, value: object) -> object:
         """Folders are absolute: servers and flow runs work in other folders than the caller."""
         return value.absolute() if isinstance(value, Path) else value
+
+
+class StackConfig(_FraudSettings):
+    """The embedded default: where its state lives and which ports its servers take."""
 
     home: Path = Field(default_factory=lambda: fraud_home(), description="All local state.")
     prefect_port: int = Field(4200, ge=1, le=65535, description="Local Prefect server (and UI).")
@@ -112,18 +116,8 @@ class StackConfig(BaseSettings):
         return PROJECT_ROOT / ".venv" / "bin"
 
 
-class ProductionConfig(BaseSettings):
+class ProductionConfig(_FraudSettings):
     """The production profile: PostgreSQL, Prefect and MLflow servers on it, Evidently UI."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="FRAUD_", frozen=True, extra="ignore", env_ignore_empty=True
-    )
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _absolute(cls, value: object) -> object:
-        """Folders are absolute: servers and flow runs work in other folders than the caller."""
-        return value.absolute() if isinstance(value, Path) else value
 
     fraud_home: Path = Field(
         default_factory=lambda: fraud_home(), validation_alias=AliasChoices("FRAUD_HOME")
@@ -199,6 +193,7 @@ class ProductionConfig(BaseSettings):
             "FRAUD_EVIDENTLY_PORT": str(self.prod_evidently_port),
             "FRAUD_EVIDENTLY_DIR": str(self.home / "evidently"),
             "FRAUD_PROD_HOME": str(self.home),
+            "FRAUD_PROMETHEUS_PORT": str(self.prod_prometheus_port),
         }
 
 

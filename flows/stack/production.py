@@ -273,7 +273,6 @@ class ProductionStack:
         self.stack.up()
         from flows.stack import prometheus
 
-        os.environ["FRAUD_PROMETHEUS_PORT"] = str(cfg.prod_prometheus_port)
         prometheus.up()
         say(
             f"Prefect API {cfg.prefect_url}, MLflow {cfg.mlflow_url}, Evidently "
@@ -287,7 +286,6 @@ class ProductionStack:
     def down(self) -> None:
         from flows.stack import prometheus
 
-        os.environ["FRAUD_PROMETHEUS_PORT"] = str(self.config.prod_prometheus_port)
         try:
             prometheus.down()
         finally:
@@ -307,7 +305,6 @@ class ProductionStack:
         mlflow = "healthy" if http_probe(f"{cfg.mlflow_url}/health")() else "not answering"
         from flows.stack import prometheus
 
-        os.environ["FRAUD_PROMETHEUS_PORT"] = str(cfg.prod_prometheus_port)
         return [
             f"postgresql: {pg}",
             *self.processes.status_lines(["postgres", "mlflow-server"]),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from flows.training.uncertainty import Interval
+from flows.training.uncertainty import Interval, percentile_interval
 
 CHUNK = 50  # resamples drawn at once (CHUNK x rows indices in memory)
 
@@ -148,12 +148,6 @@ def _draws(
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _interval(estimate: float, draws: np.ndarray, confidence: float) -> Interval:
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return Interval(estimate=float(estimate), low=float(low), high=float(high))
-
-
 def calibration_evidence(
     y: np.ndarray,
     candidate: np.ndarray,
@@ -177,8 +171,8 @@ def calibration_evidence(
         quality[k] = Quality(
             mean_score=float(p.mean()),
             observed_rate=float(y.mean()),
-            brier=_interval(brier(y, p), draws[f"{k}_brier"], confidence),
-            ece=_interval(ece(y, p, bins), draws[f"{k}_ece"], confidence),
+            brier=percentile_interval(brier(y, p), draws[f"{k}_brier"], confidence),
+            ece=percentile_interval(ece(y, p, bins), draws[f"{k}_ece"], confidence),
             reliability=reliability(y, p, bins),
         )
     out = CalibrationEvidence(
@@ -195,11 +189,11 @@ def calibration_evidence(
     return out.model_copy(
         update={
             "champion": h,
-            "brier_difference": _interval(
+            "brier_difference": percentile_interval(
                 c.brier.estimate - h.brier.estimate,
                 draws["candidate_brier"] - draws["champion_brier"], confidence,
             ),
-            "ece_difference": _interval(
+            "ece_difference": percentile_interval(
                 c.ece.estimate - h.ece.estimate,
                 draws["candidate_ece"] - draws["champion_ece"], confidence,
             ),
@@ -260,16 +254,16 @@ def cost_evidence(
         objective=objective,
         rows=n,
         confidence=confidence,
-        candidate=_interval(est["candidate"], draws["candidate"], confidence),
+        candidate=percentile_interval(est["candidate"], draws["candidate"], confidence),
         candidate_at_f1_threshold=(
             float(np.mean(at_f1_threshold) * 1000) if at_f1_threshold is not None else None
         ),
     )
     if champion_costs is None:
         return out
-    diff = _interval(est["candidate"] - est["champion"],
+    diff = percentile_interval(est["candidate"] - est["champion"],
                      draws["candidate"] - draws["champion"], confidence)  # fmt: skip
     return out.model_copy(
-        update={"champion": _interval(est["champion"], draws["champion"], confidence),
+        update={"champion": percentile_interval(est["champion"], draws["champion"], confidence),
                 "difference": diff}
     )  # fmt: skip

@@ -124,7 +124,8 @@ def cell_counts(
     return np.bincount(4 * y + 2 * cand + champ, minlength=8)
 
 
-def _interval(estimate: float, draws: np.ndarray, confidence: float) -> Interval:
+def percentile_interval(estimate: float, draws: np.ndarray, confidence: float) -> Interval:
+    """The estimate with the central ``confidence`` share of its bootstrap ``draws``."""
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return Interval(estimate=float(estimate), low=float(low), high=float(high))
@@ -168,11 +169,13 @@ def paired_f1_bootstrap(
         "seed": seed,
         "rows": rows,
         "positives": int(counts[4:].sum()),
-        "candidate": _interval(cand_point, cand_f1, confidence),
+        "candidate": percentile_interval(cand_point, cand_f1, confidence),
     }
     if champion is not None:
         champ_f1 = f1_from_counts(draws[:, 3], draws[:, 4], draws[:, 5])
         champ_point = float(f1_from_counts(*observed[3:]))
-        result["champion"] = _interval(champ_point, champ_f1, confidence)
-        result["difference"] = _interval(cand_point - champ_point, cand_f1 - champ_f1, confidence)
+        result["champion"] = percentile_interval(champ_point, champ_f1, confidence)
+        result["difference"] = percentile_interval(
+            cand_point - champ_point, cand_f1 - champ_f1, confidence
+        )
     return F1Bootstrap(**result)
