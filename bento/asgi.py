@@ -108,10 +108,16 @@ class LeanStarlette(Starlette):
     """Starlette routing without a second error-middleware stack.
 
     BentoML's app around it already has one, and every endpoint answers its own errors.
+    ``gate`` (the API-key check of :mod:`bento.auth`, None when keys are off) sees each request
+    first; it answers and returns False to refuse one.
     """
+
+    gate: Callable[[Scope, Send], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         scope["app"] = self
+        if self.gate is not None and not await self.gate(scope, send):
+            return
         await self.router(scope, receive, send)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import bentoml
 
 from bento import internals, store
+from bento.auth import api_key_gate
 from bento.config import ServingConfig
 from bento.follow import ChampionFollower, FollowConfigError, FollowStatus, follow_settings
 from bento.http_app import ServingApp
@@ -40,6 +41,7 @@ from bento.memory import tune_allocator
 from bento.metrics import ServiceMetrics, service_metrics
 from bento.model_page import describe_runtime
 from bento.runtime import ModelLoadError, ModelRuntime, load_runtime, verify_files
+from data_contracts.api_keys import ApiKeyError
 from data_contracts.artifacts import MODEL_TAG_ENV, pointer_path
 from data_contracts.id_key import serving_id_key
 
@@ -166,9 +168,11 @@ class FraudDetector:
         log = configure_json_logging(logging.DEBUG if config.log_requests else logging.INFO)
         try:
             follow, interval, mode = follow_settings(self.model_source)
-        except FollowConfigError as err:
+            gate = api_key_gate()  # None: no key configured (the embedded default)
+        except (FollowConfigError, ApiKeyError) as err:
             log.error("start-up refused: %s", err)
             raise
+        SERVING.app.gate = gate
         _keep_pandas_out()
         tuned = tune_allocator()
         stored = self.model_ref
@@ -222,6 +226,7 @@ class FraudDetector:
                 "labels": dict(runtime.labels),
                 "allocator_tuned": tuned,
                 "follow_champion": self.follow.pointer if follow else f"off ({mode})",
+                "api_keys": gate.source.describe() if gate is not None else "off",
             },
         )
         if self.follower is not None:

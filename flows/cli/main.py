@@ -119,6 +119,13 @@ COMMANDS: tuple[Command, ...] = (
         "run",
     ),
     Command(
+        "api-keys",
+        "rotate the bento's API keys (rotate, retire, status) in FRAUD_API_KEYS_FILE",
+        "flows.cli.api_keys",
+        "add_arguments",
+        "run",
+    ),
+    Command(
         "prometheus",
         "Prometheus scraping the serving fleet: up, down, status, reload, check, register",
         "flows.cli.prometheus",
@@ -143,8 +150,8 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Operate the fraud-detection pipeline: the local stack and Prometheus, "
-        "rollback, history, serving fleet, summary, data, traffic, automations, work pools and "
-        "Kubernetes manifests.",
+        "rollback, history, serving fleet, summary, data, traffic, automations, work pools, "
+        "Kubernetes manifests and API keys.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

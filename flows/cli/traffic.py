@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from data_contracts.api_keys import auth_headers
 from flows.cli.options import add_drift_arguments, add_url_argument
 
 if TYPE_CHECKING:  # pandas is imported only when traffic is sent: `fraud --help` stays fast
@@ -33,7 +34,7 @@ def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
     request = urllib.request.Request(
         url.rstrip("/") + "/predict_batch",
         json.dumps({"records": records}).encode(),
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **auth_headers()},  # the configured API key
     )
     try:
         # the URL is the operator's own --url argument: nothing untrusted picks the scheme

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
+from data_contracts.api_keys import auth_headers
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PREDICTION_PATHS = ("/predict", "/predict_batch")
 
 
 def free_port() -> int:
@@ -21,11 +25,18 @@ def free_port() -> int:
 def http_json(
     method: str, url: str, body: Any | None = None, timeout: float = 10
 ) -> tuple[int, Any]:
-    """One HTTP request to a local server (no proxy); returns the status and the decoded JSON."""
+    """One HTTP request to a local server (no proxy); returns the status and the decoded JSON.
+
+    A request to a prediction endpoint carries the configured API key (``FRAUD_API_KEYS`` or
+    ``FRAUD_API_KEYS_FILE``; none when neither is set).
+    """
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    if urllib.parse.urlsplit(url).path.endswith(PREDICTION_PATHS):
+        for name, value in auth_headers().items():
+            request.add_header(name, value)
     try:
         with _NO_PROXY.open(request, timeout=timeout) as response:
             raw = response.read()

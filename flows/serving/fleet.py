@@ -20,7 +20,6 @@ The record and its lock are :mod:`flows.serving.state`; status and restore are
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import stat
 import time
@@ -30,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from data_contracts.artifacts import image_tag, parse_tag
-from data_contracts.id_key import KEY_ENV as ID_KEY_ENV
 from data_contracts.inference_log import LOG_DIR_ENV, PARTITION_PREFIX
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
 from flows.packaging import container, smoke
 from flows.packaging.errors import SmokeTestError
 from flows.packaging.publish import read_champion
-from flows.serving import balancer
+from flows.serving import balancer, secrets
 from flows.serving.state import (
     CONTAINER_LOG_DIR,
     DEFAULT_METRICS_PORT,
@@ -99,24 +97,18 @@ def start_replica(settings: Settings, image: str, port: int, paths: FleetPaths) 
         LOG_DIR_ENV: CONTAINER_LOG_DIR,
     }
     env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-    # the id-hash key reaches the replica through a 0600 env file, never on a command line
-    key_file = paths.root / f".{name}.id-key.env"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"{ID_KEY_ENV}={settings.id_key().decode()}\n")
-    try:
-        proc = container.docker(
-            "run", "-d", "--name", name, "--network", "host", *env_args,
-            "--env-file", str(key_file),
-            "-v", f"{shared_log_dir(settings)}:{CONTAINER_LOG_DIR}",
-            "--label", f"fraud.fleet={paths.root}", "--label", f"fraud.model_version={version}",
-            image,
-        )  # fmt: skip
-    finally:
-        key_file.unlink(missing_ok=True)
+    # keys reach the replica as files in mounted folders: never on a command line, never in
+    # its environment (which `docker inspect` shows); see flows/serving/secrets.py
+    secret_args = secrets.replica_secret_args(paths.root, name, settings.id_key())
+    proc = container.docker(
+        "run", "-d", "--name", name, "--network", "host", *env_args, *secret_args,
+        "-v", f"{shared_log_dir(settings)}:{CONTAINER_LOG_DIR}",
+        "--label", f"fraud.fleet={paths.root}", "--label", f"fraud.model_version={version}",
+        image,
+    )  # fmt: skip
     if proc.returncode != 0:
         container.docker("rm", "-f", name, timeout=60)
+        secrets.remove_replica_secrets(paths.root, name)
         raise FleetError(f"docker run {image} failed: {proc.stderr.strip()}")
     return Replica(name, port, proc.stdout.strip(), version, image)
 
@@ -138,6 +130,7 @@ def remove_replica(replica: Replica, paths: FleetPaths, stop_timeout_s: int = 10
     container.docker("stop", "-t", str(stop_timeout_s), replica.name, timeout=stop_timeout_s + 60)
     save_logs(replica, paths)
     container.docker("rm", "-f", replica.name, timeout=60)
+    secrets.remove_replica_secrets(paths.root, replica.name)
 
 
 def verify_replica(

@@ -194,7 +194,22 @@ class ProductionConfig(_FraudSettings):
             "FRAUD_EVIDENTLY_DIR": str(self.home / "evidently"),
             "FRAUD_PROD_HOME": str(self.home),
             "FRAUD_PROMETHEUS_PORT": str(self.prod_prometheus_port),
-        }
+        } | self.credential_environ()
+
+    # -- credentials (issue 28): generated and rotated by flows/stack/credentials.py -----------
+    api_keys_file: Path | None = Field(None, description="Bento API keys; default <secrets>/api/")
+
+    @property
+    def api_keys_path(self) -> Path:
+        """The bento's API keys (one per line, first is current), mode 0600."""
+        return self.api_keys_file or self.secrets_dir / "api" / "keys"
+
+    def credential_environ(self) -> dict[str, str]:
+        """Where the profile's replicas and callers read credentials (not the values)."""
+        env: dict[str, str] = {}
+        if not os.environ.get("FRAUD_API_KEYS"):  # inline keys given: used as they are
+            env["FRAUD_API_KEYS_FILE"] = str(self.api_keys_path)
+        return env
 
 
 def load(kind: type[C]) -> C:

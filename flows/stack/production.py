@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from flows.core.processes import Server, http_probe, run_as, stop_pid
-from flows.stack import packages
+from flows.stack import credentials, packages
 from flows.stack.config import ProductionConfig, StackConfig, load
 from flows.stack.embedded import EmbeddedStack, StackError, say
 
@@ -252,6 +252,7 @@ class ProductionStack:
 
     def up(self) -> None:
         cfg = self.config
+        credentials.ensure_api_keys(cfg)  # issue 28: the bento's API keys (0600 file)
         self.pg_up()
         self.create_databases()
         cfg.artifacts.mkdir(parents=True, exist_ok=True)

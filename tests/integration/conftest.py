@@ -200,6 +200,8 @@ def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> It
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
             "MLFLOW_TRACKING_URI": s.tracking_uri,
             "FRAUD_EVIDENTLY_URL": f"http://127.0.0.1:{evidently_port}",
+            # the bento's API keys the profile generated: tests call /predict as operators do
+            "FRAUD_API_KEYS_FILE": str(home / "secrets" / "api" / "keys"),
             "PREFECT_HOME": str(home / "prefect"),
             "BENTOML_HOME": str(home / "bentoml"),
         }

@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 import pytest
 from aiosmtpd.controller import Controller
 
+from data_contracts.api_keys import auth_headers
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
@@ -71,6 +72,7 @@ class Bento:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.headers = {"Content-Type": "application/json", **auth_headers(env)}  # prod: keys
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
@@ -92,9 +94,7 @@ class Bento:
         pytest.fail(f"bentoml serve not ready in 120 s:\n{log.read_text()[-3000:]}")
 
     def post(self, path: str, payload: dict) -> dict:
-        req = urllib.request.Request(
-            self.base + path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
+        req = urllib.request.Request(self.base + path, json.dumps(payload).encode(), self.headers)
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 

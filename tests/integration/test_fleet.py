@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from data_contracts.api_keys import KEYS_FILE_ENV, client_key, new_key, write_key_file
 from data_contracts.inference_log import day_folder, read_log
 from flows.core.http import free_port, http_json
 from flows.core.settings import Settings
@@ -93,6 +94,10 @@ def served(tmp_path_factory, small_data, docker_engine) -> Iterator[Served]:
         mp.setenv("FRAUD_IMAGE_PREFIX", prefix)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("FRAUD_MLFLOW_TRACKING_URI", raising=False)
+        # keys on, as in the production profile: every caller (smoke checks, the load, `fraud`)
+        # must send the key the replicas read from the mounted file
+        write_key_file(home / "secrets" / "api" / "keys", [new_key()])
+        mp.setenv(KEYS_FILE_ENV, str(home / "secrets" / "api" / "keys"))
         env = dict(os.environ)
         settings = Settings()
         try:
@@ -334,3 +339,20 @@ def test_replicas_write_the_log_in_a_day_a_root_writer_made_and_say_when_they_ca
     _fleet_records(served, "again", 10)
     assert _until(lambda: _logged(served, "again") == 10)
     assert served.fraud("fleet", "status").returncode == 0
+
+
+def test_replicas_need_the_key_and_docker_shows_no_secret(served):
+    """The key is checked behind the balancer, and neither it nor the id-hash key is in what
+    ``docker inspect`` shows of a replica (environment, command, labels, mounts)."""
+    record = served.records[0]
+    assert call(f"http://127.0.0.1:{served.port}/predict", record)[0] == 401
+    assert http_json("POST", f"http://127.0.0.1:{served.port}/predict", record)[0] == 200
+    api_key, id_key = client_key(), served.settings.id_key().decode()
+    assert api_key
+    for replica in served.state().replicas:
+        shown = subprocess.run(
+            ["docker", "inspect", replica.name], capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "/run/fraud/api-keys" in shown.stdout  # the folder is mounted, not the value
+        assert api_key not in shown.stdout and id_key not in shown.stdout

@@ -27,6 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from mlflow.entities import ViewType
 
+from data_contracts.api_keys import client_key
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
@@ -217,13 +218,20 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
     assert any(f"v{version}" in s for s in subjects), subjects
     mails = {f"email {i}": mail_contents(raw) for i, (_, raw) in enumerate(smtp.received)}
 
-    private = stack.home / "secrets"  # the production profile's pgpass and password file
+    private = stack.home / "secrets"  # the production profile's credential files
+    searched = [SMTP_SECRET, *stack.secrets]
     if stack.profile == "prod":
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
-        for credential in private.iterdir():
-            assert stat.S_IMODE(credential.stat().st_mode) == 0o600, credential
+        files = [p for p in private.rglob("*") if p.is_file()]
+        for credential in private.rglob("*"):
+            mode = 0o600 if credential.is_file() else 0o700
+            mode = 0o644 if credential.name == "ca.pem" else mode  # a CA certificate is public
+            assert stat.S_IMODE(credential.stat().st_mode) == mode, credential
         # the search finds the password where it is meant to be: the check can fail
-        assert hits(list(stack.secrets), {p.name: p.read_bytes() for p in private.iterdir()})
+        assert hits(list(stack.secrets), {p.name: p.read_bytes() for p in files})
+        api_key = client_key(stack.env)  # the bento's API key the profile generated
+        assert api_key and hits([api_key], {p.name: p.read_bytes() for p in files})
+        searched.append(api_key)
 
     prefect = prefect_records(stack.env["PREFECT_API_URL"])
     assert prefect["logs"] and prefect["artifacts"] and len(prefect["flow_runs"]) >= 2
@@ -237,7 +245,7 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
         | outputs
     )
     assert any("drift_reports" in name for name in haystacks)  # the reports were searched
-    assert hits([SMTP_SECRET, *stack.secrets], haystacks) == []
+    assert hits(searched, haystacks) == []
 
 
 def test_the_search_finds_every_form_of_a_secret():

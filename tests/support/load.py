@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_contracts.api_keys import auth_headers
+
 
 @dataclass
 class LoadResult:
@@ -37,6 +39,8 @@ class Load:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        # the configured API key (none in the embedded default), as every caller sends it
+        self._headers = {"Content-Type": "application/json", **auth_headers()}
 
     def _client(self, offset: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -45,7 +49,7 @@ class Load:
             body = json.dumps(self.records[i % len(self.records)])
             i += 1
             try:
-                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                conn.request("POST", "/predict", body, self._headers)
                 response = conn.getresponse()
                 raw = response.read()
                 status = response.status

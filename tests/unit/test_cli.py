@@ -20,6 +20,7 @@ HEAVY = ("mlflow", "prefect", "pandas", "sklearn", "pyarrow", "bentoml", "eviden
 
 # the options each subcommand's --help must mention
 OPTIONS = {
+    "api-keys": ["rotate", "retire", "status", "--settle", "FRAUD_API_KEYS_FILE"],
     "rollback": ["--version", "--model", "--reason", "--actor", "--no-image"],
     "history": ["--model"],
     "fleet": ["up", "down", "status", "restore", "roll", "fleet.json", "balancer.log"],
