@@ -20,7 +20,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui monitor-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-tls bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui monitor-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -105,6 +105,10 @@ bench-serve: install ## bento vs the FastAPI baseline: req/s, p99, batch records
 bench-soak: install ## the bento at its measured capacity for 60 s: non-2xx, RSS growth, p50/p99 (wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m benchmarks.serve.soak
+
+bench-tls: install ## single-row /predict through HAProxy: TLS and the API-key check vs plain HTTP (wrk)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
+	$(PY) -m benchmarks.serve.tls
 
 bench-swap: install ## checkout bentoml serve under wrk while the champion moves: failed requests, swap latency, req/s vs steady
 	$(PY) -m benchmarks.serve.swap

@@ -9,6 +9,7 @@ benchmarks that drive load with it (``bench``, ``soak``) and from the server plu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess  # nosec B404 # fixed wrk argv, never a shell
 import sys
@@ -19,7 +20,7 @@ WRK_SCRIPT = """
 local bodies = {}
 for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
 local i = 0
-local headers = {["Content-Type"] = "application/json"}
+local headers = {%(headers)s}
 request = function()
   i = i %% #bodies + 1
   return wrk.format("POST", nil, headers, bodies[i])
@@ -58,10 +59,22 @@ class LoadResult:
 
 
 def run_wrk(
-    url: str, bodies: Path, connections: int, seconds: int, target: str, per_request: int = 1
+    url: str,
+    bodies: Path,
+    connections: int,
+    seconds: int,
+    target: str,
+    per_request: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
+    """One wrk run; ``headers`` are sent besides Content-Type (the script file is 0600: it may
+    hold an API key)."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
     script = bodies.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT % {"bodies": bodies})
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        pairs = ", ".join(f'["{k}"] = "{v}"' for k, v in sent.items())
+        out.write(WRK_SCRIPT % {"bodies": bodies, "headers": pairs})
     out = subprocess.run(  # nosec B603 B607 # fixed wrk argv, wrk from PATH
         [
             "wrk",

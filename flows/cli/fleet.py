@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 ready_timeout_s=args.ready_timeout,
             )  # fmt: skip
             print(f"fleet up: {state.model} v{state.version}, {len(state.replicas)} replicas")
-            print(f"serving: http://127.0.0.1:{state.port} (/readyz: the balancer's view)")
+            print(f"serving: {state.url} (/readyz: the balancer's view)")
             print(f"metrics: http://{state.metrics_host}:{state.metrics_port}/metrics (/stats)")
             return 0
         if args.action == "down":

@@ -31,10 +31,13 @@ def served_version(url: str, record: dict) -> str:
 
     from data_contracts.artifacts import VERSION_FIELD
     from flows.cli.traffic import post_batch
+    from flows.core.http import tls_context
 
+    context = tls_context() if url.startswith("https:") else None  # FRAUD_TLS_CA
     try:
         # the URL is the operator's own --url argument: nothing untrusted picks the scheme
-        with urllib.request.urlopen(url.rstrip("/") + "/model", timeout=10) as reply:  # nosec B310
+        page = url.rstrip("/") + "/model"
+        with urllib.request.urlopen(page, timeout=10, context=context) as reply:  # nosec B310
             return str(json.loads(reply.read())["version"])
     except (urllib.error.HTTPError, KeyError, ValueError):
         return str(post_batch(url, [record], timeout=10)[VERSION_FIELD])

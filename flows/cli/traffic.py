@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from data_contracts.api_keys import auth_headers
 from flows.cli.options import add_drift_arguments, add_url_argument
+from flows.core.http import tls_context
 
 if TYPE_CHECKING:  # pandas is imported only when traffic is sent: `fraud --help` stays fast
     import pandas as pd
@@ -38,7 +39,8 @@ def post_batch(url: str, records: list[dict], timeout: float = 60) -> dict:
     )
     try:
         # the URL is the operator's own --url argument: nothing untrusted picks the scheme
-        with urllib.request.urlopen(request, timeout=timeout) as reply:  # nosec B310
+        context = tls_context() if url.startswith("https:") else None  # FRAUD_TLS_CA
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:  # nosec B310
             return json.loads(reply.read())
     except urllib.error.HTTPError as err:
         raise RuntimeError(f"{url}: HTTP {err.code}: {err.read()[:500]!r}") from err

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +15,18 @@ from data_contracts.api_keys import auth_headers
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PREDICTION_PATHS = ("/predict", "/predict_batch")
+TLS_CA_ENV = "FRAUD_TLS_CA"  # the CA bundle callers trust for the serving port's certificate
+
+
+def tls_context() -> ssl.SSLContext:
+    """Certificate-checking TLS for ``https`` URLs: ``FRAUD_TLS_CA`` when set, else the system's."""
+    return ssl.create_default_context(cafile=os.environ.get(TLS_CA_ENV) or None)
+
+
+def _tls_opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls_context())
+    )
 
 
 def free_port() -> int:
@@ -38,7 +52,8 @@ def http_json(
         for name, value in auth_headers().items():
             request.add_header(name, value)
     try:
-        with _NO_PROXY.open(request, timeout=timeout) as response:
+        opener = _tls_opener() if url.startswith("https:") else _NO_PROXY
+        with opener.open(request, timeout=timeout) as response:
             raw = response.read()
             status = response.status
     except urllib.error.HTTPError as err:

@@ -37,6 +37,7 @@ from pathlib import Path
 from flows.core.files import write_atomic
 from flows.core.processes import ProcessManager, process_alive, stop_pid
 from flows.core.processes import Server as Process
+from flows.serving import tls
 
 BACKEND = "bento"
 FRONTEND = "fraud"
@@ -67,6 +68,7 @@ class BalancerSpec:
     check_interval_ms: int = 1000
     retries: int = 3
     drain_timeout_s: int = 30  # an old worker is stopped after this even with requests left
+    tls_cert: str | None = None  # PEM (certificate chain + key): the serving port speaks TLS
 
     @property
     def metrics_address(self) -> str:
@@ -101,6 +103,7 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         # no close-spread-time: its window closes idle keep-alive connections of the old worker
         # under a sending client even with idle-close-on-response ("infinite" keeps busy ones
         # until hard-stop-after); unset, each ends after its next response (Connection: close)
+        *tls.global_lines(spec.tls_cert),
     ]
     lines += [
         "",
@@ -124,7 +127,7 @@ def render_config(spec: BalancerSpec, servers: Sequence[Server]) -> str:
         "    retry-on conn-failure empty-response junk-response response-timeout 502 503 504",
         "",
         f"frontend {FRONTEND}",
-        f"    bind 127.0.0.1:{spec.port}",
+        *tls.bind_lines(f"127.0.0.1:{spec.port}", spec.tls_cert),
         f"    acl replicas_up nbsrv({BACKEND}) gt 0",
         "    http-request return status 200 content-type application/json lf-string "
         f'"{{\\"status\\":\\"ready\\",\\"replicas_up\\":%[nbsrv({BACKEND})],'

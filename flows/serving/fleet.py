@@ -35,7 +35,7 @@ from flows.core.settings import Settings
 from flows.packaging import container, smoke
 from flows.packaging.errors import SmokeTestError
 from flows.packaging.publish import read_champion
-from flows.serving import balancer, secrets
+from flows.serving import balancer, secrets, tls
 from flows.serving.state import (
     CONTAINER_LOG_DIR,
     DEFAULT_METRICS_PORT,
@@ -185,13 +185,13 @@ def champion_version(settings: Settings, model_name: str) -> str:
     return parse_tag(tag)[1]
 
 
-def wait_balancer_ready(port: int, timeout_s: float = 20) -> dict[str, Any]:
-    """Wait until the balancer's ``/readyz`` answers 200; its JSON body."""
+def wait_balancer_ready(url: str, timeout_s: float = 20) -> dict[str, Any]:
+    """Wait until the balancer's ``/readyz`` (at ``url``) answers 200; its JSON body."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            status, last = http_json("GET", f"http://127.0.0.1:{port}/readyz", timeout=2)
+            status, last = http_json("GET", f"{url}/readyz", timeout=2)
             if status == 200 and isinstance(last, dict):
                 return last
         except OSError:
@@ -247,7 +247,12 @@ def up(
                 )
         balancer.haproxy_binary()
         container.require_docker()
+        try:
+            cert = tls.serving_cert()  # FRAUD_TLS_CERT: the serving port speaks TLS
+        except tls.TlsError as err:
+            raise FleetError(str(err)) from err
         state = FleetState(model_name, repository, version, [], port, "127.0.0.1", metrics_port)
+        state = replace(state, tls_cert=cert)
         new = start_verified(settings, image, replicas, paths, ready_timeout_s=ready_timeout_s)
         state = replace(state, replicas=new)
         pid = None
@@ -258,7 +263,7 @@ def up(
             )
             state = replace(state, balancer_pid=pid)
             balancer.wait_servers(balancer_spec(state, paths), [r.name for r in new], 20)
-            wait_balancer_ready(port)
+            wait_balancer_ready(state.url)
         except BaseException as err:
             balancer.stop(pid, grace_s=1)
             for replica in new:

@@ -110,7 +110,7 @@ class FleetStatus:
         pid = f"pid {s.balancer_pid}" if self.balancer_running else "NOT RUNNING"
         out = [
             f"fleet: {s.model} v{s.version} ({s.image}), {len(s.replicas)} replicas",
-            f"balancer: http://127.0.0.1:{s.port} ({pid}); /readyz {self.balancer_ready}; "
+            f"balancer: {s.url} ({pid}); /readyz {self.balancer_ready}; "
             f"metrics http://{s.metrics_host}:{s.metrics_port}/metrics",
         ]
         for r in self.replicas:
@@ -143,7 +143,7 @@ def status(settings: Settings) -> FleetStatus | None:
         with contextlib.suppress(OSError):
             views = {s.name: s.status for s in balancer.server_states(balancer_spec(state, paths))}
         with contextlib.suppress(OSError):
-            code, body = http_json("GET", f"http://127.0.0.1:{state.port}/readyz", timeout=2)
+            code, body = http_json("GET", f"{state.url}/readyz", timeout=2)
             ready = f"{code} {json.dumps(body)}"
     health = [
         ReplicaHealth(

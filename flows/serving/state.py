@@ -62,12 +62,18 @@ class FleetState:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
     balancer_pid: int | None = None
+    tls_cert: str | None = None  # the serving port speaks TLS with this PEM (FRAUD_TLS_CERT)
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
     @property
     def image(self) -> str:
         return image_tag(self.repository, self.version)
+
+    @property
+    def url(self) -> str:
+        """The serving port's URL (https when the balancer terminates TLS)."""
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -133,6 +139,7 @@ def balancer_spec(state: FleetState, paths: FleetPaths) -> balancer.BalancerSpec
         metrics_host=state.metrics_host,
         metrics_port=state.metrics_port,
         master_socket=paths.master_socket,
+        tls_cert=state.tls_cert,
     )
 
 

@@ -204,9 +204,19 @@ class ProductionConfig(_FraudSettings):
         """The bento's API keys (one per line, first is current), mode 0600."""
         return self.api_keys_file or self.secrets_dir / "api" / "keys"
 
+    tls_cert: Path | None = Field(None, description="Serving port TLS; default <secrets>/tls/")
+    tls_ca: Path | None = Field(None, description="What callers trust; default <secrets>/tls/")
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.secrets_dir / "tls"
+
     def credential_environ(self) -> dict[str, str]:
         """Where the profile's replicas and callers read credentials (not the values)."""
-        env: dict[str, str] = {}
+        env = {
+            "FRAUD_TLS_CERT": str(self.tls_cert or self.tls_dir / "haproxy.pem"),
+            "FRAUD_TLS_CA": str(self.tls_ca or self.tls_dir / "ca.pem"),
+        }
         if not os.environ.get("FRAUD_API_KEYS"):  # inline keys given: used as they are
             env["FRAUD_API_KEYS_FILE"] = str(self.api_keys_path)
         return env

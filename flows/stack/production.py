@@ -253,6 +253,7 @@ class ProductionStack:
     def up(self) -> None:
         cfg = self.config
         credentials.ensure_api_keys(cfg)  # issue 28: the bento's API keys (0600 file)
+        credentials.ensure_tls(cfg)  # issue 28: the serving port's certificate
         self.pg_up()
         self.create_databases()
         cfg.artifacts.mkdir(parents=True, exist_ok=True)

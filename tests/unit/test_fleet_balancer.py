@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.core.settings import Settings
-from flows.serving import balancer, canary, fleet, rollout
+from flows.serving import balancer, canary, fleet, rollout, tls
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
@@ -46,6 +46,31 @@ def test_rendered_config_passes_haproxy_check(tmp_path):
     path = tmp_path / "haproxy.cfg"
     balancer.install_config(path, balancer.render_config(balancer.BalancerSpec(), SERVERS))
     assert "m-v1-fleet-31002" in path.read_text()
+
+
+@needs_haproxy
+def test_a_tls_config_is_modern_only_and_passes_haproxy_check(tmp_path):
+    pem, ca = tls.make_certificate(tmp_path / "tls")
+    assert oct(pem.stat().st_mode & 0o777) == "0o600" and ca.read_text().startswith("-----BEGIN")
+    spec = balancer.BalancerSpec(port=3443, tls_cert=str(pem))
+    text = balancer.render_config(spec, SERVERS)
+    assert f"bind 127.0.0.1:3443 ssl crt {pem} alpn http/1.1" in text
+    assert "ssl-min-ver TLSv1.2" in text and "no-tls-tickets" in text
+    ciphers = next(ln for ln in text.splitlines() if "ssl-default-bind-ciphers " in ln)
+    assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA" in c)
+               for c in ciphers.split()[-1].split(":"))  # fmt: skip
+    assert "deny deny_status 404 if { path_beg /metrics }" in text
+    assert "ssl" not in balancer.render_config(balancer.BalancerSpec(), SERVERS)
+    balancer.install_config(tmp_path / "haproxy.cfg", text)  # haproxy -c accepts it
+
+
+def test_a_tls_certificate_open_to_others_is_refused(tmp_path):
+    pem, _ = tls.make_certificate(tmp_path / "tls")
+    assert tls.serving_cert({tls.TLS_CERT_ENV: str(pem)}) == str(pem)
+    assert tls.serving_cert({}) is None
+    pem.chmod(0o644)
+    with pytest.raises(tls.TlsError, match=r"FRAUD_TLS_CERT=.*chmod 600"):
+        tls.serving_cert({tls.TLS_CERT_ENV: str(pem)})
 
 
 @needs_haproxy
