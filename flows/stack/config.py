@@ -219,6 +219,8 @@ class ProductionConfig(_FraudSettings):
         }
         if not os.environ.get("FRAUD_API_KEYS"):  # inline keys given: used as they are
             env["FRAUD_API_KEYS_FILE"] = str(self.api_keys_path)
+        # the Prefect server's basic auth, for the server and every client (a 0600 file)
+        env["PREFECT_PROFILES_PATH"] = str(self.secrets_dir / "prefect-profiles.toml")
         return env
 
 

@@ -254,6 +254,7 @@ class ProductionStack:
         cfg = self.config
         credentials.ensure_api_keys(cfg)  # issue 28: the bento's API keys (0600 file)
         credentials.ensure_tls(cfg)  # issue 28: the serving port's certificate
+        credentials.ensure_prefect_auth(cfg)  # issue 28: the Prefect server's basic auth
         self.pg_up()
         self.create_databases()
         cfg.artifacts.mkdir(parents=True, exist_ok=True)

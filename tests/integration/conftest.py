@@ -9,6 +9,7 @@ session (dropped at teardown), the MLflow artifacts in a root of their own.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -70,6 +71,19 @@ class Stack:
     profile: str = "embedded"
     tracking_uri: str | None = None  # None: the embedded SQLite store under ``home``
     secrets: tuple[str, ...] = ()  # passwords the stack was started with (prod: the database's)
+
+    @property
+    def prefect_auth(self) -> str | None:
+        """``user:password`` of the Prefect server (the production profile makes one)."""
+        path = self.home / "secrets" / "prefect-auth"
+        return path.read_text().strip() if self.profile == "prod" and path.exists() else None
+
+    def prefect_headers(self) -> dict[str, str]:
+        """The Authorization header of a direct call to the stack's Prefect API ({} if none)."""
+        auth = self.prefect_auth
+        return (
+            {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
+        )
 
     def settings(self) -> Settings:
         """The pipeline settings of this stack (its home and its tracking server)."""
@@ -202,6 +216,8 @@ def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> It
             "FRAUD_EVIDENTLY_URL": f"http://127.0.0.1:{evidently_port}",
             # the bento's API keys the profile generated: tests call /predict as operators do
             "FRAUD_API_KEYS_FILE": str(home / "secrets" / "api" / "keys"),
+            # the Prefect server's basic auth, as `fraud stack --profile production env` gives it
+            "PREFECT_PROFILES_PATH": str(home / "secrets" / "prefect-profiles.toml"),
             "PREFECT_HOME": str(home / "prefect"),
             "BENTOML_HOME": str(home / "bentoml"),
         }

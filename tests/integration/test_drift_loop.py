@@ -133,7 +133,7 @@ def flow_runs(stack, flow_name: str) -> list[dict]:
     req = urllib.request.Request(
         stack.env["PREFECT_API_URL"] + "/flow_runs/filter",
         json.dumps({"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_ASC"}).encode(),
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **stack.prefect_headers()},
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -143,7 +143,7 @@ def run_artifacts(stack, flow_run_id: str) -> list[dict]:
     req = urllib.request.Request(
         stack.env["PREFECT_API_URL"] + "/artifacts/filter",
         json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode(),
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **stack.prefect_headers()},
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())

@@ -36,7 +36,7 @@ from prefect.events.filters import (
     EventOccurredFilter,
     EventResourceFilter,
 )
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from flows.cli.automations import ALERT_RULE, CRASH_RULE
 from flows.core.settings import Settings
@@ -59,7 +59,10 @@ def stack_extra_env() -> dict[str, str]:
 @contextmanager
 def api(stack) -> Iterator[None]:
     """Talk to the stack's Prefect server from the test process."""
-    with temporary_settings(updates={PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+    updates = {PREFECT_API_URL: stack.env["PREFECT_API_URL"]}
+    if stack.prefect_auth:  # the production profile's server requires its basic auth
+        updates[PREFECT_API_AUTH_STRING] = stack.prefect_auth
+    with temporary_settings(updates=updates):
         yield
 
 

@@ -123,10 +123,10 @@ def files_under(home: Path, private: Path) -> dict[str, bytes]:
     }
 
 
-def prefect_records(api: str) -> dict[str, list[dict]]:
+def prefect_records(api: str, headers: dict[str, str]) -> dict[str, list[dict]]:
     """Flow-run logs, artifacts, flow runs, deployments and variables, read from the API."""
     out: dict[str, list[dict]] = {}
-    with httpx.Client(base_url=api, timeout=30) as http:
+    with httpx.Client(base_url=api, timeout=30, headers=headers) as http:
         for kind in ("logs", "artifacts", "flow_runs", "task_runs", "deployments", "variables"):
             rows, offset = [], 0
             while True:
@@ -232,8 +232,18 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
         api_key = client_key(stack.env)  # the bento's API key the profile generated
         assert api_key and hits([api_key], {p.name: p.read_bytes() for p in files})
         searched.append(api_key)
+        # the Prefect server requires its basic auth: without it (or with a wrong one), 401
+        prefect_password = str(stack.prefect_auth).partition(":")[2]
+        api = stack.env["PREFECT_API_URL"]
+        for auth in (None, ("fraud", "wrong-password")):
+            refused = httpx.post(f"{api}/flow_runs/filter", json={}, auth=auth, timeout=30)
+            assert refused.status_code == 401, refused.text
+        assert prefect_password and hits(
+            [prefect_password], {p.name: p.read_bytes() for p in files}
+        )
+        searched.append(prefect_password)
 
-    prefect = prefect_records(stack.env["PREFECT_API_URL"])
+    prefect = prefect_records(stack.env["PREFECT_API_URL"], stack.prefect_headers())
     assert prefect["logs"] and prefect["artifacts"] and len(prefect["flow_runs"]) >= 2
     mlflow = mlflow_records(client)
     assert mlflow["runs"] and mlflow["versions"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,35 @@ def test_given_keys_and_certificate_are_used_as_they_are(config, monkeypatch, tm
     env = given.stack_environ()
     assert "FRAUD_API_KEYS_FILE" not in env and env["FRAUD_TLS_CERT"] == str(tmp_path / "real.pem")
     assert not given.api_keys_path.exists() and not (given.tls_dir / "haproxy.pem").exists()
+
+
+def test_the_prefect_auth_reaches_server_and_clients_through_a_private_profile(config):
+    import subprocess
+    import sys
+    import tomllib
+
+    credentials.ensure_prefect_auth(config)
+    auth = credentials.prefect_auth_string(config)
+    assert auth and auth.startswith("fraud:") and len(auth) > 30
+    env = config.stack_environ()
+    profiles = env["PREFECT_PROFILES_PATH"]
+    for path in (config.secrets_dir / "prefect-auth", config.secrets_dir / "prefect-profiles.toml"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert auth not in repr(env)
+    table = tomllib.loads(Path(profiles).read_text())
+    profile = table["profiles"][table["active"]]
+    assert profile == {"PREFECT_API_AUTH_STRING": auth, "PREFECT_SERVER_API_AUTH_STRING": auth}
+    credentials.ensure_prefect_auth(config)  # a second `up` keeps the password
+    assert credentials.prefect_auth_string(config) == auth
+    # Prefect itself reads both settings from that file (the server's and the clients')
+    code = (
+        "from prefect.settings import get_current_settings as g; s = g(); "
+        "print(s.api.auth_string.get_secret_value() == s.server.api.auth_string.get_secret_value()"
+        f" == {auth!r})"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PREFECT_PROFILES_PATH": profiles, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "True", out.stderr
