@@ -110,6 +110,25 @@ def scored_record(state: ServingState, values: dict[str, Any], request_id: str) 
     return json.dumps(payload).encode()
 
 
+# predictions encoded per json.dumps call: each call holds the interpreter lock, so a 10,000
+# record answer is built in short steps that let the event loop in between
+ENCODE_SLICE = 1000
+
+
+def score_batch(state: ServingState, checked: CheckedBatch) -> bytes:
+    """Encode, score, log and count a checked batch's valid records; the answer's bytes.
+
+    Pure Python and numpy on the batch alone (no ASGI, no event loop), so the endpoint runs
+    it in its scoring thread: the records are transposed, scored, their ids hashed for the
+    inference log and the answer encoded there, not on the event loop.
+    """
+    runtime = state.runtime
+    dicts = [r.__dict__ for r in checked.records or []]
+    columns = {name: [d[name] for d in dicts] for name in runtime.spec.feature_names}
+    scores = runtime.score_feed(runtime.encoder.encode_columns(columns))
+    return scored_batch(state, checked, dicts, columns, scores)
+
+
 def scored_batch(
     state: ServingState,
     checked: CheckedBatch,
@@ -148,14 +167,25 @@ def scored_batch(
             "batch partly refused",
             extra={"request_id": request_id, "rejected": rejected, "scored": len(records)},
         )
-    payload = {
+    head = {
         REQUEST_ID: request_id,
         VERSION_FIELD: runtime.model_version,
         THRESHOLD_FIELD: runtime.threshold,
         "scored": len(records),
         "rejected": rejected,
-        PREDICTIONS_FIELD: predictions,
-        "errors": [e.model_dump() for e in errors],
-        "errors_omitted": budget.omitted,
     }
-    return json.dumps(payload).encode()
+    slices = (
+        json.dumps(predictions[i : i + ENCODE_SLICE])[1:-1]
+        for i in range(0, len(predictions), ENCODE_SLICE)
+    )
+    # the same JSON as json.dumps of the whole answer (keys in this order), in short steps
+    return "".join(
+        (
+            json.dumps(head)[:-1],
+            f', "{PREDICTIONS_FIELD}": [',
+            ", ".join(slices),
+            '], "errors": ',
+            json.dumps([e.model_dump() for e in errors]),
+            f', "errors_omitted": {json.dumps(budget.omitted)}}}',
+        )
+    ).encode()
