@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,20 +124,20 @@ def score_batch(state: ServingState, checked: CheckedBatch) -> bytes:
     inference log and the answer encoded there, not on the event loop.
     """
     runtime = state.runtime
-    dicts = [r.__dict__ for r in checked.records or []]
-    columns = {name: [d[name] for d in dicts] for name in runtime.spec.feature_names}
+    columns = checked.columns
+    if columns is None:
+        columns = state.checker.transpose(checked.records or [])
     scores = runtime.score_feed(runtime.encoder.encode_columns(columns))
-    return scored_batch(state, checked, dicts, columns, scores)
+    return scored_batch(state, checked, columns, scores)
 
 
 def scored_batch(
     state: ServingState,
     checked: CheckedBatch,
-    dicts: list[dict[str, Any]],
-    columns: dict[str, list[Any]],
+    columns: Mapping[str, Sequence[Any]],
     scores: np.ndarray,
 ) -> bytes:
-    """Log and count the scores of a batch's valid records (``dicts``, their feature
+    """Log and count the scores of a batch's valid records (their feature and transaction id
     ``columns``); the answer, with null predictions and the error entries of the others."""
     request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
     records, positions, total = checked.records or [], checked.positions, checked.total
@@ -144,7 +145,7 @@ def scored_batch(
     decisions = scores >= runtime.threshold
     scores_list = scores.tolist()
     if state.writer is not None:
-        tx_ids = [d[TRANSACTION_ID] for d in dicts]
+        tx_ids = columns[TRANSACTION_ID]
         state.writer.append_batch(
             columns, scores_list, decisions.astype(np.int8).tolist(), request_id, tx_ids
         )
