@@ -98,7 +98,7 @@ format: install
 bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime scoring
 	$(PY) benchmarks/release/bench.py
 
-bench-serve: install ## bento vs the FastAPI baseline: req/s, p99, batch records/s, RSS (needs wrk)
+bench-serve: install ## bento vs the FastAPI baseline at c=1/8/64: req/s, p99/p99.9/max, worst second, batches beside single rows, log rows vs scored (needs wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m benchmarks.serve.bench
 

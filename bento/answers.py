@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,14 +111,33 @@ def scored_record(state: ServingState, values: dict[str, Any], request_id: str) 
     return json.dumps(payload).encode()
 
 
+# predictions encoded per json.dumps call: each call holds the interpreter lock, so a 10,000
+# record answer is built in short steps that let the event loop in between
+ENCODE_SLICE = 1000
+
+
+def score_batch(state: ServingState, checked: CheckedBatch) -> bytes:
+    """Encode, score, log and count a checked batch's valid records; the answer's bytes.
+
+    Pure Python and numpy on the batch alone (no ASGI, no event loop), so the endpoint runs
+    it in its scoring thread: the records are transposed, scored, their ids hashed for the
+    inference log and the answer encoded there, not on the event loop.
+    """
+    runtime = state.runtime
+    columns = checked.columns
+    if columns is None:
+        columns = state.checker.transpose(checked.records or [])
+    scores = runtime.score_feed(runtime.encoder.encode_columns(columns))
+    return scored_batch(state, checked, columns, scores)
+
+
 def scored_batch(
     state: ServingState,
     checked: CheckedBatch,
-    dicts: list[dict[str, Any]],
-    columns: dict[str, list[Any]],
+    columns: Mapping[str, Sequence[Any]],
     scores: np.ndarray,
 ) -> bytes:
-    """Log and count the scores of a batch's valid records (``dicts``, their feature
+    """Log and count the scores of a batch's valid records (their feature and transaction id
     ``columns``); the answer, with null predictions and the error entries of the others."""
     request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
     records, positions, total = checked.records or [], checked.positions, checked.total
@@ -125,7 +145,7 @@ def scored_batch(
     decisions = scores >= runtime.threshold
     scores_list = scores.tolist()
     if state.writer is not None:
-        tx_ids = [d[TRANSACTION_ID] for d in dicts]
+        tx_ids = columns[TRANSACTION_ID]
         state.writer.append_batch(
             columns, scores_list, decisions.astype(np.int8).tolist(), request_id, tx_ids
         )
@@ -148,14 +168,25 @@ def scored_batch(
             "batch partly refused",
             extra={"request_id": request_id, "rejected": rejected, "scored": len(records)},
         )
-    payload = {
+    head = {
         REQUEST_ID: request_id,
         VERSION_FIELD: runtime.model_version,
         THRESHOLD_FIELD: runtime.threshold,
         "scored": len(records),
         "rejected": rejected,
-        PREDICTIONS_FIELD: predictions,
-        "errors": [e.model_dump() for e in errors],
-        "errors_omitted": budget.omitted,
     }
-    return json.dumps(payload).encode()
+    slices = (
+        json.dumps(predictions[i : i + ENCODE_SLICE])[1:-1]
+        for i in range(0, len(predictions), ENCODE_SLICE)
+    )
+    # the same JSON as json.dumps of the whole answer (keys in this order), in short steps
+    return "".join(
+        (
+            json.dumps(head)[:-1],
+            f', "{PREDICTIONS_FIELD}": [',
+            ", ".join(slices),
+            '], "errors": ',
+            json.dumps([e.model_dump() for e in errors]),
+            f', "errors_omitted": {json.dumps(budget.omitted)}}}',
+        )
+    ).encode()

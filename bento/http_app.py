@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from starlette.routing import Route
 
 from bento import internals
-from bento.answers import ServingState, refusal, scored_batch, scored_record
+from bento.answers import ServingState, refusal, score_batch, scored_record
 from bento.asgi import (
     BODY_BYTES,
     BodyTooLarge,
@@ -298,20 +298,17 @@ class ServingApp:
                 send, 422, request_id, "invalid batch: no record was scored", errors, budget.omitted
             )
             return
-        runtime = state.runtime
-        dicts = [r.__dict__ for r in records]
-        columns = {name: [d[name] for d in dicts] for name in runtime.spec.feature_names}
-        feed = runtime.encoder.encode_columns(columns)
-        if len(dicts) >= THREAD_BATCH_ROWS:
-            # one scoring thread: the event loop validates the next batch while this one scores
+        if len(records) >= THREAD_BATCH_ROWS:
+            # one scoring thread: the event loop validates the next batch while this one is
+            # transposed, scored, logged and encoded there
             if self._score_limiter is None:
                 self._score_limiter = anyio.CapacityLimiter(1)
-            scores = await anyio.to_thread.run_sync(
-                runtime.score_feed, feed, limiter=self._score_limiter
+            payload = await anyio.to_thread.run_sync(
+                score_batch, state, checked, limiter=self._score_limiter
             )
         else:
-            scores = runtime.score_feed(feed)
-        await send_json(send, 200, scored_batch(state, checked, dicts, columns, scores), request_id)
+            payload = score_batch(state, checked)
+        await send_json(send, 200, payload, request_id)
 
     async def _refuse_record(
         self,

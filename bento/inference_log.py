@@ -36,8 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_contracts.id_key import load_id_key
 from data_contracts.inference_log import (
     LOG_DIR_ENV,
+    IdHasher,
     LogFiles,
     build_table,
     day_folder,
@@ -72,6 +74,7 @@ class InferenceLogWriter:
     ) -> None:
         self.root = Path(root)
         self._id_key = id_key  # None: data_contracts.id_key.load_id_key() at the first id
+        self._hasher: IdHasher | None = None
         self.spec = spec
         self.model_version = model_version
         self.flush_interval_s = flush_interval_s
@@ -110,6 +113,17 @@ class InferenceLogWriter:
         )
         return bufs
 
+    def _hash(self, transaction_id: str | None) -> str | None:
+        """The stored form of a transaction id, hashed by the caller's thread as it is
+        scored: the flush thread never hashes a whole file's ids at once."""
+        if transaction_id is None:
+            return None
+        hasher = self._hasher
+        if hasher is None:
+            key = load_id_key() if self._id_key is None else self._id_key
+            hasher = self._hasher = IdHasher(key)
+        return hasher(transaction_id)
+
     def append_row(
         self,
         values: Mapping[str, Any],
@@ -120,6 +134,11 @@ class InferenceLogWriter:
     ) -> None:
         """Buffer one scored record: a handful of appends to typed column buffers."""
         if not self._admit(1):
+            return
+        try:
+            tx_hash = self._hash(transaction_id)
+        except Exception as err:  # an unusable key: count, log, keep serving
+            self._report_loss(1, f"{type(err).__name__}: {err}")
             return
         now = time.time()
         with self._lock:
@@ -133,7 +152,7 @@ class InferenceLogWriter:
             bufs["decision"].append(decision)
             bufs["timestamp"].append(now)
             bufs["request_id"].append(request_id)
-            bufs["tx"].append(transaction_id)
+            bufs["tx"].append(tx_hash)
             self._pending += 1
             full = self._pending >= self.flush_records
         if full:
@@ -147,9 +166,15 @@ class InferenceLogWriter:
         request_id: str,
         transaction_ids: Sequence[str | None],
     ) -> None:
-        """Buffer many scored records given column-wise (feature name -> values)."""
+        """Buffer many scored records given column-wise (feature name -> values); the ids are
+        hashed here, in the caller's thread (the batch's scoring thread)."""
         n = len(scores)
         if n == 0 or not self._admit(n):
+            return
+        try:
+            tx_hashes = [self._hash(t) for t in transaction_ids]
+        except Exception as err:  # an unusable key: count, log, keep serving
+            self._report_loss(n, f"{type(err).__name__}: {err}")
             return
         now = time.time()
         numbers = {  # None becomes NaN, booleans 1.0/0.0
@@ -165,7 +190,7 @@ class InferenceLogWriter:
             bufs["decision"].extend(decisions)
             bufs["timestamp"].extend([now] * n)
             bufs["request_id"].extend([request_id] * n)
-            bufs["tx"].extend(transaction_ids)
+            bufs["tx"].extend(tx_hashes)
             self._pending += n
             full = self._pending >= self.flush_records
         if full:
@@ -366,6 +391,5 @@ class InferenceLogWriter:
             timestamps=(seconds * 1e6).astype(np.int64),
             model_version=self.model_version,
             request_ids=bufs["request_id"],
-            transaction_ids=bufs["tx"],
-            id_key=self._id_key,
+            transaction_id_hashes=bufs["tx"],
         )

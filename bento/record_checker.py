@@ -12,19 +12,23 @@ description of a refused ``/predict`` body.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bento.field_errors import describe_errors, shown_name
 from bento.request_model import (
     MAX_ERRORS_PER_RECORD,
     MAX_UNKNOWN_KEYS,
+    TRANSACTION_ID,
     FieldError,
     build_request_model,
 )
-from data_contracts.spec import FeatureSpec, fold_category
+from data_contracts.spec import FeatureKind, FeatureSpec, fold_category
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Checked:
 
 
 _EXTRA = "Extra inputs are not permitted"
+# records validated per pydantic-core call in a batch's fast path (about a millisecond each)
+VALIDATE_SLICE = 1000
 
 
 def _error(index: int | None, name: str, problem: str, message: str) -> FieldError:
@@ -60,23 +66,43 @@ class RecordChecker:
         self.max_lengths = {f.name: spec.max_length(f) for f in spec.categorical_features}
         self.categories = CategoryPolicy(spec)
         # the same record model ignoring unknown keys, for the fast path of a whole batch:
-        # pydantic-core makes an error object per unknown key, about 6 us each
-        lenient = build_request_model(spec, extra="ignore")
+        # pydantic-core makes an error object per unknown key, about 6 us each; integers are
+        # checked for whole numbers a column at a time (a Python validator per value was a
+        # quarter of a batch's validation)
+        lenient = build_request_model(spec, extra="ignore", whole=False)
         self.batch_adapter: TypeAdapter[list[BaseModel]] = TypeAdapter(list[lenient])  # type: ignore[valid-type]
+        self.integers = [f.name for f in spec.features if f.kind == FeatureKind.INTEGER]
+        self.columns = (*spec.feature_names, TRANSACTION_ID)
+        self._row = itemgetter(*self.columns)
 
-    def check_all(self, records: list[Any]) -> list[BaseModel] | None:
-        """Every record of a batch validated in one call, or None when any record is not
+    def transpose(self, models: Sequence[BaseModel]) -> dict[str, Sequence[Any]]:
+        """Feature (and transaction id) columns of validated records."""
+        rows = map(self._row, (m.__dict__ for m in models))
+        return dict(zip(self.columns, zip(*rows, strict=True), strict=True))
+
+    def check_all(
+        self, records: list[Any]
+    ) -> tuple[list[BaseModel], dict[str, Sequence[Any]]] | None:
+        """Every record of a batch validated, with its columns, or None when any record is not
         valid (unknown keys included: each model knows which of its fields were sent)."""
-        if not all(type(r) is dict for r in records):
+        if not records or not all(type(r) is dict for r in records):
             return None
+        models: list[BaseModel] = []
         try:
-            models = self.batch_adapter.validate_python(records)
+            # in slices: one validation call holds the interpreter lock for its whole list
+            for i in range(0, len(records), VALIDATE_SLICE):
+                models += self.batch_adapter.validate_python(records[i : i + VALIDATE_SLICE])
         except ValidationError:
             return None
         for model, raw in zip(models, records, strict=True):
             if len(raw) != len(model.model_fields_set):
                 return None
-        if self.categories.features:
+        columns = self.transpose(models)
+        for name in self.integers:
+            values = np.array(columns[name], dtype=np.float64)  # None: NaN
+            if np.any((values != np.trunc(values)) & ~np.isnan(values)):
+                return None
+        if self.categories.features and not self.categories.all_known(columns):
             policy = self.categories
             # apply to copies: a refused batch is checked again record by record
             values = [dict(model.__dict__) for model in models]
@@ -89,7 +115,8 @@ class RecordChecker:
             for model, v in zip(models, values, strict=True):
                 model.__dict__.update(v)
             policy.restore(counted)
-        return models
+            columns = self.transpose(models)
+        return models, columns
 
     def check(self, raw: Any, index: int | None = None, *, describe: bool = True) -> Checked:
         """Validate ``raw`` (a record as parsed from JSON); ``describe=False`` skips building
@@ -154,6 +181,16 @@ class CategoryPolicy:
         ]
         self.near_misses: dict[tuple[str, bool], int] = {}
         self._lock = threading.Lock()  # batches may be checked in a worker thread
+
+    def all_known(self, columns: dict[str, Sequence[Any]]) -> bool:
+        """True when every value of every categorical column is a known category or null:
+        nothing to count or normalise (one set operation per column)."""
+        for name, known, *_ in self.features:
+            seen = set(columns[name])
+            seen.discard(None)
+            if not seen <= known:
+                return False
+        return True
 
     def apply(self, values: dict[str, Any], index: int | None = None) -> list[FieldError]:
         """Normalise ``values`` in place where the spec says so; the problems left."""

@@ -9,6 +9,7 @@ field error for a 422, never an exception. :func:`check_batch` may run in a work
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,7 @@ class CheckedBatch:
     records: list[BaseModel] | None = None
     positions: list[int] = field(default_factory=list)
     total: int = 0
+    columns: dict[str, Sequence[Any]] | None = None  # the records' features, when at hand
 
 
 # JSON values a batch body may hold, per record and field, before it is parsed at all (see
@@ -190,7 +192,8 @@ def check_batch(
     total = len(records_raw)
     fast = checker.check_all(records_raw)
     if fast is not None:
-        return CheckedBatch(request_id, budget, "", fast, list(range(total)), total)
+        models, columns = fast
+        return CheckedBatch(request_id, budget, "", models, list(range(total)), total, columns)
     records: list[BaseModel] = []
     positions: list[int] = []
     for i, item in enumerate(records_raw):

@@ -97,8 +97,9 @@ def _whole(value: float) -> float:
     return value
 
 
-def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
-    """The annotated type of one feature's field."""
+def _feature_type(feature: Feature, spec: FeatureSpec, whole: bool = True) -> Any:
+    """The annotated type of one feature's field; ``whole=False`` leaves out the exact
+    whole-number check of integers (a batch checks a whole column at once instead)."""
     limits: dict[str, Any] = {"description": feature.description or None}
     if feature.kind == FeatureKind.CATEGORICAL:
         cats = tuple(feature.categories or ())
@@ -122,7 +123,7 @@ def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
             # whole numbers; 3.0 is accepted as 3, like the training data contract
             limits["multiple_of"] = 1
     annotated = Annotated[base, Field(**limits)]  # type: ignore[valid-type]
-    if feature.kind == FeatureKind.INTEGER:
+    if feature.kind == FeatureKind.INTEGER and whole:
         annotated = Annotated[annotated, AfterValidator(_whole)]  # type: ignore[valid-type]
     return annotated | None if feature.nullable else annotated
 
@@ -130,12 +131,15 @@ def _feature_type(feature: Feature, spec: FeatureSpec) -> Any:
 RequestId = Annotated[str, Field(max_length=MAX_ID_LENGTH, pattern=REQUEST_ID_PATTERN)]
 
 
-def build_request_model(spec: FeatureSpec, extra: str = "forbid") -> type[BaseModel]:
+def build_request_model(
+    spec: FeatureSpec, extra: str = "forbid", whole: bool = True
+) -> type[BaseModel]:
     """The ``/predict`` body model: the spec's features plus optional transaction/request ids.
 
-    ``extra="ignore"`` gives the twin that skips unknown keys (their count is checked apart).
+    ``extra="ignore"`` gives the twin that skips unknown keys (their count is checked apart);
+    ``whole=False`` the one whose integers are checked for whole numbers by the caller.
     """
-    fields: dict[str, Any] = {f.name: (_feature_type(f, spec), ...) for f in spec.features}
+    fields: dict[str, Any] = {f.name: (_feature_type(f, spec, whole), ...) for f in spec.features}
     for name in (TRANSACTION_ID, REQUEST_ID):
         if name in fields:
             raise ValueError(f"feature name {name!r} is reserved by the serving API")

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 DISTINCT_RECORDS = 1000
 BATCH_RECORDS = 1000
+LARGE_BATCH_RECORDS = 10_000
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -137,15 +138,18 @@ def prepare_model(work: Path, model_tag: str | None) -> tuple[Path, str, float]:
 
 
 def write_bodies(work: Path) -> tuple[Path, Path]:
-    """1,000 distinct single-record bodies (one per line) and one 1,000-record batch body."""
+    """1,000 distinct single-record bodies (one per line) and one 1,000-record batch body;
+    ``batch_large.json`` beside them holds a valid 10,000-record batch body."""
     from data_contracts.schemas import validate_frame
     from data_contracts.spec import default_spec
     from data_contracts.synthetic import GeneratorConfig, generate
     from flows.packaging.smoke import request_records
 
     spec = default_spec()
-    frame = validate_frame(generate(GeneratorConfig(rows=3000, seed=99)), spec).valid
-    records = request_records(frame.head(DISTINCT_RECORDS), spec)
+    frame = validate_frame(generate(GeneratorConfig(rows=12_000, seed=99)), spec).valid
+    many = request_records(frame.head(LARGE_BATCH_RECORDS), spec)
+    (work / "batch_large.json").write_text(json.dumps({"records": many}))
+    records = many[:DISTINCT_RECORDS]
     single = work / "single.jsonl"
     single.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     batch = work / "batch.jsonl"

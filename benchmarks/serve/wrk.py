@@ -30,9 +30,10 @@ done = function(summary, latency, requests)
   io.write(string.format(
     "WRKJSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"non2xx\\": %%d, " ..
     "\\"socket_errors\\": %%d, \\"p50_us\\": %%d, \\"p90_us\\": %%d, \\"p99_us\\": %%d, " ..
-    "\\"max_us\\": %%d}\\n",
+    "\\"p999_us\\": %%d, \\"max_us\\": %%d}\\n",
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
 end
 """
 
@@ -52,6 +53,8 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     records_per_request: int = 1
+    p999_ms: float = 0.0
+    probe: dict | None = None  # what one paced client saw meanwhile (benchmarks.serve.latency)
 
     @property
     def records_per_s(self) -> float:
@@ -108,6 +111,7 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         records_per_request=per_request,
+        p999_ms=data["p999_us"] / 1000,
     )
 
 

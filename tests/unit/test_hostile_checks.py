@@ -278,3 +278,42 @@ def test_the_idle_timeout_has_a_default_and_refuses_nonsense():
     assert internals._limits({"FRAUD_IDLE_TIMEOUT_S": "2.5"})[2] == 2.5
     with pytest.raises(ValueError, match="FRAUD_IDLE_TIMEOUT_S > 0"):
         internals._limits({"FRAUD_IDLE_TIMEOUT_S": "0"})
+
+
+# --------------------------------------------------------------------------- batch fast path
+
+
+def _batch(records: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"records": records}).encode()
+
+
+@pytest.mark.parametrize("value", [3.5, 1e-10, 7.000001])
+def test_a_batch_checks_whole_numbers_a_column_at_a_time_and_names_the_field(spec, record, value):
+    """The fast path checks integers column-wise; a non-whole one sends the batch through the
+    record-by-record check, which names the record and field as before."""
+    checker = RecordChecker(build_request_model(spec), spec)
+    name = next(f.name for f in spec.features if f.kind.value == "integer")
+    records = [dict(record) for _ in range(6)]
+    records[1][name] = 3.0  # a whole float is an integer
+    records[4][name] = value
+    checked = check_batch(checker, 100, _batch(records), None)
+    assert checked.positions == [0, 1, 2, 3, 5] and checked.columns is None
+    assert [(e.index, e.field, e.problem) for e in checked.budget.errors] == [
+        (4, name, "not a whole number")
+    ]
+    records[4][name] = 2.0
+    fast = check_batch(checker, 100, _batch(records), None)
+    assert fast.positions == list(range(6)) and fast.columns is not None
+    assert list(fast.columns[name]) == [r[name] for r in records]
+
+
+def test_a_batch_with_near_miss_categories_counts_and_normalises_them_in_its_columns(spec, record):
+    folding = _spec_with(spec, features={"channel": {"normalize_categories": True}})
+    checker = RecordChecker(build_request_model(folding), folding)
+    records = [dict(record, channel="pos"), dict(record, channel="  POS"), dict(record)]
+    checked = check_batch(checker, 100, _batch(records), None)
+    assert checked.columns is not None and checked.positions == [0, 1, 2]
+    assert list(checked.columns["channel"]) == ["pos", "pos", record["channel"]]
+    assert checker.categories.take() == {("channel", True): 1}
+    plain = check_batch(checker, 100, _batch([dict(record)] * 3), None)
+    assert plain.columns is not None and checker.categories.take() == {}

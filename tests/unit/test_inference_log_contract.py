@@ -150,3 +150,38 @@ def test_a_date_folder_takes_the_log_folder_mode_whatever_the_umask(tmp_path, sp
     (private_day,) = private.glob("date=*")
     assert shared_day.stat().st_mode & 0o7777 == 0o1777
     assert private_day.stat().st_mode & 0o7777 == 0o750
+
+
+def test_id_hasher_and_pre_hashed_ids_match_the_contract_hash(spec, values):
+    """IdHasher is hash_id with the HMAC set up once; build_table takes its hashes as they are."""
+    from data_contracts.id_key import hash_id
+    from data_contracts.inference_log import IdHasher
+
+    key = b"a-key-of-sixteen-or-more"
+    hasher = IdHasher(key)
+    ids = ["tx-1", None, "tx-\u00e9", ""]
+    assert hasher.many(ids) == [None if t is None else hash_id(t, key) for t in ids]
+    table = build_table(
+        spec,
+        {f.name: [values[f.name]] * 4 for f in spec.features},
+        scores=[0.1] * 4,
+        decisions=[0] * 4,
+        timestamps=[datetime(2026, 1, 1, tzinfo=UTC)] * 4,
+        model_version="1",
+        request_ids="r",
+        transaction_id_hashes=hasher.many(ids),
+    )
+    assert (
+        table["transaction_id_hash"].to_pylist()
+        == build_table(
+            spec,
+            {f.name: [values[f.name]] * 4 for f in spec.features},
+            scores=[0.1] * 4,
+            decisions=[0] * 4,
+            timestamps=[datetime(2026, 1, 1, tzinfo=UTC)] * 4,
+            model_version="1",
+            request_ids="r",
+            transaction_ids=ids,
+            id_key=key,
+        )["transaction_id_hash"].to_pylist()
+    )

@@ -323,3 +323,45 @@ def test_inference_log_is_written_off_the_request_path(served, record):
     assert row["score"] == pytest.approx(r.json()["fraud_probability"])
     assert row["amount"] == record["amount"]
     assert str(row["timestamp"].tz) == "UTC"
+
+
+def test_a_batch_scored_in_slices_off_the_loop_answers_and_logs_the_same(
+    served, model, monkeypatch
+):
+    """Validation and the answer's encoding in slices, scoring in the worker thread: the same
+    predictions and errors, the answer byte for byte what json.dumps makes, every id logged."""
+    import bento.answers
+    import bento.http_app
+    import bento.record_checker
+
+    client, _, log_dir = served
+    monkeypatch.setattr(bento.record_checker, "VALIDATE_SLICE", 4)
+    monkeypatch.setattr(bento.answers, "ENCODE_SLICE", 3)
+    monkeypatch.setattr(bento.http_app, "THREAD_BATCH_ROWS", 2)
+    records = model.records(11)
+    for i, rec in enumerate(records):
+        rec["transaction_id"] = f"tx-slice-{i}"
+    whole = post(client, "/predict_batch", {"records": records, "request_id": "slices-1"})
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    assert whole.content == json.dumps(body).encode()
+    got = [p["fraud_probability"] for p in body["predictions"]]
+    np.testing.assert_allclose(got, model.offline_scores(11), atol=1e-6)
+    records[9]["amount"] = -1.0  # invalid in the third validation slice: record by record
+    part = post(client, "/predict_batch", {"records": records, "request_id": "slices-2"})
+    assert part.status_code == 200, part.text
+    body = part.json()
+    assert part.content == json.dumps(body).encode()
+    assert (body["scored"], body["rejected"]) == (10, 1)
+    assert [p is None for p in body["predictions"]] == [i == 9 for i in range(11)]
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(9, "amount")]
+    deadline = time.monotonic() + 10
+    found = pd.DataFrame()
+    while time.monotonic() < deadline and len(found) < 21:
+        files = sorted(log_dir.glob("date=*/part-*.parquet"))
+        frame = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
+        found = frame[frame["request_id"].isin(["slices-1", "slices-2"])] if files else frame
+        time.sleep(0.1)
+    assert len(found) == 21
+    hashes = set(found["transaction_id_hash"])
+    assert hashes == {hash_transaction_id(f"tx-slice-{i}") for i in range(11)}

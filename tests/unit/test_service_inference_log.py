@@ -243,3 +243,37 @@ def test_whether_the_log_can_be_written_is_reported_once_per_change(tmp_path, sp
     assert _until(lambda: probing.writable is True)
     probing.close()
     assert states[-3:] == [True, False, True]
+
+
+def test_ids_are_hashed_when_appended_not_in_the_flush(tmp_path, spec, values, monkeypatch):
+    """The flush thread builds a file from hashes made at append time: it never runs the
+    HMAC over a whole file's ids while holding the interpreter lock."""
+    import data_contracts.inference_log as contract
+
+    writer = InferenceLogWriter(tmp_path, spec, "3", id_key=b"k" * 32)
+    writer.append_row(values, 0.5, 0, "r1", "tx-1")
+    columns = {f.name: [values[f.name]] * 2 for f in spec.features}
+    writer.append_batch(columns, [0.1, 0.2], [0, 0], "r2", ["tx-2", None])
+
+    def no_hashing(*_args):
+        raise AssertionError("the flush hashed an id")
+
+    monkeypatch.setattr(contract, "hash_id", no_hashing)
+    assert writer.flush() == 3
+    frame = read_all(tmp_path)
+    expected = [
+        hmac.new(b"k" * 32, t.encode(), hashlib.sha256).hexdigest() for t in ("tx-1", "tx-2")
+    ]
+    assert list(frame["transaction_id_hash"]) == [*expected, None]
+
+
+def test_an_unusable_id_key_loses_the_record_at_append_and_counts_it(
+    tmp_path, spec, values, monkeypatch
+):
+    monkeypatch.setenv("FRAUD_ID_HASH_KEY", "short")
+    lost: list[int] = []
+    writer = InferenceLogWriter(tmp_path, spec, "3", on_lost=lambda n, _r: lost.append(n))
+    writer.append_row(values, 0.5, 0, "r1", "tx-1")
+    writer.append_row(values, 0.5, 0, "r2", None)  # no id: nothing to hash, kept
+    assert lost == [1] and writer.lost == 1 and "FRAUD_ID_HASH_KEY" in (writer.last_error or "")
+    assert writer.flush() == 1
