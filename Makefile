@@ -181,5 +181,6 @@ push-images: install ## push the champion's bento image and the pipeline image t
 k8s-render: install ## deploy/k8s/ filled with the current image tags, into build/k8s (REGISTRY=...)
 	$(FRAUD) k8s render --registry "$(REGISTRY)" --out "$(ROOT)/build/k8s"
 
-clean: down down-prod ## stop the stacks and delete all local state (.fraud)
+clean: down down-prod ## stop the stacks and delete all local state (.fraud, and the profile's own PostgreSQL cluster)
+	@$(FRAUD) stack --profile production pg-remove
 	rm -rf "$(FRAUD_HOME)"

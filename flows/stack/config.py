@@ -126,7 +126,9 @@ class ProductionConfig(_FraudSettings):
     pg_port: int = Field(5433, ge=1, le=65535)
     pg_user: str = Field("fraud", pattern=SQL_NAME)
     pg_password_file: Path | None = Field(None, description="Default <prod home>/secrets/...")
-    pg_dir: Path | None = Field(None, description="The cluster; default <prod home>/pg.")
+    pg_dir: Path | None = Field(
+        None, description="The cluster; default /var/lib/fraud-pg/<digest of the prod home>."
+    )
     prod_db_prefix: str = Field("fraud", pattern=SQL_NAME)
     prod_prefect_port: int = Field(4201, ge=1, le=65535)
     mlflow_port: int = Field(5001, ge=1, le=65535)
@@ -141,7 +143,10 @@ class ProductionConfig(_FraudSettings):
 
     @property
     def cluster_dir(self) -> Path:
-        return self.pg_dir or self.home / "pg"
+        """FRAUD_PG_DIR, else a folder the postgres user reaches wherever the checkout is."""
+        from flows.stack.pg_home import default_cluster_dir
+
+        return self.pg_dir or default_cluster_dir(self.home)
 
     @property
     def secrets_dir(self) -> Path:

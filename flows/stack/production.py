@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from flows.core.processes import Server, http_probe, run_as, stop_pid
-from flows.stack import packages
+from flows.stack import packages, pg_home
 from flows.stack.config import ProductionConfig, StackConfig, load
 from flows.stack.embedded import EmbeddedStack, StackError, say
 
@@ -126,6 +126,7 @@ class ProductionStack:
     def _initdb(self, data: Path) -> None:
         cfg = self.config
         say(f"creating the PostgreSQL cluster in {cfg.cluster_dir}")
+        pg_home.prepare_parent(cfg.cluster_dir)
         (cfg.cluster_dir / "run").mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
         for path in (cfg.cluster_dir, cfg.cluster_dir / "run", data):
@@ -149,6 +150,7 @@ class ProductionStack:
             ).returncode  # fmt: skip
         if code != 0:
             raise StackError(f"initdb failed; see {log}")
+        pg_home.mark_created(cfg.cluster_dir, cfg.home)  # down stops what this profile made
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("include_if_exists 'fraud.conf'\n")
 
@@ -212,6 +214,17 @@ class ProductionStack:
         say(f"stopping PostgreSQL of {self.config.cluster_dir} (pid {pid}, from postmaster.pid)")
         if not stop_pid(pid, ((signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0))):
             raise StackError(f"PostgreSQL (pid {pid}) did not stop; see its log")
+
+    def pg_remove(self) -> None:
+        """Delete the cluster this profile created (stopped first); ``make clean`` calls it."""
+        if self.own_cluster():
+            self.pg_down()
+        try:
+            removed = pg_home.remove(self.config.cluster_dir, self.config.home)
+        except RuntimeError as err:
+            raise StackError(str(err)) from None
+        if removed:
+            say(f"deleted the PostgreSQL cluster in {self.config.cluster_dir}")
 
     # ------------------------------------------------------------------ servers
     def server_env(self, **more: str) -> dict[str, str]:
@@ -281,7 +294,8 @@ class ProductionStack:
         )
 
     def own_cluster(self) -> bool:
-        return self.config.cluster_dir.absolute() == (self.config.home / "pg").absolute()
+        """Whether this profile created the cluster (its initdb marker), whatever its path."""
+        return pg_home.owns(self.config.cluster_dir, self.config.home)
 
     def down(self) -> None:
         from flows.stack import prometheus
