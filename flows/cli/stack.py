@@ -158,6 +158,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if action == "status":
             return _print(prod.status())
+        if action == "deploy":
+            prod.deploy()
+            return 0
+        if action == "release":
+            return prod.release(params)
     else:
         if action in PRODUCTION_ONLY:
             print(f"[stack] {action} belongs to the production profile: fraud stack "

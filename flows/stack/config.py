@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -200,6 +200,41 @@ class ProductionConfig(_FraudSettings):
             "FRAUD_PROD_HOME": str(self.home),
             "FRAUD_PROMETHEUS_PORT": str(self.prod_prometheus_port),
         }
+
+
+# ---------------------------------------------------------------- the Docker work pool (issue 27)
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+# prefect.yaml: the process deployments (every profile) and those of the Docker work pool
+PROCESS_DEPLOYMENTS = (
+    "train-and-release/fraud-detector",
+    "drift-check/fraud-detector",
+    "failure-alert/fraud-pipeline",
+)
+DOCKER_RELEASE = "train-and-release/fraud-detector-docker"
+DOCKER_DRIFT = "drift-check/fraud-detector-docker"
+DOCKER_DEPLOYMENTS = (DOCKER_RELEASE, DOCKER_DRIFT)
+
+
+class DockerPoolConfig(_FraudSettings):
+    """The production profile's Docker work pool: flow runs as containers of the pipeline image.
+
+    On by default in the production profile (``FRAUD_DOCKER_POOL=off`` leaves it out); the
+    embedded default never has one. See :mod:`flows.stack.docker_pool`.
+    """
+
+    docker_pool: Literal["on", "off"] = Field("on", description="The Docker work pool.")
+    docker_pool_name: str = Field("fraud-docker", description="prefect.yaml names it too.")
+    pipeline_image: str | None = Field(
+        None, description="Default fraud-pipeline:<12 characters of the checkout's commit>."
+    )
+    docker_socket: Path = Field(DOCKER_SOCKET, description="Mounted into flow containers.")
+    pipeline_image_timeout: int = Field(
+        1800, ge=60, description="Seconds a build of the pipeline image may take."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.docker_pool == "on"
 
 
 def load(kind: type[C]) -> C:

@@ -21,11 +21,12 @@ import signal
 import socket
 import subprocess  # nosec B404 # psql with an argv list, never a shell
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from flows.core.processes import Server, http_probe, run_as, stop_pid
 from flows.stack import packages, pg_home
-from flows.stack.config import ProductionConfig, StackConfig, load
+from flows.stack.config import DockerPoolConfig, ProductionConfig, StackConfig, load
 from flows.stack.embedded import EmbeddedStack, StackError, say
 
 SERVERS = ("prefect-server", "mlflow-server", "evidently-ui")
@@ -41,6 +42,7 @@ class ProductionStack:
         os.environ.update(config.stack_environ())
         self.stack = EmbeddedStack(load(StackConfig), extra_env=config.stack_environ())
         self.processes = self.stack.processes
+        self._init_docker_pool()
 
     # ------------------------------------------------------------------ PostgreSQL
     def pg_bin(self) -> Path:
@@ -284,6 +286,7 @@ class ProductionStack:
                 self.processes.stop_server(server)
             raise
         self.stack.up()
+        self.docker_pool_up()
         from flows.stack import prometheus
 
         prometheus.up()
@@ -303,6 +306,7 @@ class ProductionStack:
         try:
             prometheus.down()
         finally:
+            self.docker_pool_down()
             self.stack.down()
             for name in SERVERS:
                 self.processes.stop(name)
@@ -323,12 +327,43 @@ class ProductionStack:
             f"postgresql: {pg}",
             *self.processes.status_lines(["postgres", "mlflow-server"]),
             *self.stack.status(),
+            *self.docker_pool_status(),
             f"MLflow: {cfg.mlflow_url} ({mlflow})",
             *prometheus.status(),
         ]
 
     def env_lines(self) -> list[str]:
         return self.stack.env_lines()
+
+    # ------------------------------------------------------------------ Docker work pool
+    # (issue 27; the logic is in flows/stack/docker_pool.py)
+    def _init_docker_pool(self) -> None:
+        from flows.stack import docker_pool
+
+        self.docker_pool = docker_pool.for_profile(load(DockerPoolConfig), self.stack)
+
+    def docker_pool_up(self) -> None:
+        if self.docker_pool is not None:
+            self.docker_pool.up()
+
+    def docker_pool_down(self) -> None:
+        from flows.stack import docker_pool
+
+        docker_pool.stop_worker(self.processes)  # also when turned off since `up`
+
+    def docker_pool_status(self) -> list[str]:
+        return self.docker_pool.status() if self.docker_pool is not None else []
+
+    def deploy(self) -> None:
+        """The process deployments, and the Docker pool's when it is on."""
+        self.stack.deploy()
+        if self.docker_pool is not None:
+            self.docker_pool.deploy()
+
+    def release(self, args: Sequence[str] = ()) -> int:
+        """train-and-release on the Docker pool when it is on, else on the process worker."""
+        deployment = self.docker_pool.release_deployment if self.docker_pool else None
+        return self.stack.release(args, deployment)
 
 
 def scram_verifier(password: str) -> str:
