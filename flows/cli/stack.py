@@ -163,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if action == "release":
             return prod.release(params)
+        if action == "drift" and prod.docker_pool is not None:
+            return stack.drift(params, prod.docker_pool.drift_deployment)
     else:
         if action in PRODUCTION_ONLY:
             print(f"[stack] {action} belongs to the production profile: fraud stack "

@@ -18,7 +18,7 @@ import subprocess  # nosec B404 # argv lists only (git, docker, make, fraud)
 
 from flows.core.files import tail
 from flows.core.processes import ProcessManager, Server
-from flows.stack.config import DOCKER_DEPLOYMENTS, DOCKER_RELEASE, DockerPoolConfig
+from flows.stack.config import DOCKER_DEPLOYMENTS, DOCKER_DRIFT, DOCKER_RELEASE, DockerPoolConfig
 from flows.stack.embedded import EmbeddedStack, StackError, say
 
 WORKER = "prefect-docker-worker"
@@ -29,6 +29,7 @@ class DockerPool:
     """The Docker work pool of one profile home, its worker and its image."""
 
     release_deployment = DOCKER_RELEASE
+    drift_deployment = DOCKER_DRIFT
 
     def __init__(self, config: DockerPoolConfig, stack: EmbeddedStack) -> None:
         self.config = config
@@ -61,6 +62,8 @@ class DockerPool:
             "FRAUD_PIPELINE_IMAGE": self.image(),
             "FRAUD_DOCKER_SOCKET": str(self.config.docker_socket),
             "FRAUD_DOCKER_POOL_NAME": self.config.docker_pool_name,
+            # flow containers send heartbeats as process runs do: a silent one is marked Crashed
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.stack.config.heartbeat_seconds),
         }
         commit = self.commit()
         if commit:  # a run in an image of another commit stops before training

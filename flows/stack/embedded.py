@@ -210,9 +210,10 @@ class EmbeddedStack:
         say(f"running {deployment} {shlex.join([*extra, *args])}")
         return self.run_deployment(deployment, [*extra, *args])
 
-    def drift(self, args: Sequence[str] = ()) -> int:
-        say(f"running drift-check/fraud-detector {shlex.join(args)}")
-        return self.run_deployment("drift-check/fraud-detector", args)
+    def drift(self, args: Sequence[str] = (), deployment: str | None = None) -> int:
+        deployment = deployment or "drift-check/fraud-detector"
+        say(f"running {deployment} {shlex.join(args)}")
+        return self.run_deployment(deployment, args)
 
     def run_deployment(self, name: str, args: Sequence[str]) -> int:
         argv = [self.tool("prefect"), "deployment", "run", name, "--watch", *args]
