@@ -15,6 +15,8 @@ ROWS ?= 200000
 # integration tests mostly wait on servers, so two overlap well even on two cores
 WORKERS ?= 2
 DATA := $(FRAUD_HOME)/data/transactions.parquet
+PROD_HOME := $(or $(FRAUD_PROD_HOME),$(FRAUD_HOME)/prod)
+PROD_DATA := $(PROD_HOME)/data/transactions.parquet
 # the pipeline image of the committed tree (deploy/pipeline.Dockerfile), and where releases push
 GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
@@ -158,9 +160,11 @@ up-prod: install ## the production profile: PostgreSQL, Prefect + MLflow servers
 down-prod: install ## stop what `make up-prod` started (by PID)
 	@$(FRAUD) stack --profile production down
 
-run-prod: data docker up-prod ## the main job against the production profile
+run-prod: data docker up-prod ## the main job against the production profile (flow runs as containers on its Docker work pool)
 	@$(FRAUD) stack --profile production deploy
-	@$(FRAUD) stack --profile production release --param data_path="$(DATA)"
+	@# the data set inside the profile home: the home is what flow containers mount
+	@mkdir -p "$(PROD_HOME)/data" && { ln -f "$(DATA)" "$(PROD_DATA)" 2>/dev/null || cp -f "$(DATA)" "$(PROD_DATA)"; }
+	@$(FRAUD) stack --profile production release --param data_path="$(PROD_DATA)"
 	@$(FRAUD) stack --profile production summary
 
 test-prod: install ## the integration tests that use a server stack, on the production profile (PostgreSQL)
@@ -176,6 +180,7 @@ pipeline-image: ## build the pipeline image of the committed tree: fraud-pipelin
 	  git -C "$(ROOT)" archive --format=tar HEAD | tar -x -C "$$ctx" && \
 	  tar -C "$$ctx" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . | \
 	  DOCKER_BUILDKIT=0 docker build --network host -f deploy/pipeline.Dockerfile \
+	    --build-arg GIT_COMMIT=$(GIT_SHA) \
 	    --label org.opencontainers.image.revision=$(GIT_SHA) -t "$(PIPELINE_IMAGE)" -
 
 push-images: install ## push the champion's bento image and the pipeline image to REGISTRY=host/team
@@ -185,5 +190,6 @@ push-images: install ## push the champion's bento image and the pipeline image t
 k8s-render: install ## deploy/k8s/ filled with the current image tags, into build/k8s (REGISTRY=...)
 	$(FRAUD) k8s render --registry "$(REGISTRY)" --out "$(ROOT)/build/k8s"
 
-clean: down down-prod ## stop the stacks and delete all local state (.fraud)
+clean: down down-prod ## stop the stacks and delete all local state (.fraud, and the profile's own PostgreSQL cluster)
+	@$(FRAUD) stack --profile production pg-remove
 	rm -rf "$(FRAUD_HOME)"

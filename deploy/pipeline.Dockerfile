@@ -1,9 +1,17 @@
 # The pipeline image: flows/, data_contracts/, bento/ and prefect.yaml with the locked
-# environment (uv.lock, `uv sync --frozen`), for flow runs on a kubernetes (or docker) work pool
-# and the pool's worker. Built by `make pipeline-image` from `git archive HEAD`, so it holds the
-# committed tree of the commit it is tagged with, and nothing else (no .venv, no .fraud state,
-# no credentials: those come from the environment at run time).
+# environment (uv.lock, `uv sync --frozen`) and the Docker client, for flow runs on the docker
+# work pool of the production profile (or a kubernetes pool) and the pool's worker. Built by
+# `make pipeline-image` from `git archive HEAD`, so it holds the committed tree of the commit it
+# is tagged with, and nothing else (no .venv, no .fraud state, no credentials: those come from
+# the environment at run time).
 FROM python:3.11-slim
+
+# The Docker client only (a release builds and smoke-tests the bento image through the engine's
+# socket that the Docker work pool mounts): the `docker` binary of Debian's docker.io package.
+RUN apt-get update -qq && cd /tmp && apt-get download -qq docker.io && \
+    dpkg-deb --fsys-tarfile docker.io_*.deb | tar -xO ./usr/bin/docker >/usr/local/bin/docker && \
+    chmod 0755 /usr/local/bin/docker && rm -rf /tmp/docker.io_*.deb /var/lib/apt/lists/* && \
+    docker --version
 
 ENV UV_COMPILE_BYTECODE=1 \
     UV_NO_CACHE=1 \
@@ -18,18 +26,22 @@ WORKDIR /app
 RUN python3 -m pip install --no-cache-dir "uv==0.13.9"
 
 # dependencies first (a layer that changes only with the lock), then the project itself
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock ./
+# (no package's `tests` folder is deleted: evidently imports evidently.legacy.tests at run time)
 RUN uv sync --frozen --no-dev --group kubernetes --no-install-project
+COPY README.md prefect.yaml bentofile.yaml ./
 COPY data_contracts ./data_contracts
-COPY flows ./flows
 COPY bento ./bento
-COPY prefect.yaml bentofile.yaml ./
+COPY flows ./flows
 RUN uv sync --frozen --no-dev --group kubernetes && \
     python3 -m pip uninstall -y uv && \
-    find /app/.venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + && \
     useradd --uid 1000 --user-group --home-dir /home/fraud --create-home fraud
 
-ENV PATH=/app/.venv/bin:$PATH
+# the commit of the tree inside (there is no .git here): releases record it, and a run whose
+# work pool expects another commit stops before training (FRAUD_EXPECTED_COMMIT)
+ARG GIT_COMMIT=unknown
+ENV PATH=/app/.venv/bin:$PATH \
+    FRAUD_GIT_COMMIT=$GIT_COMMIT
 # the code and environment stay root's: flow runs cannot change what they run
 USER 1000:1000
 CMD ["prefect", "version"]

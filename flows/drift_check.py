@@ -34,7 +34,7 @@ from flows.alerting.alerts import alert_on_failure
 from flows.alerting.failure import ui_base_url
 from flows.alerting.outbox import Delivery
 from flows.alerting.smtp import SmtpSettings
-from flows.core.settings import Settings
+from flows.core.settings import Settings, check_pipeline_commit
 from flows.monitoring import analysis, reference, report_mail, reports, steps
 from flows.monitoring.charts import Chart, HistoryPoint
 from flows.monitoring.check import DriftSteps, run_drift_check
@@ -217,6 +217,8 @@ def drift_check(
         spec_path: feature spec file; default: the card-fraud spec.
     """
     logger = get_run_logger()
+    if commit := check_pipeline_commit():  # a flow container: its code must be the pool's
+        logger.info("pipeline image of commit %s", commit[:12])
     spec = load_spec(spec_path) if spec_path else default_spec()
     config = DriftCheckConfig(
         model_name=model_name or spec.name,

@@ -24,7 +24,7 @@ from prefect.states import State
 from data_contracts.schemas import ValidationResult
 from data_contracts.spec import FeatureSpec
 from flows.alerting.alerts import alert_on_failure
-from flows.core.settings import Settings
+from flows.core.settings import Settings, check_pipeline_commit
 from flows.core.tables import file_digest, load_table
 from flows.packaging.errors import PackagingError
 from flows.packaging.package import PackagedVersion, package_version
@@ -315,6 +315,8 @@ def train_and_release(
             candidates not started within it are listed as skipped.
     """
     logger, settings, started = get_run_logger(), Settings(), time.perf_counter()
+    if commit := check_pipeline_commit():  # a flow container: its code must be the pool's
+        logger.info("pipeline image of commit %s", commit[:12])
     searching = search_settings(search, search_budget_seconds)
     path, spec = release.resolve_inputs(settings.default_data_path, data_path, spec_path)
     name = model_name or spec.name

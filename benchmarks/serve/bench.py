@@ -13,7 +13,7 @@ wrk at c=4 alone and while another client posts valid 10,000-record batches back
 the records the bento scored (its own counter, read before it stops). Servers log to files and
 are stopped by PID. Prints a table and writes JSON to ``--out``.
 
-Targets (issue 29, "Serving without stalls"): p99 at c=8 <= 1.5x the baseline's, max <= 50 ms
+Targets: p99 at c=8 <= 1.5x the baseline's, max <= 50 ms
 at c=8; single-row throughput >= 2x the baseline at c=8 and c=64 with zero non-2xx; batch >=
 100,000 records/s; single-row p99 while batches run <= 3x its p99 without them; inference-log
 rows = records scored; serving RSS <= 350 MB. Absolute figures depend on the machine and on

@@ -99,7 +99,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "work-pools",
-        "make sure the named process work pools exist on the Prefect server",
+        "make sure the named work pools exist on the Prefect server (process or docker)",
         "flows.cli.work_pools",
         "add_arguments",
         "run",

@@ -65,8 +65,9 @@ ACTIONS: dict[str, str] = {
     "pg-up": "production: only the PostgreSQL cluster and the role",
     "pg-down": "production: stop the cluster, by PID",
     "drop-db": "production: drop this profile's databases (FRAUD_PROD_DB_PREFIX)",
+    "pg-remove": "production: stop and delete the cluster, only when this profile created it",
 }
-PRODUCTION_ONLY = {"pg-up", "pg-down", "drop-db"}
+PRODUCTION_ONLY = {"pg-up", "pg-down", "drop-db", "pg-remove"}
 
 
 def add_param(parser: argparse.ArgumentParser) -> None:
@@ -150,13 +151,20 @@ def _run(args: argparse.Namespace) -> int:
         stack = prod.stack
         handlers = {
             "up": prod.up, "down": prod.down, "pg-up": prod.pg_up, "pg-down": prod.pg_down,
-            "drop-db": prod.drop_databases,
+            "drop-db": prod.drop_databases, "pg-remove": prod.pg_remove,
         }  # fmt: skip
         if action in handlers:
             handlers[action]()
             return 0
         if action == "status":
             return _print(prod.status())
+        if action == "deploy":
+            prod.deploy()
+            return 0
+        if action == "release":
+            return prod.release(params)
+        if action == "drift" and prod.docker_pool is not None:
+            return stack.drift(params, prod.docker_pool.drift_deployment)
     else:
         if action in PRODUCTION_ONLY:
             print(f"[stack] {action} belongs to the production profile: fraud stack "

@@ -8,6 +8,7 @@ server instead of the local SQLite store.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -168,3 +169,33 @@ class Settings(BaseSettings):
     def outbox_dir(self) -> Path:
         """Emails that could not be sent yet; the next drift check sends them first."""
         return self.home / "outbox"
+
+
+# the commit the pipeline image was built from (deploy/pipeline.Dockerfile), and the one the
+# Docker work pool of the production profile expects (the checkout's, when it set the pool up)
+COMMIT_ENV = "FRAUD_GIT_COMMIT"
+EXPECTED_COMMIT_ENV = "FRAUD_EXPECTED_COMMIT"
+
+
+class PipelineImageMismatch(RuntimeError):
+    """A flow container's image holds other code than its work pool was set up for."""
+
+
+def check_pipeline_commit(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Raise when this flow run's code is not the commit its work pool expects.
+
+    The Docker work pool names the commit it was set up for (``FRAUD_EXPECTED_COMMIT``); the
+    image records its own (``FRAUD_GIT_COMMIT``). A stale or re-tagged image would otherwise
+    train and release other code than the deployment says. Returns the commit when both are
+    known and agree, None when there is nothing to compare (a run from the checkout).
+    """
+    expected, actual = environ.get(EXPECTED_COMMIT_ENV), environ.get(COMMIT_ENV)
+    if not expected or not actual:
+        return None
+    if expected != actual:
+        raise PipelineImageMismatch(
+            f"the pipeline image holds commit {actual[:12]} but the work pool expects commit "
+            f"{expected[:12]}: build the image of {expected[:12]} (make pipeline-image in that "
+            "checkout) and set the pool up again (make up-prod)"
+        )
+    return actual

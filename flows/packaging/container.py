@@ -60,8 +60,8 @@ def require_docker() -> str:
     if not ok:
         raise DockerUnavailableError(
             "this machine",
-            f"{detail}. Start one (as root: scripts/docker-engine.sh) or run the release "
-            "without the image step.",
+            f"image not built: {detail}. Start one (as root: scripts/docker-engine.sh), give a "
+            "flow container the engine's socket, or run the release without the image step.",
         )
     return detail
 

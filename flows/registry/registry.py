@@ -82,7 +82,13 @@ def _environment_kept(*names: str) -> Iterator[None]:
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str:
-    """The project's current git commit (with '-dirty' when the tree has changes), or 'unknown'."""
+    """The project's current git commit (with '-dirty' when the tree has changes), or 'unknown'.
+
+    Outside a checkout (the pipeline image has no .git), the commit the image was built from
+    (``FRAUD_GIT_COMMIT``, set by deploy/pipeline.Dockerfile).
+    """
+    if not (root / ".git").exists() and os.environ.get("FRAUD_GIT_COMMIT"):
+        return os.environ["FRAUD_GIT_COMMIT"]
     try:
         sha = subprocess.run(  # nosec B603 B607 # fixed git argv, git from PATH
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,7 +126,9 @@ class ProductionConfig(_FraudSettings):
     pg_port: int = Field(5433, ge=1, le=65535)
     pg_user: str = Field("fraud", pattern=SQL_NAME)
     pg_password_file: Path | None = Field(None, description="Default <prod home>/secrets/...")
-    pg_dir: Path | None = Field(None, description="The cluster; default <prod home>/pg.")
+    pg_dir: Path | None = Field(
+        None, description="The cluster; default /var/lib/fraud-pg/<digest of the prod home>."
+    )
     prod_db_prefix: str = Field("fraud", pattern=SQL_NAME)
     prod_prefect_port: int = Field(4201, ge=1, le=65535)
     mlflow_port: int = Field(5001, ge=1, le=65535)
@@ -141,7 +143,10 @@ class ProductionConfig(_FraudSettings):
 
     @property
     def cluster_dir(self) -> Path:
-        return self.pg_dir or self.home / "pg"
+        """FRAUD_PG_DIR, else a folder the postgres user reaches wherever the checkout is."""
+        from flows.stack.pg_home import default_cluster_dir
+
+        return self.pg_dir or default_cluster_dir(self.home)
 
     @property
     def secrets_dir(self) -> Path:
@@ -196,7 +201,7 @@ class ProductionConfig(_FraudSettings):
             "FRAUD_PROMETHEUS_PORT": str(self.prod_prometheus_port),
         } | self.credential_environ()
 
-    # -- credentials (issue 28): generated and rotated by flows/stack/credentials.py -----------
+    # -- credentials: generated and rotated by flows/stack/credentials.py -----------
     api_keys_file: Path | None = Field(None, description="Bento API keys; default <secrets>/api/")
 
     @property
@@ -222,6 +227,41 @@ class ProductionConfig(_FraudSettings):
         # the Prefect server's basic auth, for the server and every client (a 0600 file)
         env["PREFECT_PROFILES_PATH"] = str(self.secrets_dir / "prefect-profiles.toml")
         return env
+
+
+# ---------------------------------------------------------------- the Docker work pool
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+# prefect.yaml: the process deployments (every profile) and those of the Docker work pool
+PROCESS_DEPLOYMENTS = (
+    "train-and-release/fraud-detector",
+    "drift-check/fraud-detector",
+    "failure-alert/fraud-pipeline",
+)
+DOCKER_RELEASE = "train-and-release/fraud-detector-docker"
+DOCKER_DRIFT = "drift-check/fraud-detector-docker"
+DOCKER_DEPLOYMENTS = (DOCKER_RELEASE, DOCKER_DRIFT)
+
+
+class DockerPoolConfig(_FraudSettings):
+    """The production profile's Docker work pool: flow runs as containers of the pipeline image.
+
+    On by default in the production profile (``FRAUD_DOCKER_POOL=off`` leaves it out); the
+    embedded default never has one. See :mod:`flows.stack.docker_pool`.
+    """
+
+    docker_pool: Literal["on", "off"] = Field("on", description="The Docker work pool.")
+    docker_pool_name: str = Field("fraud-docker", description="prefect.yaml names it too.")
+    pipeline_image: str | None = Field(
+        None, description="Default fraud-pipeline:<12 characters of the checkout's commit>."
+    )
+    docker_socket: Path = Field(DOCKER_SOCKET, description="Mounted into flow containers.")
+    pipeline_image_timeout: int = Field(
+        1800, ge=60, description="Seconds a build of the pipeline image may take."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.docker_pool == "on"
 
 
 def load(kind: type[C]) -> C:

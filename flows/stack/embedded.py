@@ -21,7 +21,12 @@ from pathlib import Path
 
 from flows.core.processes import ProcessManager, Server, http_probe
 from flows.stack import packages
-from flows.stack.config import ALERT_POOL, LOCAL_MAIL_RECIPIENTS, StackConfig
+from flows.stack.config import (
+    ALERT_POOL,
+    LOCAL_MAIL_RECIPIENTS,
+    PROCESS_DEPLOYMENTS,
+    StackConfig,
+)
 
 SERVER_NAMES = (
     "prefect-server",
@@ -170,11 +175,23 @@ class EmbeddedStack:
         self.processes.ensure(self.worker("prefect-worker", cfg.work_pool, heartbeat=True))
         self.processes.ensure(self.worker("prefect-alert-worker", ALERT_POOL, heartbeat=False))
 
-    def deploy(self) -> None:
-        """Deploy ``prefect.yaml`` and create the crashed-run automations."""
+    def deploy(
+        self,
+        names: Sequence[str] = PROCESS_DEPLOYMENTS,
+        env: Mapping[str, str] | None = None,
+        automations: bool = True,
+    ) -> None:
+        """Deploy ``prefect.yaml``'s ``names`` and create the crashed-run automations.
+
+        By name: the Docker work pool's deployments belong to the production profile only.
+        """
         log = self.config.log_dir / "deploy.log"
-        say(f"deploying prefect.yaml (log: {log})")
-        self._logged([self.tool("prefect"), "--no-prompt", "deploy", "--all"], log, "deploy")
+        say(f"deploying {len(names)} deployments of prefect.yaml (log: {log})")
+        picked = [arg for name in names for arg in ("-n", name)]
+        argv = [self.tool("prefect"), "--no-prompt", "deploy", *picked]
+        self._logged(argv, log, "deploy", env=env)
+        if not automations:
+            return
         cfg = self.config
         say(
             f"creating the crashed-run automations (heartbeat {cfg.heartbeat_seconds} s, "
@@ -182,19 +199,21 @@ class EmbeddedStack:
         )
         self._logged([self.tool("fraud"), "automations"], log, "automations")
 
-    def release(self, args: Sequence[str] = ()) -> int:
+    def release(self, args: Sequence[str] = (), deployment: str | None = None) -> int:
         """Run the release deployment and wait; without Docker the image step is skipped."""
+        deployment = deployment or self.config.deployment
         extra: list[str] = []
         if not _docker_answers():
             say("WARNING: no Docker engine answers: this release builds the bento, NOT the image")
             say("  (run 'make docker' as root, or start Docker, to containerize and smoke-test)")
             extra = ["--param", "build_image=false"]
-        say(f"running {self.config.deployment} {shlex.join([*extra, *args])}")
-        return self.run_deployment(self.config.deployment, [*extra, *args])
+        say(f"running {deployment} {shlex.join([*extra, *args])}")
+        return self.run_deployment(deployment, [*extra, *args])
 
-    def drift(self, args: Sequence[str] = ()) -> int:
-        say(f"running drift-check/fraud-detector {shlex.join(args)}")
-        return self.run_deployment("drift-check/fraud-detector", args)
+    def drift(self, args: Sequence[str] = (), deployment: str | None = None) -> int:
+        deployment = deployment or "drift-check/fraud-detector"
+        say(f"running {deployment} {shlex.join(args)}")
+        return self.run_deployment(deployment, args)
 
     def run_deployment(self, name: str, args: Sequence[str]) -> int:
         argv = [self.tool("prefect"), "deployment", "run", name, "--watch", *args]
@@ -280,11 +299,13 @@ class EmbeddedStack:
             raise StackError(f"`fraud {shlex.join(args)}` failed with exit code {code}")
         return code
 
-    def _logged(self, argv: list[str], log: Path, what: str) -> None:
+    def _logged(
+        self, argv: list[str], log: Path, what: str, env: Mapping[str, str] | None = None
+    ) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             code = subprocess.run(  # nosec B603 # the checkout's own tools
-                argv, env=self.child_env(), cwd=self.config.project_root, stdout=out,
+                argv, env=self.child_env(**(env or {})), cwd=self.config.project_root, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
             ).returncode  # fmt: skip
         if code != 0:

@@ -21,11 +21,12 @@ import signal
 import socket
 import subprocess  # nosec B404 # psql with an argv list, never a shell
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from flows.core.processes import Server, http_probe, run_as, stop_pid
-from flows.stack import credentials, packages
-from flows.stack.config import ProductionConfig, StackConfig, load
+from flows.stack import credentials, docker_pool, packages, pg_home
+from flows.stack.config import DockerPoolConfig, ProductionConfig, StackConfig, load
 from flows.stack.embedded import EmbeddedStack, StackError, say
 
 SERVERS = ("prefect-server", "mlflow-server", "evidently-ui")
@@ -41,6 +42,7 @@ class ProductionStack:
         os.environ.update(config.stack_environ())
         self.stack = EmbeddedStack(load(StackConfig), extra_env=config.stack_environ())
         self.processes = self.stack.processes
+        self.docker_pool = docker_pool.for_profile(load(DockerPoolConfig), self.stack)
 
     # ------------------------------------------------------------------ PostgreSQL
     def pg_bin(self) -> Path:
@@ -126,6 +128,7 @@ class ProductionStack:
     def _initdb(self, data: Path) -> None:
         cfg = self.config
         say(f"creating the PostgreSQL cluster in {cfg.cluster_dir}")
+        pg_home.prepare_parent(cfg.cluster_dir)
         (cfg.cluster_dir / "run").mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
         for path in (cfg.cluster_dir, cfg.cluster_dir / "run", data):
@@ -149,6 +152,7 @@ class ProductionStack:
             ).returncode  # fmt: skip
         if code != 0:
             raise StackError(f"initdb failed; see {log}")
+        pg_home.mark_created(cfg.cluster_dir, cfg.home)  # down stops what this profile made
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("include_if_exists 'fraud.conf'\n")
 
@@ -213,6 +217,17 @@ class ProductionStack:
         if not stop_pid(pid, ((signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0))):
             raise StackError(f"PostgreSQL (pid {pid}) did not stop; see its log")
 
+    def pg_remove(self) -> None:
+        """Delete the cluster this profile created (stopped first); ``make clean`` calls it."""
+        if self.own_cluster():
+            self.pg_down()
+        try:
+            removed = pg_home.remove(self.config.cluster_dir, self.config.home)
+        except RuntimeError as err:
+            raise StackError(str(err)) from None
+        if removed:
+            say(f"deleted the PostgreSQL cluster in {self.config.cluster_dir}")
+
     # ------------------------------------------------------------------ servers
     def server_env(self, **more: str) -> dict[str, str]:
         return self.stack.child_env(PGPASSFILE=str(self.config.pgpass), **more)
@@ -252,9 +267,9 @@ class ProductionStack:
 
     def up(self) -> None:
         cfg = self.config
-        credentials.ensure_api_keys(cfg)  # issue 28: the bento's API keys (0600 file)
-        credentials.ensure_tls(cfg)  # issue 28: the serving port's certificate
-        credentials.ensure_prefect_auth(cfg)  # issue 28: the Prefect server's basic auth
+        credentials.ensure_api_keys(cfg)  # the bento's API keys (0600 file)
+        credentials.ensure_tls(cfg)  # the served port's certificate
+        credentials.ensure_prefect_auth(cfg)  # the Prefect server's basic auth
         self.pg_up()
         self.create_databases()
         cfg.artifacts.mkdir(parents=True, exist_ok=True)
@@ -274,6 +289,7 @@ class ProductionStack:
                 self.processes.stop_server(server)
             raise
         self.stack.up()
+        self.docker_pool_up()
         from flows.stack import prometheus
 
         prometheus.up()
@@ -284,7 +300,8 @@ class ProductionStack:
         )
 
     def own_cluster(self) -> bool:
-        return self.config.cluster_dir.absolute() == (self.config.home / "pg").absolute()
+        """Whether this profile created the cluster (its initdb marker), whatever its path."""
+        return pg_home.owns(self.config.cluster_dir, self.config.home)
 
     def down(self) -> None:
         from flows.stack import prometheus
@@ -292,6 +309,7 @@ class ProductionStack:
         try:
             prometheus.down()
         finally:
+            self.docker_pool_down()
             self.stack.down()
             for name in SERVERS:
                 self.processes.stop(name)
@@ -312,12 +330,35 @@ class ProductionStack:
             f"postgresql: {pg}",
             *self.processes.status_lines(["postgres", "mlflow-server"]),
             *self.stack.status(),
+            *self.docker_pool_status(),
             f"MLflow: {cfg.mlflow_url} ({mlflow})",
             *prometheus.status(),
         ]
 
     def env_lines(self) -> list[str]:
         return self.stack.env_lines()
+
+    # ------------------------------------------- Docker work pool (flows/stack/docker_pool.py)
+    def docker_pool_up(self) -> None:
+        if self.docker_pool is not None:
+            self.docker_pool.up()
+
+    def docker_pool_down(self) -> None:
+        docker_pool.stop_worker(self.processes)  # also when turned off since `up`
+
+    def docker_pool_status(self) -> list[str]:
+        return self.docker_pool.status() if self.docker_pool is not None else []
+
+    def deploy(self) -> None:
+        """The process deployments, and the Docker pool's when it is on."""
+        self.stack.deploy()
+        if self.docker_pool is not None:
+            self.docker_pool.deploy()
+
+    def release(self, args: Sequence[str] = ()) -> int:
+        """train-and-release on the Docker pool when it is on, else on the process worker."""
+        deployment = self.docker_pool.release_deployment if self.docker_pool else None
+        return self.stack.release(args, deployment)
 
 
 def scram_verifier(password: str) -> str:

@@ -33,7 +33,7 @@ if PROFILE not in {"embedded", "prod"}:
     raise ValueError(f"FRAUD_TEST_PROFILE={PROFILE!r}: expected 'embedded' or 'prod'")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a server stack ``stack``: what the production profile changes.
 
     ``make test-prod`` runs only these on PostgreSQL; the other integration tests (bentoml serve,
@@ -42,6 +42,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
+    if PROFILE != "prod":  # the Docker work pool is the production profile's: make test-prod
+        kept = [item for item in items if not item.get_closest_marker("prod_only")]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+            items[:] = kept
 
 
 def _script(
@@ -198,6 +203,8 @@ def _embedded_stack(home: Path, port: int, env: dict[str, str]) -> Iterator[Stac
 def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> Iterator[Stack]:
     mlflow_port, evidently_port = free_port(), free_port()
     env |= pg.env | {
+        # the Docker work pool only in the module that tests it (test_docker_pool.py)
+        "FRAUD_DOCKER_POOL": env.get("FRAUD_DOCKER_POOL", "off"),
         "FRAUD_PROD_HOME": str(home),
         "FRAUD_PROD_DB_PREFIX": f"it{port}",
         "FRAUD_PROD_PREFECT_PORT": str(port),

@@ -267,11 +267,17 @@ def test_flow_body_is_thin():
 
 def test_the_deployment_parameters_are_the_flow_defaults():
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    (drift,) = [d for d in deployments if d["entrypoint"].endswith("drift_check.py:drift_check")]
-    params = flow_module.drift_check.validate_parameters(drift["parameters"])
+    process, docker = [
+        d for d in deployments if d["entrypoint"].endswith("drift_check.py:drift_check")
+    ]
+    params = flow_module.drift_check.validate_parameters(process["parameters"])
     assert params["window"] == Window(hours=24)
     assert params["policy"] == DriftPolicy()
     assert params["retraining"] == RetrainPolicy()
+    # the Docker pool's drift check retrains on the Docker pool, otherwise the same
+    in_docker = flow_module.drift_check.validate_parameters(docker["parameters"])
+    assert in_docker["retraining"].deployment == "train-and-release/fraud-detector-docker"
+    assert in_docker["policy"] == params["policy"] and in_docker["window"] == params["window"]
     rows = flow_module.drift_check.validate_parameters({"window": {"rows": 3000}})
     assert rows["window"] == Window(rows=3000)
     with pytest.raises(Exception, match="exactly one"):
