@@ -293,15 +293,15 @@ class ServingApp:
         if checked.records is None:
             await self._refuse(send, 422, request_id, checked.detail, errors, budget.omitted)
             return
-        records, total = checked.records, checked.total
-        if not records:
+        scored, total = len(checked.positions), checked.total
+        if not scored:
             if state.metrics is not None:
                 state.metrics.count_predictions("predict_batch", 0, 0, total)
             await self._refuse(
                 send, 422, request_id, "invalid batch: no record was scored", errors, budget.omitted
             )
             return
-        if len(records) >= THREAD_BATCH_ROWS:
+        if scored >= THREAD_BATCH_ROWS:
             # one scoring thread: the event loop validates the next batch while this one is
             # transposed, scored, logged and encoded there
             if self._score_limiter is None:

@@ -133,8 +133,8 @@ class CheckedBatch:
     request_id: str
     budget: ErrorBudget
     detail: str = ""
-    records: list[BaseModel] | None = None
-    positions: list[int] = field(default_factory=list)
+    records: list[BaseModel] | None = None  # empty when an Arrow batch gave its columns whole
+    positions: list[int] = field(default_factory=list)  # where the scored records were
     total: int = 0
     columns: dict[str, Sequence[Any]] | None = None  # the records' features, when at hand
 

@@ -17,10 +17,12 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from bento.arrow_body import check_arrow_batch, is_arrow_stream
+from bento.arrow_body import check_arrow_batch, fast_columns, is_arrow_stream, table_records
 from bento.config import ServingConfig
+from bento.field_errors import ErrorBudget
 from bento.http_app import ServingApp
 from bento.record_checker import RecordChecker
+from bento.request_body import check_records
 from bento.request_model import build_request_model
 from bento.runtime import load_runtime
 from data_contracts.schemas import validate_frame
@@ -69,6 +71,50 @@ def test_a_valid_stream_gives_the_columns_a_json_batch_gives(spec, checker, reco
     assert checked.positions == list(range(50)) and checked.columns is not None
     for name in (*spec.feature_names, "transaction_id"):
         assert list(checked.columns[name]) == [r[name] for r in records]
+
+
+def test_the_column_checks_give_what_the_record_checks_give(spec, checker, records):
+    """A valid stream is checked a column at a time, with the record path's very columns."""
+    table = pa.Table.from_pylist(records)
+    fast = check_arrow_batch(checker, spec, 100, stream(table), None)
+    assert fast.records == [] and fast.positions == list(range(50))  # no model per record
+    slow = check_records(checker, table_records(table), "r", ErrorBudget())
+    assert slow.records and slow.columns is not None and fast.columns is not None
+    assert {k: list(v) for k, v in fast.columns.items()} == {
+        k: list(v) for k, v in slow.columns.items()
+    }
+
+
+def _spoil(spec, kind: str) -> tuple[str, Any]:
+    """A feature name and a value the record checks refuse, of one kind of problem."""
+    numeric = next(f for f in spec.features if f.kind.value == "numeric" and f.max is not None)
+    integer = next(f for f in spec.features if f.kind.value == "integer")
+    closed = next(f for f in spec.categorical_features if not f.allow_unknown_categories)
+    required = next(f for f in spec.features if not f.nullable and f.kind.value == "numeric")
+    return {
+        "nan": (numeric.name, float("nan")),
+        "inf": (numeric.name, float("-inf")),
+        "above": (numeric.name, numeric.max * 2),
+        "fraction": (integer.name, 2.5),
+        "category": (closed.name, "Teleport"),
+        "null": (required.name, None),
+        "id control": ("transaction_id", "tx\u202e1"),
+        "id length": ("transaction_id", "t" * (spec.id_max_length + 1)),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["nan", "inf", "above", "fraction", "category", "null", "id control", "id length"]
+)
+def test_any_doubtful_value_sends_the_batch_to_the_record_checks(spec, checker, records, kind):
+    name, value = _spoil(spec, kind)
+    rows = [dict(r) for r in records]
+    rows[4][name] = value
+    table = pa.Table.from_pylist(rows)
+    assert fast_columns(table, spec) is None
+    checked = check_arrow_batch(checker, spec, 100, stream(table), None)
+    assert [(e.index, e.field) for e in checked.budget.errors] == [(4, name)]
+    assert checked.positions == [i for i in range(50) if i != 4]
 
 
 def test_missing_unknown_and_mistyped_columns_are_refused_naming_them(spec, checker, records):
