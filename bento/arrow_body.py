@@ -220,7 +220,7 @@ def _texts_fit(column: pa.ChunkedArray, known: pa.Array | None, max_length: int)
     )
 
 
-def fast_columns(table: pa.Table, spec: FeatureSpec) -> dict[str, list[Any]] | None:
+def fast_columns(table: pa.Table, spec: FeatureSpec) -> dict[str, Any] | None:
     """The table's feature and transaction id columns when every value passes the checks a
     record would (types, nulls, finite, range, whole numbers, known categories, safe ids),
     checked a column at a time in Arrow's compute kernels; None when any value might not, and
@@ -248,7 +248,17 @@ def fast_columns(table: pa.Table, spec: FeatureSpec) -> dict[str, list[Any]] | N
                 return None
     except (pa.ArrowException, TypeError, ValueError):  # a kernel that does not fit: records
         return None
-    columns = {name: table[name].to_pylist() for name in spec.feature_names}
+    numbers = {
+        f.name for f in spec.features if f.kind in (FeatureKind.NUMERIC, FeatureKind.INTEGER)
+    }
+    columns: dict[str, Any] = {  # numbers without nulls as arrays (the encoder makes arrays)
+        name: (
+            table[name].to_numpy()
+            if name in numbers and not table[name].null_count
+            else table[name].to_pylist()
+        )
+        for name in spec.feature_names
+    }
     ids = table[TRANSACTION_ID].to_pylist() if TRANSACTION_ID in table.column_names else None
     columns[TRANSACTION_ID] = ids if ids is not None else [None] * table.num_rows
     return columns
