@@ -18,6 +18,9 @@ parser refuses, nesting deeper than 200 levels included, is a 422 naming the pro
 at most 20 entries per record and 200 per answer, with ``errors_omitted`` saying how many more
 problems were found; a record with more than 20 unknown keys is refused without validation.
 
+``/predict_batch`` also takes an Arrow IPC stream (``application/vnd.apache.arrow.stream``),
+read and checked in the same thread with the same limits (:mod:`bento.arrow_body`).
+
 This module holds the flow of each endpoint in :class:`ServingApp` (read, validate, score or
 refuse) and the swap of the served model. Parsing and batch checks are in
 :mod:`bento.request_body`, what an answer records and says in :mod:`bento.answers`, the ASGI

@@ -174,6 +174,18 @@ def test_too_many_rows_are_refused_before_all_are_read(spec, checker, records):
     assert "at most 49" in checked.budget.errors[0].message
 
 
+def test_rows_that_cost_no_bytes_are_still_counted_against_the_limit(spec, checker):
+    """Null-typed columns carry no buffers: a tiny body may declare millions of rows."""
+    table = pa.table({name: pa.nulls(2_000_000) for name in spec.feature_names})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)  # one batch of 2,000,000 rows
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 10_000
+    checked = check_arrow_batch(checker, spec, 10_000, body, None)
+    assert problems(checked) == [(None, "records", "too many records")]
+
+
 @pytest.mark.parametrize(
     ("cut", "problem"),
     [
