@@ -22,7 +22,7 @@ GIT_SHA := $(shell git -C "$(ROOT)" rev-parse HEAD 2>/dev/null)
 PIPELINE_IMAGE ?= fraud-pipeline:$(shell echo "$(GIT_SHA)" | cut -c1-12)
 REGISTRY ?= $(FRAUD_IMAGE_REGISTRY)
 
-.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-soak bench-hostile bench-swap bench-tls bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui monitor-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
+.PHONY: help install data docker up deploy run release down status test test-fast lint format bench bench-serve bench-arrow bench-soak bench-hostile bench-swap bench-tls bench-drift bench-bootstrap drift serve fleet-up fleet-down fleet-status bench-rollout demo-drift mlflow-ui monitor-ui rollback history clean up-prod down-prod run-prod test-prod pipeline-image push-images k8s-render prometheus prometheus-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -103,6 +103,10 @@ bench: install ## train-and-release on 100k and 1M rows; sklearn vs onnxruntime 
 bench-serve: install ## bento vs the FastAPI baseline at c=1/8/64: req/s, p99/p99.9/max, worst second, batches beside single rows, log rows vs scored (needs wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m benchmarks.serve.bench
+
+bench-arrow: install ## /predict_batch with Arrow IPC vs JSON bodies: records/s at 1k/10k records, single-row p99 beside each (needs wrk)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
+	$(PY) -m benchmarks.serve.arrow_batch
 
 bench-soak: install ## the bento at its measured capacity for 60 s: non-2xx, RSS growth, p50/p99 (wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null

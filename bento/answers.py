@@ -140,7 +140,8 @@ def scored_batch(
     """Log and count the scores of a batch's valid records (their feature and transaction id
     ``columns``); the answer, with null predictions and the error entries of the others."""
     request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
-    records, positions, total = checked.records or [], checked.positions, checked.total
+    positions, total = checked.positions, checked.total
+    scored = len(positions)
     runtime = state.runtime
     decisions = scores >= runtime.threshold
     scores_list = scores.tolist()
@@ -149,10 +150,10 @@ def scored_batch(
         state.writer.append_batch(
             columns, scores_list, decisions.astype(np.int8).tolist(), request_id, tx_ids
         )
-    rejected = total - len(records)
+    rejected = total - scored
     if state.metrics is not None:
         n_fraud = int(decisions.sum())
-        state.metrics.count_predictions("predict_batch", n_fraud, len(records) - n_fraud, rejected)
+        state.metrics.count_predictions("predict_batch", n_fraud, scored - n_fraud, rejected)
         state.metrics.observe_scores(scores)
         if errors:
             state.metrics.count_field_errors((e.field, e.problem) for e in errors)
@@ -166,13 +167,13 @@ def scored_batch(
     if errors:
         logger.info(
             "batch partly refused",
-            extra={"request_id": request_id, "rejected": rejected, "scored": len(records)},
+            extra={"request_id": request_id, "rejected": rejected, "scored": scored},
         )
     head = {
         REQUEST_ID: request_id,
         VERSION_FIELD: runtime.model_version,
         THRESHOLD_FIELD: runtime.threshold,
-        "scored": len(records),
+        "scored": scored,
         "rejected": rejected,
     }
     slices = (

@@ -18,6 +18,9 @@ parser refuses, nesting deeper than 200 levels included, is a 422 naming the pro
 at most 20 entries per record and 200 per answer, with ``errors_omitted`` saying how many more
 problems were found; a record with more than 20 unknown keys is refused without validation.
 
+``/predict_batch`` also takes an Arrow IPC stream (``application/vnd.apache.arrow.stream``),
+read and checked in the same thread with the same limits (:mod:`bento.arrow_body`).
+
 This module holds the flow of each endpoint in :class:`ServingApp` (read, validate, score or
 refuse) and the swap of the served model. Parsing and batch checks are in
 :mod:`bento.request_body`, what an answer records and says in :mod:`bento.answers`, the ASGI
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -37,6 +41,7 @@ from starlette.routing import Route
 
 from bento import internals
 from bento.answers import ServingState, refusal, score_batch, scored_record
+from bento.arrow_body import ARROW_STREAM, check_arrow_batch, is_arrow_stream
 from bento.asgi import (
     BODY_BYTES,
     BodyTooLarge,
@@ -57,7 +62,7 @@ from bento.metrics import ServiceMetrics
 from bento.model_page import describe_runtime, loading_page, render_page
 from bento.openapi import add_prediction_paths
 from bento.record_checker import RecordChecker
-from bento.request_body import check_batch, describe_refused_record, new_request_id
+from bento.request_body import CheckedBatch, check_batch, describe_refused_record, new_request_id
 from bento.request_model import (
     MAX_ID_LENGTH,
     REQUEST_ID,
@@ -175,9 +180,10 @@ class ServingApp:
         await send_json(send, status, payload, request_id)
 
     async def _body(
-        self, scope: Scope, receive: Receive, send: Send, limit: int
-    ) -> tuple[bytes | None, str | None]:
-        """The request body and the caller's X-Request-ID; None after answering an error."""
+        self, scope: Scope, receive: Receive, send: Send, limit: int, arrow: bool = False
+    ) -> tuple[bytes | None, str | None, bool]:
+        """The request body, the caller's X-Request-ID and whether the body is an Arrow IPC
+        stream (accepted only where ``arrow``); None after answering an error."""
         content_type = length = header_id = None
         for key, value in scope["headers"]:
             if key == b"content-type":
@@ -190,30 +196,28 @@ class ServingApp:
             message = f"A request id may hold only {REQUEST_ID_CHARS}"
             error = FieldError(field="X-Request-ID", problem="invalid characters", message=message)
             await self._refuse(send, 422, new_request_id(), "invalid X-Request-ID header", [error])
-            return None, None
+            return None, None, False
         request_id = header_id or new_request_id()
-        if not is_json(content_type):
+        is_stream = arrow and is_arrow_stream(content_type)
+        if not (is_stream or is_json(content_type)):
             shown = content_type.decode("latin-1") if content_type else "none"
+            media = f"application/json or {ARROW_STREAM.decode()}" if arrow else "application/json"
             await self._refuse(
-                send,
-                415,
-                request_id,
-                f"unsupported media type {shown!r}: send the transaction as application/json",
-                [],
+                send, 415, request_id, f"unsupported media type {shown!r}: send {media}", []
             )
-            return None, None
+            return None, None, False
         try:
             if length is not None and int(length) > limit:
                 raise BodyTooLarge
             body = await read_body(receive, limit)
         except BodyTooLarge:
             await self._refuse(send, 413, request_id, f"request body exceeds {limit} bytes", [])
-            return None, None
+            return None, None, False
         except ValueError:
             await self._refuse(send, 400, request_id, "invalid Content-Length header", [])
-            return None, None
+            return None, None, False
         scope[BODY_BYTES] = len(body)
-        return body, header_id
+        return body, header_id, is_stream
 
     # -- endpoints ------------------------------------------------------------------------
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,7 +234,7 @@ class ServingApp:
     async def _predict_on(
         self, state: ServingState, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        body, header_id = await self._body(scope, receive, send, state.config.max_record_bytes)
+        body, header_id, _ = await self._body(scope, receive, send, state.config.max_record_bytes)
         if body is None:
             return
         rejection: ValidationError | None
@@ -267,38 +271,40 @@ class ServingApp:
     async def _predict_batch_on(
         self, state: ServingState, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        body, header_id = await self._body(scope, receive, send, state.config.max_body_bytes)
+        config = state.config
+        body, header_id, arrow = await self._body(
+            scope, receive, send, config.max_body_bytes, arrow=True
+        )
         if body is None:
             return
-        if len(body) >= THREAD_BODY_BYTES:
-            # large bodies are parsed and checked off the event loop: /readyz and single
-            # predictions keep being answered meanwhile (one such thread at a time)
+        check: Callable[[], CheckedBatch] = (
+            partial(check_arrow_batch, state.checker, state.runtime.spec, config.max_batch_records,
+                    body, header_id)
+            if arrow
+            else partial(check_batch, state.checker, config.max_batch_records, body, header_id)
+        )  # fmt: skip
+        if arrow or len(body) >= THREAD_BODY_BYTES:
+            # large bodies (and every Arrow stream) are parsed and checked off the event loop:
+            # /readyz and single predictions keep being answered meanwhile (one such thread)
             if self._check_limiter is None:
                 self._check_limiter = anyio.CapacityLimiter(1)
-            checked = await anyio.to_thread.run_sync(
-                check_batch,
-                state.checker,
-                state.config.max_batch_records,
-                body,
-                header_id,
-                limiter=self._check_limiter,
-            )
+            checked = await anyio.to_thread.run_sync(check, limiter=self._check_limiter)
         else:
-            checked = check_batch(state.checker, state.config.max_batch_records, body, header_id)
+            checked = check()
         del body
         request_id, budget, errors = checked.request_id, checked.budget, checked.budget.errors
         if checked.records is None:
             await self._refuse(send, 422, request_id, checked.detail, errors, budget.omitted)
             return
-        records, total = checked.records, checked.total
-        if not records:
+        scored, total = len(checked.positions), checked.total
+        if not scored:
             if state.metrics is not None:
                 state.metrics.count_predictions("predict_batch", 0, 0, total)
             await self._refuse(
                 send, 422, request_id, "invalid batch: no record was scored", errors, budget.omitted
             )
             return
-        if len(records) >= THREAD_BATCH_ROWS:
+        if scored >= THREAD_BATCH_ROWS:
             # one scoring thread: the event loop validates the next batch while this one is
             # transposed, scored, logged and encoded there
             if self._score_limiter is None:

@@ -133,8 +133,8 @@ class CheckedBatch:
     request_id: str
     budget: ErrorBudget
     detail: str = ""
-    records: list[BaseModel] | None = None
-    positions: list[int] = field(default_factory=list)
+    records: list[BaseModel] | None = None  # empty when an Arrow batch gave its columns whole
+    positions: list[int] = field(default_factory=list)  # where the scored records were
     total: int = 0
     columns: dict[str, Sequence[Any]] | None = None  # the records' features, when at hand
 
@@ -188,7 +188,14 @@ def check_batch(
     if envelope:
         budget.add(envelope)
         return CheckedBatch(request_id, budget, "invalid batch")
-    records_raw: list[Any] = raw[RECORDS_FIELD]
+    return check_records(checker, raw[RECORDS_FIELD], request_id, budget)
+
+
+def check_records(
+    checker: RecordChecker, records_raw: list[Any], request_id: str, budget: ErrorBudget
+) -> CheckedBatch:
+    """Check a batch's parsed records (JSON or Arrow rows): the whole batch at once when every
+    record is valid, else record by record, each refusal naming its record and field."""
     total = len(records_raw)
     fast = checker.check_all(records_raw)
     if fast is not None:

@@ -17,15 +17,16 @@ import time
 from dataclasses import dataclass
 
 HOST = "127.0.0.1"
-JSON = {"Content-Type": "application/json"}
+JSON_TYPE = "application/json"
 
 
 class _Client(threading.Thread):
     """A thread that sends requests on one keep-alive connection until stopped."""
 
-    def __init__(self, port: int, timeout: float = 30) -> None:
+    def __init__(self, port: int, timeout: float = 30, content_type: str = JSON_TYPE) -> None:
         super().__init__(daemon=True)
         self.port, self.timeout = port, timeout
+        self.headers = {"Content-Type": content_type}
         self._done = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self.failures = 0
@@ -35,7 +36,7 @@ class _Client(threading.Thread):
         try:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
-            self._conn.request(method, path, body=body, headers=JSON if body else {})
+            self._conn.request(method, path, body=body, headers=self.headers if body else {})
             resp = self._conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException):
@@ -76,10 +77,11 @@ class Probe(_Client):
 
 
 class BatchSender(_Client):
-    """Posts ``body`` (a valid batch of ``records`` records) back to back."""
+    """Posts ``body`` (a valid batch of ``records`` records, JSON unless ``content_type``
+    says otherwise) back to back."""
 
-    def __init__(self, port: int, body: bytes, records: int) -> None:
-        super().__init__(port, timeout=120)
+    def __init__(self, port: int, body: bytes, records: int, content_type: str = JSON_TYPE) -> None:
+        super().__init__(port, timeout=120, content_type=content_type)
         self.body, self.records = body, records
         self.latencies: list[float] = []
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from flows.core.http import free_port
@@ -73,6 +74,39 @@ def test_batch_over_http(server, tiny):
     assert body["errors"][0]["index"] == 7
 
 
+def arrow_stream(records: list[dict]) -> bytes:
+    table = pa.Table.from_pylist(records)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=50)
+    return sink.getvalue().to_pybytes()
+
+
+ARROW = "application/vnd.apache.arrow.stream"
+ARROW_IDS: list[str] = []  # request ids of scored Arrow batches, looked up in the log at the end
+
+
+def test_arrow_batch_scores_as_the_json_batch(server, tiny):
+    records = [dict(r, transaction_id=f"arrow-{i}") for i, r in enumerate(tiny.records(120))]
+    records[11]["amount"] = float("nan")
+    json_status, by_json = call(f"{server.base}/predict_batch", {"records": records})
+    status, by_arrow = call(f"{server.base}/predict_batch", arrow_stream(records), ARROW)
+    assert json_status == status == 200, by_arrow
+    assert (by_arrow["scored"], by_arrow["rejected"]) == (119, 1)
+    assert by_arrow["predictions"] == by_json["predictions"]
+    assert [(e["index"], e["field"]) for e in by_arrow["errors"]] == [(11, "amount")]
+    ARROW_IDS.append(by_arrow["request_id"])
+    bad = pa.Table.from_pylist(records).drop_columns(["amount"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, bad.schema) as writer:
+        writer.write_table(bad)
+    status, refused = call(f"{server.base}/predict_batch", sink.getvalue().to_pybytes(), ARROW)
+    assert status == 422
+    assert [(e["field"], e["problem"]) for e in refused["errors"]] == [("amount", "missing")]
+    status, garbage = call(f"{server.base}/predict_batch", b"ARROW1\x00\x00garbage", ARROW)
+    assert status == 422 and garbage["errors"][0]["problem"] == "invalid Arrow stream"
+
+
 def test_metrics_health_and_openapi(server):
     assert call(f"{server.base}/healthz")[0] == 200
     status, text = call(f"{server.base}/metrics")
@@ -110,7 +144,12 @@ def test_inference_log_flushed_on_shutdown(server, tiny):
         pd.read_parquet(p) for p in sorted(server.inference_log.glob("date=*/part-*.parquet"))
     )
     assert "last-one" in set(frame["request_id"])
-    assert len(frame) >= 10 + 199 + 1
+    assert len(frame) >= 10 + 199 + 2 * 119 + 1
+    (arrow_id,) = ARROW_IDS  # every scored record of the Arrow batch, as for JSON
+    arrow_rows = frame[frame["request_id"] == arrow_id]
+    assert len(arrow_rows) == 119
+    assert arrow_rows["transaction_id_hash"].notna().all()
+    assert arrow_rows["transaction_id_hash"].nunique() == 119
 
 
 def test_corrupt_model_stops_start_up(tiny, tmp_path):
