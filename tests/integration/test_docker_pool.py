@@ -32,7 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
@@ -77,7 +77,11 @@ def stack_extra_env(pipeline_image: str) -> dict[str, str]:
 
 @contextmanager
 def api(stack) -> Iterator[None]:
-    with temporary_settings(updates={PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+    """Talk to the stack's Prefect server from the test process, with the profile's basic auth."""
+    updates = {PREFECT_API_URL: stack.env["PREFECT_API_URL"]}
+    if stack.prefect_auth:
+        updates[PREFECT_API_AUTH_STRING] = stack.prefect_auth
+    with temporary_settings(updates=updates):
         yield
 
 
