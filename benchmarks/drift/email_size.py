@@ -27,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.drift.bench import stand_in_score
-from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.inference_log import LogFiles, build_table
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
@@ -38,30 +37,9 @@ from flows.monitoring.check import run_drift_check
 from flows.monitoring.config import DriftCheckConfig
 from flows.monitoring.report_mail import drift_email, message_size
 from flows.monitoring.window import Window
+from tests.support.drift import register_reference_champion
 
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
-
-
-def register_champion(settings: Settings, reference: pd.DataFrame) -> str:
-    """A registered version holding the reference snapshot, with the champion alias."""
-    from mlflow import MlflowClient
-
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    exp = client.create_experiment(
-        "train-and-release", artifact_location=settings.artifact_root.resolve().as_uri()
-    )
-    run = client.create_run(exp)
-    path = settings.work_dir / "reference.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    reference.to_parquet(path, index=False)
-    client.log_artifact(run.info.run_id, str(path), Path(REFERENCE_ARTIFACT).parent.as_posix())
-    client.create_registered_model("fraud-detector")
-    mv = client.create_model_version(
-        "fraud-detector", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-    )
-    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
-    return str(mv.version)
 
 
 def serve(frame: pd.DataFrame, settings: Settings, version: str, end: datetime) -> None:
@@ -101,7 +79,7 @@ def main() -> None:
         settings = Settings()
         reference = generate(GeneratorConfig(rows=args.reference_rows, seed=201))
         reference["score"] = stand_in_score(reference)
-        version = register_champion(settings, reference)
+        version = register_reference_champion(settings, reference)
         smtp = SmtpSettings(host="127.0.0.1", port=free_port(), recipients=["risk@example.test"],
                             retries=1, timeout=2, mail_all_clear=True)  # fmt: skip
         config = DriftCheckConfig(window=Window(rows=args.window_rows))

@@ -23,6 +23,7 @@ import pytest
 
 from flows.core.http import free_port
 from flows.core.settings import Settings
+from tests.support.drift import Inbox, mail_catcher
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAUD = ROOT / ".venv" / "bin" / "fraud"
@@ -145,6 +146,19 @@ def pg_cluster() -> Iterator[PgCluster | None]:
     finally:
         _script(PROD, ("pg-down",), env, 120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def smtp_port() -> int:
+    """Chosen when the module starts, not at collection: a port free minutes ago may be taken."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def smtp(smtp_port: int) -> Iterator[Inbox]:
+    """A real SMTP server on ``smtp_port`` for the module; its mail in the returned inbox."""
+    with mail_catcher(Inbox(), smtp_port) as inbox:
+        yield inbox
 
 
 @pytest.fixture(scope="module")

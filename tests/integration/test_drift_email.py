@@ -20,7 +20,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.outbox import deliver, flush_outbox
@@ -35,7 +34,7 @@ from flows.monitoring.results import decided_by
 from flows.monitoring.retraining import RecentRun, RetrainAction, RetrainDecision
 from flows.monitoring.verdict import DriftPolicy, Outcome
 from flows.monitoring.window import Window
-from tests.support.drift import Inbox, result, write_log
+from tests.support.drift import Inbox, register_reference_champion, result, write_log
 
 pytestmark = pytest.mark.integration
 SECRET = "pa55-w0rd-never-logged"
@@ -146,30 +145,6 @@ def _score(frame: pd.DataFrame) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def _register_champion(settings: Settings, reference: pd.DataFrame) -> str:
-    """A registered version whose run holds the reference snapshot, with the champion alias."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    exp = client.create_experiment(
-        "train-and-release", artifact_location=settings.artifact_root.resolve().as_uri()
-    )
-    run = client.create_run(exp)
-    path = settings.work_dir / "reference.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    reference.to_parquet(path, index=False)
-    client.log_artifact(run.info.run_id, str(path), Path(REFERENCE_ARTIFACT).parent.as_posix())
-    client.create_registered_model("fraud-detector")
-    mv = client.create_model_version(
-        "fraud-detector", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-    )
-    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
-    assert mlflow.get_tracking_uri()  # the module works without global state of ours
-    return str(mv.version)
-
-
 def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
     port, inbox = smtp_server
     monkeypatch.setenv("FRAUD_HOME", str(tmp_path / "home"))
@@ -177,7 +152,7 @@ def test_whole_drift_check(tmp_path, monkeypatch, smtp_server):
     settings = Settings()
     reference = generate(GeneratorConfig(rows=6000, seed=31))
     reference["score"] = _score(reference)
-    version = _register_champion(settings, reference)
+    version = register_reference_champion(settings, reference)
 
     now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
     knobs = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)

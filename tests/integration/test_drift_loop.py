@@ -17,13 +17,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from aiosmtpd.controller import Controller
 
 from data_contracts.api_keys import auth_headers
 from data_contracts.spec import default_spec
@@ -31,38 +29,19 @@ from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.core.http import free_port
 from flows.packaging.smoke import request_records
 from flows.registry import registry
-from tests.support.drift import Inbox
+from tests.support.drift import smtp_env
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
-INBOX = Inbox()
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
-def smtp_port() -> int:
-    """Chosen when the module starts, not at collection: a port free minutes ago may be taken."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def smtp(smtp_port: int) -> Iterator[Inbox]:
-    controller = Controller(INBOX, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    yield INBOX
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
 def stack_extra_env(smtp, smtp_port: int) -> dict[str, str]:
-    return {
-        "FRAUD_SMTP_HOST": "127.0.0.1",
-        "FRAUD_SMTP_PORT": str(smtp_port),
-        "FRAUD_SMTP_SENDER": "fraud-monitor@example.test",
-        "FRAUD_SMTP_RECIPIENTS": "risk-team@example.test,oncall@example.test",
-        "FRAUD_SMTP_MAIL_ALL_CLEAR": "true",
-    }
+    return smtp_env(
+        smtp_port, "risk-team@example.test,oncall@example.test", FRAUD_SMTP_MAIL_ALL_CLEAR="true"
+    )
 
 
 class Bento:

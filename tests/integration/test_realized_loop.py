@@ -15,42 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
-from flows.core.http import free_port
 from flows.registry import registry
 from tests.integration.test_drift_loop import Bento, flow_runs, wait_for_rows, wait_terminal
-from tests.support.drift import Inbox
+from tests.support.drift import smtp_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.embedded_only]  # the drift loop covers prod
 ROOT = Path(__file__).resolve().parents[2]
-INBOX = Inbox()
 NEW_PATTERN = 0.9  # nine frauds in ten follow the unseen pattern
 
 
 @pytest.fixture(scope="module")
-def smtp_port() -> int:
-    """Chosen when the module starts, not at collection: a port free minutes ago may be taken."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def smtp(smtp_port: int) -> Iterator[Inbox]:
-    controller = Controller(INBOX, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    yield INBOX
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
 def stack_extra_env(smtp, smtp_port: int) -> dict[str, str]:
-    return {
-        "FRAUD_SMTP_HOST": "127.0.0.1",
-        "FRAUD_SMTP_PORT": str(smtp_port),
-        "FRAUD_SMTP_SENDER": "fraud-monitor@example.test",
-        "FRAUD_SMTP_RECIPIENTS": "risk-team@example.test",
-    }
+    return smtp_env(smtp_port)
 
 
 def files_under(root: Path) -> Iterator[Path]:

@@ -21,7 +21,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import GeneratorConfig, generate
 from flows.alerting.outbox import REFUSED_HEADER, deliver, flush_outbox
@@ -32,7 +31,7 @@ from flows.monitoring.check import run_drift_check
 from flows.monitoring.config import DriftCheckConfig, RetrainPolicy
 from flows.monitoring.report_mail import drift_email
 from flows.monitoring.verdict import Outcome
-from tests.support.drift import Inbox, result, write_log
+from tests.support.drift import Inbox, register_reference_champion, result, write_log
 
 pytestmark = pytest.mark.integration
 
@@ -270,26 +269,9 @@ def test_recipients_refused_by_some_get_their_own_copy(server, tmp_path):
 
 def _register_champion(settings: Settings) -> str:
     """A registered version with a reference snapshot and the champion alias (real MLflow)."""
-    from mlflow import MlflowClient
-
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    exp = client.create_experiment(
-        "train-and-release", artifact_location=settings.artifact_root.resolve().as_uri()
-    )
-    run = client.create_run(exp)
     reference = generate(GeneratorConfig(rows=2000, seed=41))
     reference["score"] = 0.1
-    path = settings.work_dir / "reference.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    reference.to_parquet(path, index=False)
-    client.log_artifact(run.info.run_id, str(path), Path(REFERENCE_ARTIFACT).parent.as_posix())
-    client.create_registered_model("fraud-detector")
-    mv = client.create_model_version(
-        "fraud-detector", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-    )
-    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
-    return str(mv.version)
+    return register_reference_champion(settings, reference)
 
 
 def test_next_drift_check_sends_the_queued_mail_first(server, tmp_path, monkeypatch):

@@ -1,17 +1,23 @@
-"""Builders shared by the drift-check tests: a check result, a served log and a free port."""
+"""Builders shared by the drift-check tests: a check result, a served log, a registered
+champion with its reference snapshot, and a mail catcher."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from data_contracts.artifacts import REFERENCE_ARTIFACT
 from data_contracts.inference_log import LogFiles, build_table
 from data_contracts.spec import FeatureSpec
+from flows.core.settings import Settings
 from flows.monitoring.results import DriftCheckResult
 from flows.monitoring.retraining import RetrainAction, RetrainDecision
 from flows.monitoring.sampling import Sampling
@@ -112,3 +118,50 @@ class Inbox:
             BytesParser(policy=policy.default).parsebytes(e.original_content)
             for e in self.envelopes
         ]
+
+
+def register_reference_champion(settings: Settings, reference: pd.DataFrame) -> str:
+    """Register a version whose run holds ``reference`` as its snapshot and give it the
+    champion alias, in the real MLflow registry of ``settings``; return the version."""
+    from mlflow import MlflowClient
+
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    exp = client.create_experiment(
+        "train-and-release", artifact_location=settings.artifact_root.resolve().as_uri()
+    )
+    run = client.create_run(exp)
+    path = settings.work_dir / "reference.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference.to_parquet(path, index=False)
+    client.log_artifact(run.info.run_id, str(path), Path(REFERENCE_ARTIFACT).parent.as_posix())
+    client.create_registered_model("fraud-detector")
+    mv = client.create_model_version(
+        "fraud-detector", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
+    return str(mv.version)
+
+
+@contextmanager
+def mail_catcher(handler: Inbox, port: int, **extra: Any) -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1:``port`` keeping mail in ``handler``."""
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **extra)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+def smtp_env(port: int, recipients: str = "risk-team@example.test", **more: str) -> dict[str, str]:
+    """The stack's mail settings for a catcher on ``port`` (``more``: further FRAUD_SMTP_*)."""
+    return {
+        "FRAUD_SMTP_HOST": "127.0.0.1",
+        "FRAUD_SMTP_PORT": str(port),
+        "FRAUD_SMTP_SENDER": "fraud-monitor@example.test",
+        "FRAUD_SMTP_RECIPIENTS": recipients,
+        **more,
+    }
