@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from bento import json_slices
 from bento.field_errors import ErrorBudget, describe_errors, shown_name
-from bento.json_slices import SLICE_BYTES, parse_in_slices
 from bento.record_checker import RecordChecker
 from bento.request_model import (
     MAX_ID_LENGTH,
@@ -182,7 +182,8 @@ def check_batch(
         return CheckedBatch(header_id or new_request_id(), budget, "invalid batch")
     # a large body's records are parsed a slice at a time (the lock is let go in between);
     # a body of any other shape, or one a slice of which does not parse, is parsed whole
-    raw = parse_in_slices(body) if len(body) > SLICE_BYTES else None
+    size = json_slices.SLICE_BYTES
+    raw = json_slices.parse_in_slices(body, size) if len(body) > size else None
     if raw is None:
         raw, parse_error = parse_body(body)
         if parse_error is not None:
