@@ -48,6 +48,8 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Match, Mount
 
+from bento.socket_writes import CoalescingTransport
+
 UNMATCHED = "unmatched"
 REAL_PATH = "fraud.real_path"  # scope key carrying the request's path past the metrics
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -161,6 +163,7 @@ def bounded_head_protocol() -> type:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.transport = CoalescingTransport(transport, self.loop)  # one write per answer
             self._head_bytes = 0  # bytes read since the head began
             self._head_seen = 0  # bytes of request line and headers parsed
             self._too_large = False
