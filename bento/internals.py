@@ -28,7 +28,9 @@ connection were still queued or running: they were scored and logged but never a
 their answers hit the closed transport (five log lines and tracebacks per connection). The
 refusal now waits until every request before it has been answered, then goes out and the
 connection closes; nothing after it is read. Each refusal is one log line (``request
-refused: ...``); uvicorn's own "Invalid HTTP request received." line is dropped.
+refused: ...``); uvicorn's own "Invalid HTTP request received." line is dropped. The
+protocol writes through :class:`bento.socket_writes.CoalescingTransport`, so an answer's head
+and body leave in one ``send``.
 
 **Metrics.** BentoML's ``RunnerTrafficMetricsMiddleware`` labels its request series with
 ``scope["path"]``: every distinct URL a client sends became new series on ``/metrics``.
