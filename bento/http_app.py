@@ -57,7 +57,7 @@ from bento.asgi import (
 )
 from bento.config import ServingConfig
 from bento.inference_log import InferenceLogWriter
-from bento.memory import MemoryReleaser
+from bento.memory import CollectorPause, MemoryReleaser
 from bento.metrics import ServiceMetrics
 from bento.model_page import describe_runtime, loading_page, render_page
 from bento.openapi import add_prediction_paths
@@ -88,6 +88,7 @@ class ServingApp:
         self._openapi_source: Callable[[], dict[str, Any]] | None = None
         self._model_source: Callable[[], dict[str, Any]] | None = None
         self.memory = MemoryReleaser()
+        self.collector_pause = CollectorPause()
         self.app = LeanStarlette(
             lifespan=lifespan,
             routes=[
@@ -277,13 +278,30 @@ class ServingApp:
         )
         if body is None:
             return
+        if arrow or len(body) >= THREAD_BODY_BYTES:  # no collection walks its objects
+            with self.collector_pause:
+                await self._answer_batch(state, send, body, header_id, arrow, offload=True)
+        else:
+            await self._answer_batch(state, send, body, header_id, arrow, offload=False)
+
+    async def _answer_batch(
+        self,
+        state: ServingState,
+        send: Send,
+        body: bytes,
+        header_id: str | None,
+        arrow: bool,
+        offload: bool,
+    ) -> None:
+        """Check, score and answer a batch body; ``offload`` checks it in a worker thread."""
+        config = state.config
         check: Callable[[], CheckedBatch] = (
             partial(check_arrow_batch, state.checker, state.runtime.spec, config.max_batch_records,
                     body, header_id)
             if arrow
             else partial(check_batch, state.checker, config.max_batch_records, body, header_id)
         )  # fmt: skip
-        if arrow or len(body) >= THREAD_BODY_BYTES:
+        if offload:
             # large bodies (and every Arrow stream) are parsed and checked off the event loop:
             # /readyz and single predictions keep being answered meanwhile (one such thread)
             if self._check_limiter is None:

@@ -28,7 +28,9 @@ connection were still queued or running: they were scored and logged but never a
 their answers hit the closed transport (five log lines and tracebacks per connection). The
 refusal now waits until every request before it has been answered, then goes out and the
 connection closes; nothing after it is read. Each refusal is one log line (``request
-refused: ...``); uvicorn's own "Invalid HTTP request received." line is dropped.
+refused: ...``); uvicorn's own "Invalid HTTP request received." line is dropped. The
+protocol writes through :class:`bento.socket_writes.CoalescingTransport`, so an answer's head
+and body leave in one ``send``.
 
 **Metrics.** BentoML's ``RunnerTrafficMetricsMiddleware`` labels its request series with
 ``scope["path"]``: every distinct URL a client sends became new series on ``/metrics``.
@@ -47,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from starlette.routing import BaseRoute, Match, Mount
+
+from bento.socket_writes import CoalescingTransport
 
 UNMATCHED = "unmatched"
 REAL_PATH = "fraud.real_path"  # scope key carrying the request's path past the metrics
@@ -161,6 +165,7 @@ def bounded_head_protocol() -> type:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.transport = CoalescingTransport(transport, self.loop)  # one write per answer
             self._head_bytes = 0  # bytes read since the head began
             self._head_seen = 0  # bytes of request line and headers parsed
             self._too_large = False

@@ -134,3 +134,41 @@ class MemoryReleaser:
             self._last = time.monotonic()
             await anyio.to_thread.run_sync(work)
             self.trims += 1
+
+
+class CollectorPause:
+    """Keeps the garbage collector off while large batches are in flight (event loop only).
+
+    A 10,000-record batch holds tens of thousands of container objects (parsed records,
+    validated models) while it is checked and scored. Every collection of the young
+    generation during that time walked them, each walk one call that held the interpreter lock
+    for 10-37 ms (measured with ``gc.callbacks`` beside back-to-back batches), and single rows
+    waited. Those objects die by reference count once the answer is built, so with the
+    collector off meanwhile they are never walked at all. The pause is re-entrant (a counter:
+    the collector is on again when the last batch is done) and bounded: while batches follow
+    each other without a gap, the young generations are collected once every ``max_pause_s``.
+    """
+
+    def __init__(self, max_pause_s: float = 5.0) -> None:
+        self.max_pause_s = max_pause_s
+        self.active = 0
+        self.collections = 0  # forced by a pause longer than max_pause_s
+        self._paused = False
+        self._since = 0.0
+
+    def __enter__(self) -> CollectorPause:
+        if self.active == 0 and gc.isenabled():
+            gc.disable()
+            self._paused, self._since = True, time.monotonic()
+        elif self._paused and time.monotonic() - self._since > self.max_pause_s:
+            gc.collect(1)
+            self.collections += 1
+            self._since = time.monotonic()
+        self.active += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active -= 1
+        if self.active == 0 and self._paused:
+            self._paused = False
+            gc.enable()

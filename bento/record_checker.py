@@ -42,8 +42,9 @@ class Checked:
 
 
 _EXTRA = "Extra inputs are not permitted"
-# records validated per pydantic-core call in a batch's fast path (about a millisecond each)
-VALIDATE_SLICE = 1000
+# records validated (and transposed) per call in a batch's fast path: each call holds the
+# interpreter lock, about 1.5 ms per 500 records on an idle core
+VALIDATE_SLICE = 500
 
 
 def _error(index: int | None, name: str, problem: str, message: str) -> FieldError:
@@ -76,9 +77,14 @@ class RecordChecker:
         self._row = itemgetter(*self.columns)
 
     def transpose(self, models: Sequence[BaseModel]) -> dict[str, Sequence[Any]]:
-        """Feature (and transaction id) columns of validated records."""
-        rows = map(self._row, (m.__dict__ for m in models))
-        return dict(zip(self.columns, zip(*rows, strict=True), strict=True))
+        """Feature (and transaction id) columns of validated records, built a slice of
+        records at a time (one ``zip`` of 10,000 rows held the interpreter lock for 8 ms)."""
+        columns: dict[str, list[Any]] = {name: [] for name in self.columns}
+        for i in range(0, len(models), VALIDATE_SLICE):
+            rows = [self._row(m.__dict__) for m in models[i : i + VALIDATE_SLICE]]
+            for name, column in zip(self.columns, zip(*rows, strict=True), strict=True):
+                columns[name] += column
+        return columns  # type: ignore[return-value]
 
     def check_all(
         self, records: list[Any]

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from bento import json_slices
 from bento.field_errors import ErrorBudget, describe_errors, shown_name
 from bento.record_checker import RecordChecker
 from bento.request_model import (
@@ -179,10 +180,15 @@ def check_batch(
             ]
         )
         return CheckedBatch(header_id or new_request_id(), budget, "invalid batch")
-    raw, parse_error = parse_body(body)
-    if parse_error is not None:
-        budget.add([parse_error])
-        return CheckedBatch(header_id or new_request_id(), budget, "invalid batch")
+    # a large body's records are parsed a slice at a time (the lock is let go in between);
+    # a body of any other shape, or one a slice of which does not parse, is parsed whole
+    size = json_slices.SLICE_BYTES
+    raw = json_slices.parse_in_slices(body, size) if len(body) > size else None
+    if raw is None:
+        raw, parse_error = parse_body(body)
+        if parse_error is not None:
+            budget.add([parse_error])
+            return CheckedBatch(header_id or new_request_id(), budget, "invalid batch")
     request_id = caller_request_id(raw) or header_id or new_request_id()
     envelope = envelope_errors(raw, max_records)
     if envelope:

@@ -121,6 +121,10 @@ def _keep_pandas_out() -> None:
 # young-generation threshold after start-up: most request objects die by reference count, so
 # collections are rarer without being longer, and the oldest generation is walked seldom
 GC_THRESHOLDS = (20_000, 20, 100)
+# how long a thread that holds the interpreter lock keeps it once another thread asks (CPython's
+# default is 5 ms): a batch's check and scoring threads run Python code, and at 5 ms every
+# event-loop turn of a single-row request waited up to that long behind them
+SWITCH_INTERVAL_S = 0.001
 
 
 @contextlib.asynccontextmanager
@@ -130,14 +134,18 @@ async def _freeze_heap(_: Any) -> AsyncIterator[None]:
     The service imports a large object graph (BentoML, pydantic, onnxruntime); without this,
     every full collection walks it and stalls requests for tens of milliseconds. The
     collector's thresholds are raised too (:data:`GC_THRESHOLDS`): at the defaults a
-    collection ran every 700 allocations, and the oldest generation every 70,000.
+    collection ran every 700 allocations, and the oldest generation every 70,000. Threads
+    hand the interpreter lock over after :data:`SWITCH_INTERVAL_S`.
     """
     gc.collect()
     gc.freeze()
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     logger.info("start-up heap frozen", extra={"frozen_objects": gc.get_freeze_count()})
     yield
+    sys.setswitchinterval(switch)
     gc.set_threshold(*before)
     gc.unfreeze()
 

@@ -199,6 +199,34 @@ def bench_bento(
     report.log["written (rows in the log's files)"] = log_rows(work / "home" / "inference_log")
 
 
+def beside_only(bentoml_home: Path, tag: str, args, single: Path, work: Path) -> int:
+    """The stall figure alone, ``args.beside_only`` rounds on one bento: single-row p99 at c=4
+    alone and beside back-to-back 10,000-record batches, with the load average of each round."""
+    port = free_port()
+    proc, log = start_bento(bentoml_home, tag, work, port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
+        run_wrk(f"http://127.0.0.1:{port}/predict", single, 8, 2, "bento")
+        for i in range(args.beside_only):
+            report = Report(machine={"loadavg_before": os.getloadavg()})
+            batches_beside(report, port, single, work / "batch_large.json", args.duration)
+            b = report.beside_batches
+            alone, busy = b["alone"], b["with_batches"]
+            print(
+                f"round {i + 1}: load {os.getloadavg()[0]:.2f} (before "
+                f"{report.machine['loadavg_before'][0]:.2f}); single-row c=4 p50/p99/max alone "
+                f"{alone['p50_ms']:.2f}/{alone['p99_ms']:.2f}/{alone['max_ms']:.1f} ms, "
+                f"beside batches {busy['p50_ms']:.2f}/{busy['p99_ms']:.2f}/{busy['max_ms']:.1f} "
+                f"ms: p99 {b['p99_ratio']}x; {b['batches']} batches, p50 {b['batch_p50_ms']} ms, "
+                f"{b['batch_failures']} failed",
+                flush=True,
+            )
+    finally:
+        stop(proc)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def profile_bento(pid: int, port: int, single: Path, work: Path) -> dict[str, Any]:
     """Sample the worker with py-spy under c=8 load; the share of samples per layer."""
     import psutil
@@ -289,6 +317,12 @@ def main() -> int:
     parser.add_argument("--model-tag", help="use this model from $FRAUD_HOME/bentoml instead")
     parser.add_argument("--profile", action="store_true", help="py-spy profile of the bento")
     parser.add_argument("--out", type=Path, default=ROOT / ".fraud" / "bench" / "serve.json")
+    parser.add_argument(
+        "--beside-only",
+        type=int,
+        metavar="ROUNDS",
+        help="only single-row p99 alone and beside 10,000-record batches, ROUNDS times",
+    )
     args = parser.parse_args()
     if wrk_missing():
         return 2
@@ -298,6 +332,8 @@ def main() -> int:
     name, _, version = tag.partition(":")
     model_dir = bentoml_home / "models" / name / version
     single, batch = write_bodies(work)
+    if args.beside_only:
+        return beside_only(bentoml_home, tag, args, single, work)
     report = Report(
         machine={
             "cpus": os.cpu_count(),

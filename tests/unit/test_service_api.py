@@ -365,3 +365,26 @@ def test_a_batch_scored_in_slices_off_the_loop_answers_and_logs_the_same(
     assert len(found) == 21
     hashes = set(found["transaction_id_hash"])
     assert hashes == {hash_transaction_id(f"tx-slice-{i}") for i in range(11)}
+
+
+def test_a_large_batch_is_parsed_in_slices_with_the_collector_paused(served, model, monkeypatch):
+    import gc
+
+    import bento.http_app
+    import bento.json_slices
+
+    client = served[0]
+    monkeypatch.setattr(bento.json_slices, "SLICE_BYTES", 200)
+    monkeypatch.setattr(bento.http_app, "THREAD_BODY_BYTES", 100)
+    seen: list[tuple[bool, bool]] = []  # (sliced parse succeeded, collector on) per body
+    real = bento.json_slices.parse_records
+    monkeypatch.setattr(
+        bento.json_slices,
+        "parse_records",
+        lambda *a: seen.append((real(*a) is not None, gc.isenabled())) or real(*a),
+    )
+    answer = post(client, "/predict_batch", {"records": model.records(20)})
+    assert answer.status_code == 200, answer.text
+    got = [p["fraud_probability"] for p in answer.json()["predictions"]]
+    np.testing.assert_allclose(got, model.offline_scores(20), atol=1e-6)
+    assert seen == [(True, False)] and gc.isenabled()
