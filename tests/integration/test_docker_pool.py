@@ -12,27 +12,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterTags,
-    LogFilter,
-    LogFilterFlowRunId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
@@ -41,18 +28,21 @@ from flows.registry import registry
 from flows.stack.config import DOCKER_DRIFT, DOCKER_RELEASE
 from flows.training.onnx_export import onnx_predict_proba, onnx_session
 from tests.integration.conftest import ROOT
+from tests.support.docker_pool import (
+    api,
+    head,
+    mail_text,
+    mails,
+    run_logs,
+    wait_for_mail,
+    wait_for_run,
+)
 from tests.support.drift import write_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.prod_only]
 MODEL = "fraud-detector"
 POOL = "fraud-docker"
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
-
-
-def head() -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +63,6 @@ def pipeline_image(docker_engine: str) -> str:
 def stack_extra_env(pipeline_image: str) -> dict[str, str]:
     # the pool on (the test tier turns it off elsewhere); the worker polls every 2 s
     return {"FRAUD_DOCKER_POOL": "on", "PREFECT_WORKER_QUERY_SECONDS": "2"}
-
-
-@contextmanager
-def api(stack) -> Iterator[None]:
-    """Talk to the stack's Prefect server from the test process, with the profile's basic auth."""
-    updates = {PREFECT_API_URL: stack.env["PREFECT_API_URL"]}
-    if stack.prefect_auth:
-        updates[PREFECT_API_AUTH_STRING] = stack.prefect_auth
-    with temporary_settings(updates=updates):
-        yield
-
-
-def run_logs(stack, run: FlowRun) -> str:
-    with api(stack), get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
-    return "\n".join(entry.message for entry in logs)
 
 
 @pytest.fixture(scope="module")
@@ -162,33 +136,6 @@ def test_a_release_in_a_flow_container_promotes_with_its_image_tested(docker_sta
     # MLflow artifacts went through the tracking server: the model is downloadable from it
     model = registry.download_model(champion, docker_stack.home / "check")
     assert model.sha256 == champion.tags["onnx_sha256"]
-
-
-def mails(stack) -> list[EmailMessage]:
-    box = stack.home / "mail"
-    files = sorted([*box.glob("new/*"), *box.glob("cur/*")])
-    return [BytesParser(policy=policy.default).parsebytes(f.read_bytes()) for f in files]
-
-
-def wait_for_mail(stack, match, timeout: float, context: str = "") -> EmailMessage:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [m for m in mails(stack) if match(str(m["Subject"]).strip())]
-        if found:
-            return found[0]
-        time.sleep(2)
-    subjects = [m["Subject"] for m in mails(stack)]
-    raise AssertionError(f"no such mail in {timeout:.0f} s: {subjects}\n{context[-3000:]}")
-
-
-def wait_for_run(stack, run_id: UUID, timeout: float) -> FlowRun:
-    deadline = time.monotonic() + timeout
-    with api(stack), get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(run_id)
-            if run.state.is_final() or time.monotonic() > deadline:
-                return run
-            time.sleep(3)
 
 
 def drifted_window(stack, rows: int = 6000) -> None:
@@ -328,3 +275,38 @@ def test_a_run_scheduled_while_the_docker_worker_is_down_waits_late_then_runs(
     ran = wait_for_run(docker_stack, waiting.id, 900)
     assert ran.state.is_completed(), ran.state
     assert ran.work_pool_name == POOL
+
+
+def running_container(stack, run_id, timeout: float = 180) -> str:
+    """The id of the flow run's container once the run is Running in it (worker's label)."""
+    deadline = time.monotonic() + timeout
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = docker("ps", "-q", "--filter", f"label=prefect.io/flow-run-id={run_id}")
+            state = client.read_flow_run(run_id).state
+            assert not state.is_final(), state
+            if found.stdout.strip() and state.is_running():
+                return found.stdout.split()[0]
+            time.sleep(1)
+    raise AssertionError(f"no running container for flow run {run_id} in {timeout:.0f} s")
+
+
+def test_a_killed_flow_container_is_marked_crashed_and_mailed_once(docker_stack, first_release):
+    assert first_release.state.is_completed(), first_release.state
+    data = docker_stack.home / "data" / "tx-30k.parquet"
+    with api(docker_stack):
+        started = run_deployment(DOCKER_RELEASE, parameters={"data_path": str(data)}, timeout=0)
+    container = running_container(docker_stack, started.id)
+    killed = docker("kill", container)
+    assert killed.returncode == 0, killed.stderr
+    run = wait_for_run(docker_stack, started.id, 120)
+    assert run.state.is_crashed(), run.state
+    assert run.state.message.startswith("Flow run infrastructure exited with non-zero status code")
+
+    def about_the_run(subject: str) -> bool:
+        return "CRASHED" in subject and f"'{run.name}'" in subject
+
+    mail = wait_for_mail(docker_stack, about_the_run, 180, run_logs(docker_stack, run))
+    assert str(run.id) in mail_text(mail)
+    time.sleep(20)  # a second alert (hook, rule, retry) would have come by now
+    assert len([m for m in mails(docker_stack) if about_the_run(str(m["Subject"]))]) == 1

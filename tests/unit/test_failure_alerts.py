@@ -238,16 +238,34 @@ def test_crash_rule_as_the_server_reads_it():
     assert action.state == "CRASHED" and action.message.startswith(automations.SILENT_PREFIX)
 
 
-def test_alert_rule_only_takes_runs_crashed_by_the_rule():
+def test_alert_rule_takes_watched_runs_crashed_where_no_hook_ran():
     settings = HeartbeatSettings()
     deployment_id = uuid4()
     server = ServerAutomation.model_validate(alert_rule(deployment_id).model_dump(mode="json"))
     trigger = server.trigger
     assert trigger.expects("prefect.flow-run.Crashed")
     assert not trigger.expects("prefect.flow-run.Failed")
-    assert trigger.match.matches(flow_run_resource(crash_message(settings), "Crashed"))
-    worker_crash = "Flow run infrastructure exited with non-zero status code -9."
-    assert not trigger.match.matches(flow_run_resource(worker_crash, "Crashed"))
+    flow = RelatedResource(
+        {
+            "prefect.resource.id": f"prefect.flow.{uuid4()}",
+            "prefect.resource.role": "flow",
+            "prefect.resource.name": "drift-check",
+        }
+    )
+    other = RelatedResource({**flow.root, "prefect.resource.name": "failure-alert"})
+    killed = "Flow run infrastructure exited with non-zero status code 137. Process was killed."
+    no_image = (
+        "Failed to submit flow run to infrastructure: ImageNotFound: 404 Client Error: "
+        "No such image: fraud-pipeline:0123456789ab"
+    )
+    for message in (crash_message(settings), killed, no_image):
+        run = flow_run_resource(message, "Crashed")
+        assert trigger.covers_resources(run, [flow]), message
+        assert not trigger.covers_resources(run, [other]), message
+    # a run its hook already reported (the process runner's own message) is not taken again
+    hooked = "Process exited with status code: -9. This indicates that the process exited"
+    assert not trigger.covers_resources(flow_run_resource(hooked, "Crashed"), [flow])
+    assert not trigger.covers_resources(flow_run_resource("", "Crashed"), [flow])
     (action,) = server.actions
     assert action.deployment_id == deployment_id
     assert action.parameters == {"flow_run_id": "{{ event.resource.id }}"}
