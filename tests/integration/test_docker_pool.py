@@ -278,11 +278,11 @@ def test_a_run_scheduled_while_the_docker_worker_is_down_waits_late_then_runs(
 
 
 def running_container(stack, run_id, timeout: float = 180) -> str:
-    """The id of the flow run's container once the run is Running in it (worker's label)."""
+    """The id of the flow run's container once the run is Running in it (the worker labels it)."""
     deadline = time.monotonic() + timeout
     with api(stack), get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            found = docker("ps", "-q", "--filter", f"label=prefect.io/flow-run-id={run_id}")
+            found = docker("ps", "-q", "--filter", f"label=io.prefect.flow-run-id={run_id}")
             state = client.read_flow_run(run_id).state
             assert not state.is_final(), state
             if found.stdout.strip() and state.is_running():
