@@ -209,8 +209,34 @@ def test_an_image_of_another_commit_fails_before_training_naming_both(docker_sta
         docker("rmi", "-f", stale)
     assert run.state.is_failed(), run.state
     logs = run_logs(docker_stack, run)
-    assert f"holds commit {other[:12]} but the work pool expects commit {head()[:12]}" in logs
+    both = f"holds commit {other[:12]} but the work pool expects commit {head()[:12]}"
+    assert both in logs
     assert "loading" not in logs  # stopped before it read the data
+    mail = wait_for_mail(docker_stack, lambda s: f"FAILED: run '{run.name}'" in s, 120, logs)
+    assert both in mail_text(mail)
+
+
+def test_a_missing_pipeline_image_fails_the_run_and_the_mail_names_image_and_commit(
+    docker_stack, pipeline_image
+):
+    missing = f"fraud-it-missing-pipeline:{docker_stack.env['FRAUD_PROD_PREFECT_PORT']}"
+    assert docker("image", "inspect", missing).returncode != 0
+    data = docker_stack.home / "data" / "tx-30k.parquet"
+    with api(docker_stack):
+        run = run_deployment(
+            DOCKER_RELEASE, parameters={"data_path": str(data)},
+            job_variables={"image": missing}, timeout=300,
+        )  # fmt: skip
+    # the worker cannot create the container (never pulled): Crashed, before any task
+    assert run.state.is_crashed(), run.state
+    assert run.state.message.startswith("Failed to submit flow run to infrastructure")
+    assert missing in run.state.message
+    with api(docker_stack), get_client(sync_client=True) as client:
+        assert client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})) == []
+    mail = wait_for_mail(docker_stack, lambda s: f"CRASHED: run '{run.name}'" in s, 180)
+    text = mail_text(mail)
+    assert f"the pipeline image {missing} is missing" in text
+    assert f"expects the image of commit {head()}" in text
 
 
 def test_a_flow_container_without_the_socket_never_promotes_an_untested_image(

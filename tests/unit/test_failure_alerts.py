@@ -7,7 +7,7 @@ from email import policy
 from uuid import uuid4
 
 import pytest
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun, TaskRun, WorkPool
 from prefect.serializers import JSONSerializer
 from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
 from prefect.server.events.schemas.events import RelatedResource, Resource
@@ -22,6 +22,7 @@ from flows.alerting.failure import (
     build_report,
     champion_note,
     describe_steps,
+    image_note,
     step_name,
     summarize_task_runs,
     ui_base_url,
@@ -196,6 +197,59 @@ def test_crashed_by_the_rule_reads_as_interrupted_with_the_rule_message():
     content = alert_email(report)
     assert "CRASHED: run 'brisk-heron' at train (interrupted)" in content.subject
     assert "no heartbeat for 60 s" in content.text and report.raised_at is None
+
+
+class PoolClient:
+    """What :func:`alerts.pipeline_image_of` reads: one work pool."""
+
+    def __init__(self, pool_type: str, image: str, env: dict[str, str]) -> None:
+        props = {"image": {"default": image}, "env": {"default": env}, "command": {}}
+        self.pool = WorkPool(
+            name="fraud-docker",
+            type=pool_type,
+            base_job_template={"job_configuration": {}, "variables": {"properties": props}},
+        )
+
+    def read_work_pool(self, name: str) -> WorkPool:
+        assert name == self.pool.name
+        return self.pool
+
+
+def test_a_missing_pipeline_image_is_named_with_the_commit_the_pool_expects():
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    client = PoolClient(
+        "docker", f"fraud-pipeline:{commit[:12]}", {"FRAUD_EXPECTED_COMMIT": commit}
+    )
+    run = flow_run().model_copy(
+        update={"work_pool_name": "fraud-docker", "job_variables": {"image": "fraud-pipeline:gone"}}
+    )
+    image, expected = alerts.pipeline_image_of(client, run, None)
+    assert (image, expected) == ("fraud-pipeline:gone", commit)  # the run's variable wins
+    # the deployment's image wins over the pool's default, the pool's env is the one with it
+    deployment = type("D", (), {"job_variables": {"image": "fraud-pipeline:dep", "env": {}}})()
+    plain = run.model_copy(update={"job_variables": {}})
+    assert alerts.pipeline_image_of(client, plain, deployment) == ("fraud-pipeline:dep", commit)
+    assert alerts.pipeline_image_of(PoolClient("process", "", {}), run, None) == (None, None)
+
+    message = (
+        "Failed to submit flow run to infrastructure: ImageNotFound: 404 Client Error for "
+        'http+docker://localhost/v1.47/containers/create: Not Found ("No such image: '
+        'fraud-pipeline:gone")'
+    )
+    note = image_note(message, image, expected)
+    assert "fraud-pipeline:gone is missing" in note and commit in note
+    report = build_report(
+        run, "train-and-release", Crashed(message=message), [], pipeline_image=note
+    )
+    content = alert_email(report)
+    for body in (content.text, content.html):
+        assert "fraud-pipeline:gone is missing" in body and commit in body
+    assert "CRASHED: run 'brisk-heron' at flow run before any task" in content.subject
+    running = image_note(
+        "Flow run infrastructure exited with non-zero status code 137.", image, None
+    )
+    assert running == "fraud-pipeline:gone; the work pool expects the image of an unrecorded commit"
+    assert image_note(message, None, commit) == ""
 
 
 def test_heartbeat_settings_refuse_a_silence_shorter_than_the_interval():
