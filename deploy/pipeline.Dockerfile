@@ -1,5 +1,5 @@
 # The pipeline image: flows/, data_contracts/, bento/ and prefect.yaml with the locked
-# environment (uv.lock, `uv sync --frozen`) and the Docker client, for flow runs on the docker
+# environment (uv.lock, `uv sync --frozen`), the Docker client and HAProxy, for flow runs on the docker
 # work pool of the production profile (or a kubernetes pool) and the pool's worker. Built by
 # `make pipeline-image` from `git archive HEAD`, so it holds the committed tree of the commit it
 # is tagged with, and nothing else (no .venv, no .fraud state, no credentials: those come from
@@ -12,6 +12,10 @@ RUN apt-get update -qq && cd /tmp && apt-get download -qq docker.io && \
     dpkg-deb --fsys-tarfile docker.io_*.deb | tar -xO ./usr/bin/docker >/usr/local/bin/docker && \
     chmod 0755 /usr/local/bin/docker && rm -rf /tmp/docker.io_*.deb /var/lib/apt/lists/* && \
     docker --version
+# HAProxy (Debian's 2.6, as on the host): a release that rolls the running fleet validates the
+# balancer's next configuration with `haproxy -c` before the graceful reload
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy && \
+    rm -rf /var/lib/apt/lists/* && haproxy -v
 
 ENV UV_COMPILE_BYTECODE=1 \
     UV_NO_CACHE=1 \

@@ -5,13 +5,17 @@ The pipeline image of the committed tree (``make pipeline-image``), then ``fraud
 Docker worker by PID; ``deploy`` adds the pool's deployments of prefect.yaml. A release on that
 pool runs in a container of the image: it ends PROMOTED, with its bento image built and
 smoke-tested through the engine's socket from inside the container, and the registry records
-the image's commit. Only in the production tier (``make test-prod``).
+the image's commit. A drift check in a container retrains in a container, whose promotion rolls
+the profile's TLS fleet under clients that see no failure. Faults: an image of another commit
+or a missing one, no Docker socket, the worker down, a flow container killed (mailed once).
+Only in the production tier (``make test-prod``).
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,21 +27,28 @@ from prefect.deployments import run_deployment
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
+from flows.core.http import free_port
+from flows.packaging import smoke
 from flows.packaging.container import docker
 from flows.registry import registry
+from flows.serving import fleet
 from flows.stack.config import DOCKER_DRIFT, DOCKER_RELEASE
 from flows.training.onnx_export import onnx_predict_proba, onnx_session
 from tests.integration.conftest import ROOT
 from tests.support.docker_pool import (
     api,
+    fleet_tls,
     head,
     mail_text,
     mails,
     run_logs,
+    status_without_key,
     wait_for_mail,
     wait_for_run,
+    wait_for_task,
 )
 from tests.support.drift import write_log
+from tests.support.load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.prod_only]
 MODEL = "fraud-detector"
@@ -153,10 +164,27 @@ def drifted_window(stack, rows: int = 6000) -> None:
     write_log(frame, root, spec, f"v{champion.version}", model.threshold)
 
 
-def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container(
-    docker_stack, first_release
+@pytest.fixture
+def tls_fleet(docker_stack) -> Iterator[int]:
+    """``fleet-up`` of the production profile on v1: HAProxy with TLS, keys required; its port."""
+    port = free_port()
+    up = docker_stack.prod("fleet-up", "--replicas", "2", "--port", str(port), timeout=300)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    try:
+        yield port
+    finally:
+        docker_stack.prod("fleet-down", timeout=180)
+
+
+def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container_rolling_the_fleet(
+    docker_stack, first_release, tls_fleet
 ):
     assert first_release.state.is_completed(), first_release.state
+    context = fleet_tls(docker_stack)
+    image = f"{docker_stack.env['FRAUD_IMAGE_PREFIX']}{MODEL}:v1"
+    records = smoke.load_smoke_case(docker_stack.settings(), image).records
+    assert status_without_key(tls_fleet, context, records[0]) == 401
+    keys = {"FRAUD_API_KEYS_FILE": str(docker_stack.home / "secrets" / "api" / "keys")}
     drifted_window(docker_stack)
     labelled = docker_stack.settings().labelled_root
     labelled.mkdir(parents=True, exist_ok=True)
@@ -180,9 +208,22 @@ def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["drift-triggered"]))
         )
     assert len(triggered) == 1, [r.name for r in triggered]
-    retrain = wait_for_run(docker_stack, triggered[0].id, 1200)
-    assert retrain.state.is_final() and not retrain.state.is_crashed(), retrain.state
+    # from its promote step on (the roll is in it; training is left the machine), clients score
+    # over TLS with the key while the retrain in its container promotes v2 and rolls the fleet:
+    # replicas through the engine's socket, the host's HAProxy checked and reloaded by its PID
+    wait_for_task(docker_stack, triggered[0].id, "promote", 1200)
+    with Load(tls_fleet, records, threads=2, tls=context, environ=keys) as load:
+        retrain = wait_for_run(docker_stack, triggered[0].id, 600)
+        time.sleep(2)
+    assert retrain.state.is_completed(), retrain.state
     assert retrain.work_pool_name == POOL
+    assert client_champion(docker_stack) == "2"
+    state = fleet.load_state(fleet.FleetPaths.of(docker_stack.settings()))
+    assert state is not None and state.version == "2", state
+    assert "fleet rolled v1 -> v2" in run_logs(docker_stack, retrain)
+    assert load.result.failed == 0, load.result.errors
+    assert {"1", "2"} <= set(load.result.versions) and load.result.timeline[-1][1] == "2"
+    assert status_without_key(tls_fleet, context, records[0]) == 401  # the new replicas too
     assert f"pipeline image of commit {head()[:12]}" in run_logs(docker_stack, retrain)
     with api(docker_stack), get_client(sync_client=True) as client:
         assert client.read_deployment(retrain.deployment_id).name == "fraud-detector-docker"

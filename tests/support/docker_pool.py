@@ -1,7 +1,11 @@
-"""Helpers of the Docker work pool's tests: the stack's Prefect API, run logs, mail, waits."""
+"""Helpers of the Docker work pool's tests: the stack's Prefect API, run logs, mail, waits,
+and a client of the profile's TLS fleet."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -81,3 +85,31 @@ def mail_text(mail: EmailMessage) -> str:
     """Subject and plain-text body of a mail."""
     body = mail.get_body(preferencelist=("plain",))
     return f"{mail['Subject']}\n{body.get_content() if body else ''}"
+
+
+def wait_for_task(stack: Any, run_id: UUID, name: str, timeout: float) -> FlowRun:
+    """The flow run once a task run called ``name`` started in it (or the run ended)."""
+    deadline = time.monotonic() + timeout
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
+            run = client.read_flow_run(run_id)
+            if run.state.is_final() or any(t.name.startswith(f"{name}-") for t in tasks):
+                return run
+            time.sleep(1)
+    raise AssertionError(f"no task {name} in flow run {run_id} within {timeout:.0f} s")
+
+
+def fleet_tls(stack: Any) -> ssl.SSLContext:
+    """What a client of the profile's fleet trusts: the profile's own CA."""
+    return ssl.create_default_context(cafile=str(stack.home / "secrets" / "tls" / "ca.pem"))
+
+
+def status_without_key(port: int, context: ssl.SSLContext, record: dict[str, Any]) -> int:
+    """The HTTP status of a ``/predict`` over TLS that sends no API key."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+    try:
+        conn.request("POST", "/predict", json.dumps(record), {"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
