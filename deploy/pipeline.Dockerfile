@@ -6,8 +6,9 @@
 # the environment at run time).
 FROM python:3.11-slim
 
-# The Docker client alone, not the engine (a release builds and smoke-tests the bento image through the engine's
-# socket that the Docker work pool mounts): the `docker` binary of Debian's docker.io package.
+# The Docker client alone, not the engine (a release builds and smoke-tests the bento image
+# through the engine's socket that the Docker work pool mounts): the `docker` binary of Debian's
+# docker.io package.
 # HAProxy (Debian's 2.6, as on the host): a release that rolls the running fleet validates the
 # balancer's next configuration with `haproxy -c` before the graceful reload. One layer, with
 # apt's lists and caches removed in it (they would weigh ~80 MB).
