@@ -1,17 +1,23 @@
 # The pipeline image: flows/, data_contracts/, bento/ and prefect.yaml with the locked
-# environment (uv.lock, `uv sync --frozen`) and the Docker client, for flow runs on the docker
-# work pool of the production profile (or a kubernetes pool) and the pool's worker. Built by
+# environment (uv.lock, `uv sync --frozen`), the Docker client and HAProxy, for flow runs on the
+# docker work pool of the production profile (or a kubernetes pool) and the pool's worker. Built by
 # `make pipeline-image` from `git archive HEAD`, so it holds the committed tree of the commit it
 # is tagged with, and nothing else (no .venv, no .fraud state, no credentials: those come from
 # the environment at run time).
 FROM python:3.11-slim
 
-# The Docker client only (a release builds and smoke-tests the bento image through the engine's
-# socket that the Docker work pool mounts): the `docker` binary of Debian's docker.io package.
-RUN apt-get update -qq && cd /tmp && apt-get download -qq docker.io && \
+# The Docker client alone, not the engine (a release builds and smoke-tests the bento image
+# through the engine's socket that the Docker work pool mounts): the `docker` binary of Debian's
+# docker.io package.
+# HAProxy (Debian's 2.6, as on the host): a release that rolls the running fleet validates the
+# balancer's next configuration with `haproxy -c` before the graceful reload. One layer, with
+# apt's lists and caches removed in it (they would weigh ~80 MB).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy && \
+    cd /tmp && apt-get download -qq docker.io && \
     dpkg-deb --fsys-tarfile docker.io_*.deb | tar -xO ./usr/bin/docker >/usr/local/bin/docker && \
-    chmod 0755 /usr/local/bin/docker && rm -rf /tmp/docker.io_*.deb /var/lib/apt/lists/* && \
-    docker --version
+    chmod 0755 /usr/local/bin/docker && \
+    rm -rf /tmp/docker.io_*.deb /var/lib/apt/lists/* /var/cache/apt/*.bin && \
+    docker --version && haproxy -v
 
 ENV UV_COMPILE_BYTECODE=1 \
     UV_NO_CACHE=1 \

@@ -1,7 +1,9 @@
-"""The ``failure-alert`` Prefect flow: mail the alert of a run the heartbeat rule marked Crashed.
+"""The ``failure-alert`` Prefect flow: mail the alert of a run that crashed where no hook ran.
 
-Started by the automation "fraud: alert on silent crashes" (``flows.cli.automations``) on its own
+Started by the automation "fraud: alert on silent crashes" (``flows.cli.automations``) for runs
+the heartbeat rule marked Crashed, or whose flow container died or never started, on its own
 work pool, never scheduled; the report and the mail are built by ``flows.alerting.alerts``.
+A run that already has its ``failure-alert`` artifact is skipped: one mail per run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from flows.alerting.alerts import alert_for_run, flow_run_id_of, wait_for_final_
     log_prints=True,
     persist_result=True,
     result_serializer="json",
-    description="Mail the failure alert of a run that was marked Crashed by the heartbeat rule.",
+    description="Mail the failure alert of a run that crashed where no flow hook could report it.",
 )
 def failure_alert(flow_run_id: str) -> dict[str, Any]:
     """Mail the alert of a Failed or Crashed run unless one was already sent.

@@ -41,11 +41,12 @@ from flows.alerting.failure import (
     alert_email,
     alert_markdown,
     build_report,
+    image_note,
     ui_base_url,
 )
 from flows.alerting.outbox import Delivery, deliver, flush_outbox
 from flows.alerting.smtp import SmtpSettings, compose_message, resolve_password
-from flows.core.settings import Settings
+from flows.core.settings import EXPECTED_COMMIT_ENV, Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,15 @@ def gather_report(
     task_runs = client.read_task_runs(
         flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}), limit=200
     )
-    deployment = None
+    deployment, read = None, None
     if flow_run.deployment_id:
         try:
-            deployment = f"{flow_name}/{client.read_deployment(flow_run.deployment_id).name}"
+            read = client.read_deployment(flow_run.deployment_id)
+            deployment = f"{flow_name}/{read.name}"
         except Exception:
             deployment = str(flow_run.deployment_id)
     settings = get_current_settings()
+    image, commit = pipeline_image_of(client, flow_run, read)
     return build_report(
         flow_run,
         flow_name,
@@ -81,7 +84,34 @@ def gather_report(
         secrets=secrets,
         exc=exc,
         ui_url=ui_base_url(settings.ui_url, settings.api.url),
+        pipeline_image=image_note(state.message or "", image, commit),
     )
+
+
+def pipeline_image_of(
+    client: Any, flow_run: Any, deployment: Any | None
+) -> tuple[str | None, str | None]:
+    """The image a Docker-pool run's container starts from, and the commit its pool expects.
+
+    The run's job variables win over its deployment's, which win over the pool's defaults (as
+    the worker merges them). ``(None, None)`` for a run of another pool, or when unreadable.
+    """
+    if not getattr(flow_run, "work_pool_name", None):
+        return None, None
+    try:
+        pool = client.read_work_pool(flow_run.work_pool_name)
+    except Exception:
+        return None, None
+    if pool.type != "docker":
+        return None, None
+    props = (pool.base_job_template or {}).get("variables", {}).get("properties", {})
+    defaults = {key: spec.get("default") for key, spec in props.items() if isinstance(spec, dict)}
+    layers = [flow_run.job_variables or {}, getattr(deployment, "job_variables", None) or {}]
+    layers.append(defaults)
+    image = next((str(v["image"]) for v in layers if v.get("image")), None)
+    envs = [v["env"] for v in layers if isinstance(v.get("env"), dict)]
+    commit = next((str(e[EXPECTED_COMMIT_ENV]) for e in envs if e.get(EXPECTED_COMMIT_ENV)), None)
+    return image, commit
 
 
 def already_alerted(client: Any, flow_run_id: UUID) -> bool:

@@ -57,6 +57,7 @@ class FailureReport(BaseModel):
     champion: str
     ui_url: str | None = None
     occurred_at: datetime
+    pipeline_image: str = ""  # a Docker-pool run: its image and the commit its pool expects
 
     @property
     def verdict(self) -> str:
@@ -147,6 +148,26 @@ def champion_note(flow_name: str, task_states: Mapping[str, str]) -> str:
     )
 
 
+def image_note(state_message: str, image: str | None, expected_commit: str | None) -> str:
+    """What the alert says of a Docker-pool run's pipeline image ("" for a run of another pool).
+
+    A worker that cannot create the container because the image is not in the engine (the pool
+    never pulls it) writes Docker's "No such image" into the Crashed state: say so in the
+    pipeline's words, with the commit the pool expects and how to build its image.
+    """
+    if not image:
+        return ""
+    commit = f"commit {expected_commit}" if expected_commit else "an unrecorded commit"
+    if "No such image" in state_message or "ImageNotFound" in state_message:
+        return (
+            f"the pipeline image {image} is missing from the Docker engine (the pool never "
+            f"pulls it), so the flow container never started; the work pool expects the image "
+            f"of {commit}: build it with make pipeline-image in a checkout of that commit, or "
+            "set the pool up again (make up-prod)"
+        )
+    return f"{image}; the work pool expects the image of {commit}"
+
+
 def run_url(ui_url: str | None, run_id: str) -> str | None:
     """Link to the flow run in the Prefect UI."""
     return f"{ui_url.rstrip('/')}/runs/flow-run/{run_id}" if ui_url else None
@@ -189,6 +210,7 @@ def alert_email(report: FailureReport) -> EmailContent:
                 if adds_to_error(report.state_message, report.error)
                 else []
             ),
+            *([f"Pipeline image: {report.pipeline_image}", ""] if report.pipeline_image else []),
             f"Champion: {report.champion}",
             "",
             f"Flow run: {report.run_name} ({report.run_id})",
@@ -218,7 +240,8 @@ def alert_markdown(report: FailureReport, delivery: Delivery) -> str:
         f"- failed step: {report.step_summary}\n"
         f"- error: {truncate(report.error or report.state_message, 500).replace(chr(10), ' ')}\n"
         f"- champion: {report.champion}\n"
-        f"- mail: {delivery.status} ({delivery.detail})\n"
+        + (f"- pipeline image: {report.pipeline_image}\n" if report.pipeline_image else "")
+        + f"- mail: {delivery.status} ({delivery.detail})\n"
     )
 
 
@@ -275,8 +298,12 @@ def build_report(
     secrets: Iterable[str] = (),
     exc: BaseException | None = None,
     ui_url: str | None = None,
+    pipeline_image: str = "",
 ) -> FailureReport:
-    """The report of ``flow_run`` ended in ``state``, every text scrubbed of ``secrets``."""
+    """The report of ``flow_run`` ended in ``state``, every text scrubbed of ``secrets``.
+
+    ``pipeline_image``: :func:`image_note` of a Docker-pool run.
+    """
     secrets = tuple(secrets)
     steps, latest, last_completed = summarize_task_runs(task_runs, secrets)
     exc = exc or _exception_of(state)
@@ -299,4 +326,5 @@ def build_report(
         champion=champion_note(flow_name, latest),
         ui_url=ui_url,
         occurred_at=(state.timestamp or datetime.now(UTC)).astimezone(UTC),
+        pipeline_image=scrub(pipeline_image, secrets),
     )

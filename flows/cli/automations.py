@@ -10,10 +10,15 @@ worker). Two automations, created or updated by name (idempotent) at deploy time
    ``drift-check`` run, expect another event of that run (a heartbeat or any state change)
    within ``FRAUD_HEARTBEAT_SILENCE_SECONDS``; when none comes, set the run Crashed with a
    message starting ``Unresponsive:``.
-2. ``fraud: alert on silent crashes`` (reactive): a flow run entering Crashed *with that
-   message* starts the ``failure-alert`` deployment for it, on its own work pool, so the mail
-   does not wait for the dead worker. Runs that ended any other way were mailed by their flow
-   hooks (``flows.alerting.alerts``); the message filter keeps it to one mail per run.
+2. ``fraud: alert on silent crashes`` (reactive): a ``train-and-release`` or ``drift-check``
+   run entering Crashed *with that message*, or with the message a worker writes when the run's
+   container died under it (``Flow run infrastructure exited ...``: a killed or OOM-killed flow
+   container of the Docker pool, where no flow hook runs) or never started (``Failed to submit
+   flow run to infrastructure ...``: its pipeline image is missing), starts the
+   ``failure-alert`` deployment for it, on its own work pool, so the mail does not wait for a
+   dead worker. Runs that ended any other way were mailed by their flow hooks
+   (``flows.alerting.alerts``); the message filter, and the failure-alert flow skipping a run
+   that already has its alert artifact, keep it to one mail per run.
 
 ``fraud automations`` creates or updates both (needs the deployment to exist);
 ``fraud stack deploy`` runs it after deploying ``prefect.yaml``.
@@ -38,6 +43,12 @@ if TYPE_CHECKING:
 CRASH_RULE = "fraud: crash silent runs"
 ALERT_RULE = "fraud: alert on silent crashes"
 SILENT_PREFIX = "Unresponsive:"
+# what a worker writes when a flow run's infrastructure ended without a final state, or could
+# not be started (prefect.workers.base: _submit_run_and_capture_errors)
+WORKER_CRASH_PREFIXES = (
+    "Flow run infrastructure exited with non-zero status code",
+    "Failed to submit flow run to infrastructure",
+)
 
 
 class HeartbeatSettings(BaseSettings):
@@ -103,22 +114,26 @@ def crash_rule(settings: HeartbeatSettings) -> AutomationCore:
 
 
 def alert_rule(deployment_id: UUID) -> AutomationCore:
-    """Run the ``failure-alert`` deployment for a run the crash rule marked Crashed."""
+    """Run the ``failure-alert`` deployment for a watched run that crashed where no flow hook
+    could report it: marked Crashed by the crash rule, or by a worker (see the module doc)."""
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
+    from flows.alerting.alerts import WATCHED_FLOWS
+
+    messages = [f"{prefix}*" for prefix in (SILENT_PREFIX, *WORKER_CRASH_PREFIXES)]
     return AutomationCore(
         name=ALERT_RULE,
-        description="Mail the failure alert of runs crashed by the heartbeat rule.",
+        description="Mail the failure alert of runs crashed where no flow hook could report it.",
         enabled=True,
         trigger=EventTrigger(
             expect={"prefect.flow-run.Crashed"},
             match=ResourceSpecification(
-                {
-                    "prefect.resource.id": "prefect.flow-run.*",
-                    "prefect.state-message": f"{SILENT_PREFIX}*",
-                }
+                {"prefect.resource.id": "prefect.flow-run.*", "prefect.state-message": messages}
+            ),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": list(WATCHED_FLOWS)}
             ),
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,

@@ -62,7 +62,10 @@ def docker_job_template(
 
     The image (never pulled: it is built here), the pipeline's environment, the user that owns
     the profile home (``uid:gid``, so what a container writes into the mounted home stays the
-    owner's) plus the Docker socket's group, and containers removed when they end.
+    owner's) plus the Docker socket's group, the host's process namespace (a release rolls the
+    running fleet: it checks and gracefully reloads the fleet's HAProxy by the PID in the
+    fleet's state, a process of the host; the container already holds the engine's socket,
+    which gives it more than that), and containers removed when they end.
     """
     template = copy.deepcopy(dict(base))
     props = template["variables"]["properties"]
@@ -72,7 +75,7 @@ def docker_job_template(
         "network_mode": "host",
         "auto_remove": True,
         "image_pull_policy": "Never",
-        "container_create_kwargs": {"user": user, "group_add": list(groups)},
+        "container_create_kwargs": {"user": user, "group_add": list(groups), "pid_mode": "host"},
     }
     for key, value in defaults.items():
         props[key]["default"] = value

@@ -5,7 +5,10 @@ The pipeline image of the committed tree (``make pipeline-image``), then ``fraud
 Docker worker by PID; ``deploy`` adds the pool's deployments of prefect.yaml. A release on that
 pool runs in a container of the image: it ends PROMOTED, with its bento image built and
 smoke-tested through the engine's socket from inside the container, and the registry records
-the image's commit. Only in the production tier (``make test-prod``).
+the image's commit. A drift check in a container retrains in a container, whose promotion rolls
+the profile's TLS fleet under clients that see no failure. Faults: an image of another commit
+or a missing one, no Docker socket, the worker down, a flow container killed (mailed once).
+Only in the production tier (``make test-prod``).
 """
 
 from __future__ import annotations
@@ -13,46 +16,44 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterTags,
-    LogFilter,
-    LogFilterFlowRunId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
+from flows.core.http import free_port
+from flows.packaging import smoke
 from flows.packaging.container import docker
 from flows.registry import registry
+from flows.serving import fleet
 from flows.stack.config import DOCKER_DRIFT, DOCKER_RELEASE
 from flows.training.onnx_export import onnx_predict_proba, onnx_session
 from tests.integration.conftest import ROOT
+from tests.support.docker_pool import (
+    api,
+    fleet_tls,
+    head,
+    mail_text,
+    mails,
+    run_logs,
+    status_without_key,
+    wait_for_mail,
+    wait_for_run,
+    wait_for_task,
+)
 from tests.support.drift import write_log
+from tests.support.load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.prod_only]
 MODEL = "fraud-detector"
 POOL = "fraud-docker"
 DRIFT = DriftKnobs(amount_scale=1.8, merchant_shift=0.5)
-
-
-def head() -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +74,6 @@ def pipeline_image(docker_engine: str) -> str:
 def stack_extra_env(pipeline_image: str) -> dict[str, str]:
     # the pool on (the test tier turns it off elsewhere); the worker polls every 2 s
     return {"FRAUD_DOCKER_POOL": "on", "PREFECT_WORKER_QUERY_SECONDS": "2"}
-
-
-@contextmanager
-def api(stack) -> Iterator[None]:
-    """Talk to the stack's Prefect server from the test process, with the profile's basic auth."""
-    updates = {PREFECT_API_URL: stack.env["PREFECT_API_URL"]}
-    if stack.prefect_auth:
-        updates[PREFECT_API_AUTH_STRING] = stack.prefect_auth
-    with temporary_settings(updates=updates):
-        yield
-
-
-def run_logs(stack, run: FlowRun) -> str:
-    with api(stack), get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
-    return "\n".join(entry.message for entry in logs)
 
 
 @pytest.fixture(scope="module")
@@ -164,33 +149,6 @@ def test_a_release_in_a_flow_container_promotes_with_its_image_tested(docker_sta
     assert model.sha256 == champion.tags["onnx_sha256"]
 
 
-def mails(stack) -> list[EmailMessage]:
-    box = stack.home / "mail"
-    files = sorted([*box.glob("new/*"), *box.glob("cur/*")])
-    return [BytesParser(policy=policy.default).parsebytes(f.read_bytes()) for f in files]
-
-
-def wait_for_mail(stack, match, timeout: float, context: str = "") -> EmailMessage:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [m for m in mails(stack) if match(str(m["Subject"]).strip())]
-        if found:
-            return found[0]
-        time.sleep(2)
-    subjects = [m["Subject"] for m in mails(stack)]
-    raise AssertionError(f"no such mail in {timeout:.0f} s: {subjects}\n{context[-3000:]}")
-
-
-def wait_for_run(stack, run_id: UUID, timeout: float) -> FlowRun:
-    deadline = time.monotonic() + timeout
-    with api(stack), get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(run_id)
-            if run.state.is_final() or time.monotonic() > deadline:
-                return run
-            time.sleep(3)
-
-
 def drifted_window(stack, rows: int = 6000) -> None:
     """Served traffic that drifted, in the shared inference log, scored by the champion."""
     spec = default_spec()
@@ -206,10 +164,27 @@ def drifted_window(stack, rows: int = 6000) -> None:
     write_log(frame, root, spec, f"v{champion.version}", model.threshold)
 
 
-def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container(
-    docker_stack, first_release
+@pytest.fixture
+def tls_fleet(docker_stack) -> Iterator[int]:
+    """``fleet-up`` of the production profile on v1: HAProxy with TLS, keys required; its port."""
+    port = free_port()
+    up = docker_stack.prod("fleet-up", "--replicas", "2", "--port", str(port), timeout=300)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    try:
+        yield port
+    finally:
+        docker_stack.prod("fleet-down", timeout=180)
+
+
+def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container_rolling_the_fleet(
+    docker_stack, first_release, tls_fleet
 ):
     assert first_release.state.is_completed(), first_release.state
+    context = fleet_tls(docker_stack)
+    image = f"{docker_stack.env['FRAUD_IMAGE_PREFIX']}{MODEL}:v1"
+    records = smoke.load_smoke_case(docker_stack.settings(), image).records
+    assert status_without_key(tls_fleet, context, records[0]) == 401
+    keys = {"FRAUD_API_KEYS_FILE": str(docker_stack.home / "secrets" / "api" / "keys")}
     drifted_window(docker_stack)
     labelled = docker_stack.settings().labelled_root
     labelled.mkdir(parents=True, exist_ok=True)
@@ -233,9 +208,22 @@ def test_a_drift_check_in_a_container_mails_and_retrains_in_a_container(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["drift-triggered"]))
         )
     assert len(triggered) == 1, [r.name for r in triggered]
-    retrain = wait_for_run(docker_stack, triggered[0].id, 1200)
-    assert retrain.state.is_final() and not retrain.state.is_crashed(), retrain.state
+    # from its promote step on (the roll is in it; training is left the machine), clients score
+    # over TLS with the key while the retrain in its container promotes v2 and rolls the fleet:
+    # replicas through the engine's socket, the host's HAProxy checked and reloaded by its PID
+    wait_for_task(docker_stack, triggered[0].id, "promote", 1200)
+    with Load(tls_fleet, records, threads=2, tls=context, environ=keys) as load:
+        retrain = wait_for_run(docker_stack, triggered[0].id, 600)
+        time.sleep(2)
+    assert retrain.state.is_completed(), retrain.state
     assert retrain.work_pool_name == POOL
+    assert client_champion(docker_stack) == "2"
+    state = fleet.load_state(fleet.FleetPaths.of(docker_stack.settings()))
+    assert state is not None and state.version == "2", state
+    assert "fleet rolled v1 -> v2" in run_logs(docker_stack, retrain)
+    assert load.result.failed == 0, load.result.errors
+    assert {"1", "2"} <= set(load.result.versions) and load.result.timeline[-1][1] == "2"
+    assert status_without_key(tls_fleet, context, records[0]) == 401  # the new replicas too
     assert f"pipeline image of commit {head()[:12]}" in run_logs(docker_stack, retrain)
     with api(docker_stack), get_client(sync_client=True) as client:
         assert client.read_deployment(retrain.deployment_id).name == "fraud-detector-docker"
@@ -262,8 +250,34 @@ def test_an_image_of_another_commit_fails_before_training_naming_both(docker_sta
         docker("rmi", "-f", stale)
     assert run.state.is_failed(), run.state
     logs = run_logs(docker_stack, run)
-    assert f"holds commit {other[:12]} but the work pool expects commit {head()[:12]}" in logs
+    both = f"holds commit {other[:12]} but the work pool expects commit {head()[:12]}"
+    assert both in logs
     assert "loading" not in logs  # stopped before it read the data
+    mail = wait_for_mail(docker_stack, lambda s: f"FAILED: run '{run.name}'" in s, 120, logs)
+    assert both in mail_text(mail)
+
+
+def test_a_missing_pipeline_image_fails_the_run_and_the_mail_names_image_and_commit(
+    docker_stack, pipeline_image
+):
+    missing = f"fraud-it-missing-pipeline:{docker_stack.env['FRAUD_PROD_PREFECT_PORT']}"
+    assert docker("image", "inspect", missing).returncode != 0
+    data = docker_stack.home / "data" / "tx-30k.parquet"
+    with api(docker_stack):
+        run = run_deployment(
+            DOCKER_RELEASE, parameters={"data_path": str(data)},
+            job_variables={"image": missing}, timeout=300,
+        )  # fmt: skip
+    # the worker cannot create the container (never pulled): Crashed, before any task
+    assert run.state.is_crashed(), run.state
+    assert run.state.message.startswith("Failed to submit flow run to infrastructure")
+    assert missing in run.state.message
+    with api(docker_stack), get_client(sync_client=True) as client:
+        assert client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})) == []
+    mail = wait_for_mail(docker_stack, lambda s: f"CRASHED: run '{run.name}'" in s, 180)
+    text = mail_text(mail)
+    assert f"the pipeline image {missing} is missing" in text
+    assert f"expects the image of commit {head()}" in text
 
 
 def test_a_flow_container_without_the_socket_never_promotes_an_untested_image(
@@ -328,3 +342,38 @@ def test_a_run_scheduled_while_the_docker_worker_is_down_waits_late_then_runs(
     ran = wait_for_run(docker_stack, waiting.id, 900)
     assert ran.state.is_completed(), ran.state
     assert ran.work_pool_name == POOL
+
+
+def running_container(stack, run_id, timeout: float = 180) -> str:
+    """The id of the flow run's container once the run is Running in it (the worker labels it)."""
+    deadline = time.monotonic() + timeout
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = docker("ps", "-q", "--filter", f"label=io.prefect.flow-run-id={run_id}")
+            state = client.read_flow_run(run_id).state
+            assert not state.is_final(), state
+            if found.stdout.strip() and state.is_running():
+                return found.stdout.split()[0]
+            time.sleep(1)
+    raise AssertionError(f"no running container for flow run {run_id} in {timeout:.0f} s")
+
+
+def test_a_killed_flow_container_is_marked_crashed_and_mailed_once(docker_stack, first_release):
+    assert first_release.state.is_completed(), first_release.state
+    data = docker_stack.home / "data" / "tx-30k.parquet"
+    with api(docker_stack):
+        started = run_deployment(DOCKER_RELEASE, parameters={"data_path": str(data)}, timeout=0)
+    container = running_container(docker_stack, started.id)
+    killed = docker("kill", container)
+    assert killed.returncode == 0, killed.stderr
+    run = wait_for_run(docker_stack, started.id, 120)
+    assert run.state.is_crashed(), run.state
+    assert run.state.message.startswith("Flow run infrastructure exited with non-zero status code")
+
+    def about_the_run(subject: str) -> bool:
+        return "CRASHED" in subject and f"'{run.name}'" in subject
+
+    mail = wait_for_mail(docker_stack, about_the_run, 180, run_logs(docker_stack, run))
+    assert str(run.id) in mail_text(mail)
+    time.sleep(10)  # a second alert (hook, rule, retry) would come as fast as the first
+    assert len([m for m in mails(docker_stack) if about_the_run(str(m["Subject"]))]) == 1

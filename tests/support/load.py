@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,17 +35,32 @@ class LoadResult:
 class Load:
     """``threads`` clients POSTing ``records`` to ``127.0.0.1:port/predict`` until stopped."""
 
-    def __init__(self, port: int, records: list[dict[str, Any]], threads: int = 4) -> None:
-        self.port, self.records, self.threads = port, records, threads
+    def __init__(
+        self,
+        port: int,
+        records: list[dict[str, Any]],
+        threads: int = 4,
+        *,
+        tls: ssl.SSLContext | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """``tls``: speak HTTPS with that context; ``environ``: where the API key is configured
+        (default: this process's environment)."""
+        self.port, self.records, self.threads, self.tls = port, records, threads, tls
         self.result = LoadResult()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         # the configured API key (none in the embedded default), as every caller sends it
-        self._headers = {"Content-Type": "application/json", **auth_headers()}
+        self._headers = {"Content-Type": "application/json", **auth_headers(environ)}
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=self.tls)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
 
     def _client(self, offset: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = self._connect()
         i = offset
         while not self._stop.is_set():
             body = json.dumps(self.records[i % len(self.records)])

@@ -7,7 +7,7 @@ from email import policy
 from uuid import uuid4
 
 import pytest
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun, TaskRun, WorkPool
 from prefect.serializers import JSONSerializer
 from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
 from prefect.server.events.schemas.events import RelatedResource, Resource
@@ -22,6 +22,7 @@ from flows.alerting.failure import (
     build_report,
     champion_note,
     describe_steps,
+    image_note,
     step_name,
     summarize_task_runs,
     ui_base_url,
@@ -198,6 +199,59 @@ def test_crashed_by_the_rule_reads_as_interrupted_with_the_rule_message():
     assert "no heartbeat for 60 s" in content.text and report.raised_at is None
 
 
+class PoolClient:
+    """What :func:`alerts.pipeline_image_of` reads: one work pool."""
+
+    def __init__(self, pool_type: str, image: str, env: dict[str, str]) -> None:
+        props = {"image": {"default": image}, "env": {"default": env}, "command": {}}
+        self.pool = WorkPool(
+            name="fraud-docker",
+            type=pool_type,
+            base_job_template={"job_configuration": {}, "variables": {"properties": props}},
+        )
+
+    def read_work_pool(self, name: str) -> WorkPool:
+        assert name == self.pool.name
+        return self.pool
+
+
+def test_a_missing_pipeline_image_is_named_with_the_commit_the_pool_expects():
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    client = PoolClient(
+        "docker", f"fraud-pipeline:{commit[:12]}", {"FRAUD_EXPECTED_COMMIT": commit}
+    )
+    run = flow_run().model_copy(
+        update={"work_pool_name": "fraud-docker", "job_variables": {"image": "fraud-pipeline:gone"}}
+    )
+    image, expected = alerts.pipeline_image_of(client, run, None)
+    assert (image, expected) == ("fraud-pipeline:gone", commit)  # the run's variable wins
+    # the deployment's image wins over the pool's default, the pool's env is the one with it
+    deployment = type("D", (), {"job_variables": {"image": "fraud-pipeline:dep", "env": {}}})()
+    plain = run.model_copy(update={"job_variables": {}})
+    assert alerts.pipeline_image_of(client, plain, deployment) == ("fraud-pipeline:dep", commit)
+    assert alerts.pipeline_image_of(PoolClient("process", "", {}), run, None) == (None, None)
+
+    message = (
+        "Failed to submit flow run to infrastructure: ImageNotFound: 404 Client Error for "
+        'http+docker://localhost/v1.47/containers/create: Not Found ("No such image: '
+        'fraud-pipeline:gone")'
+    )
+    note = image_note(message, image, expected)
+    assert "fraud-pipeline:gone is missing" in note and commit in note
+    report = build_report(
+        run, "train-and-release", Crashed(message=message), [], pipeline_image=note
+    )
+    content = alert_email(report)
+    for body in (content.text, content.html):
+        assert "fraud-pipeline:gone is missing" in body and commit in body
+    assert "CRASHED: run 'brisk-heron' at flow run before any task" in content.subject
+    running = image_note(
+        "Flow run infrastructure exited with non-zero status code 137.", image, None
+    )
+    assert running == "fraud-pipeline:gone; the work pool expects the image of an unrecorded commit"
+    assert image_note(message, None, commit) == ""
+
+
 def test_heartbeat_settings_refuse_a_silence_shorter_than_the_interval():
     with pytest.raises(ValidationError, match="heartbeat_silence_seconds"):
         HeartbeatSettings(heartbeat_seconds=30, heartbeat_silence_seconds=30)
@@ -238,16 +292,34 @@ def test_crash_rule_as_the_server_reads_it():
     assert action.state == "CRASHED" and action.message.startswith(automations.SILENT_PREFIX)
 
 
-def test_alert_rule_only_takes_runs_crashed_by_the_rule():
+def test_alert_rule_takes_watched_runs_crashed_where_no_hook_ran():
     settings = HeartbeatSettings()
     deployment_id = uuid4()
     server = ServerAutomation.model_validate(alert_rule(deployment_id).model_dump(mode="json"))
     trigger = server.trigger
     assert trigger.expects("prefect.flow-run.Crashed")
     assert not trigger.expects("prefect.flow-run.Failed")
-    assert trigger.match.matches(flow_run_resource(crash_message(settings), "Crashed"))
-    worker_crash = "Flow run infrastructure exited with non-zero status code -9."
-    assert not trigger.match.matches(flow_run_resource(worker_crash, "Crashed"))
+    flow = RelatedResource(
+        {
+            "prefect.resource.id": f"prefect.flow.{uuid4()}",
+            "prefect.resource.role": "flow",
+            "prefect.resource.name": "drift-check",
+        }
+    )
+    other = RelatedResource({**flow.root, "prefect.resource.name": "failure-alert"})
+    killed = "Flow run infrastructure exited with non-zero status code 137. Process was killed."
+    no_image = (
+        "Failed to submit flow run to infrastructure: ImageNotFound: 404 Client Error: "
+        "No such image: fraud-pipeline:0123456789ab"
+    )
+    for message in (crash_message(settings), killed, no_image):
+        run = flow_run_resource(message, "Crashed")
+        assert trigger.covers_resources(run, [flow]), message
+        assert not trigger.covers_resources(run, [other]), message
+    # a run its hook already reported (the process runner's own message) is not taken again
+    hooked = "Process exited with status code: -9. This indicates that the process exited"
+    assert not trigger.covers_resources(flow_run_resource(hooked, "Crashed"), [flow])
+    assert not trigger.covers_resources(flow_run_resource("", "Crashed"), [flow])
     (action,) = server.actions
     assert action.deployment_id == deployment_id
     assert action.parameters == {"flow_run_id": "{{ event.resource.id }}"}

@@ -72,7 +72,12 @@ def test_the_template_is_one_the_docker_worker_accepts():
     config = job_configuration(template, {"env": {"EXTRA": "1"}})
     assert config.image == "fraud-pipeline:0123456789ab"
     assert config.network_mode == "host" and config.image_pull_policy == "Never"
-    assert config.container_create_kwargs == {"user": "0:0", "group_add": ["105"]}
+    # the host's PIDs: a release signals the fleet's HAProxy master by its PID
+    assert config.container_create_kwargs == {
+        "user": "0:0",
+        "group_add": ["105"],
+        "pid_mode": "host",
+    }
     assert config.auto_remove is True
     # a deployment's env is added to the pool's, not put in its place
     assert config.env["EXTRA"] == "1" and config.env["FRAUD_HOME"] == "/srv/fraud"
