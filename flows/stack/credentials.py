@@ -143,12 +143,14 @@ def rotate_mlflow_password(config: ProductionConfig, user: str, timeout: float =
     if user not in MLFLOW_USERS:
         raise ValueError(f"--user {user!r}: one of {', '.join(MLFLOW_USERS)}")
     admin = read_credentials(config.mlflow_user_file("admin"))
-    name, _ = read_credentials(config.mlflow_user_file(user))
+    name, current = read_credentials(config.mlflow_user_file(user))
     password = secrets.token_urlsafe(24)
+    # MLflow asks for the current password when the admin changes its own
+    body = {"username": name, "password": password, "current_password": current}
     try:
         answer = requests.patch(
             f"{config.mlflow_url}/api/2.0/mlflow/users/update-password",
-            json={"username": name, "password": password}, auth=admin, timeout=timeout,
+            json=body, auth=admin, timeout=timeout,
         )  # fmt: skip
     except requests.RequestException as err:
         raise RuntimeError(

@@ -8,6 +8,7 @@ import stat
 import pytest
 from requests.auth import HTTPBasicAuth
 
+from flows.core.http import free_port
 from flows.registry import mlflow_auth
 from flows.registry.mlflow_auth import CredentialsError, CredentialsFileAuth, read_credentials
 from flows.registry.mlflow_server import fraud_section
@@ -21,6 +22,7 @@ def config(tmp_path, monkeypatch) -> ProductionConfig:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FRAUD_PROD_HOME", str(tmp_path / "prod"))
     monkeypatch.setenv("FRAUD_PG_PORT", "6543")
+    monkeypatch.setenv("FRAUD_MLFLOW_PORT", str(free_port()))  # nothing listens there
     return ProductionConfig()
 
 
@@ -111,3 +113,33 @@ def test_the_creation_rule_covers_experiments_and_registered_models():
     ):
         assert (path, "POST") in routes
     assert ("/api/2.0/mlflow/model-versions/create", "POST") not in routes  # MLflow's own check
+
+
+def test_a_refused_alias_read_of_a_missing_model_counts_as_missing():
+    """MLflow's basic-auth app answers 403 (not 404) for an alias of a model that does not exist."""
+    from unittest import mock
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+
+    from flows.registry.registry import current_champion
+
+    refused = MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+    absent = MlflowException("not found", error_code=RESOURCE_DOES_NOT_EXIST)
+    client = mock.Mock()
+    client.get_model_version_by_alias.side_effect = refused
+    client.get_registered_model.side_effect = absent
+    assert current_champion(client, "fraud-detector", "champion") is None
+    client.get_registered_model.side_effect = None  # the model exists: a real refusal
+    with pytest.raises(MlflowException, match="Permission denied"):
+        current_champion(client, "fraud-detector", "champion")
+
+
+def test_rotating_needs_a_known_user_and_the_running_server(config):
+    credentials.ensure_mlflow_auth(config)
+    before = read_credentials(config.mlflow_user_file("pipeline"))
+    with pytest.raises(ValueError, match="--user 'root'"):
+        credentials.rotate_mlflow_password(config, "root")
+    with pytest.raises(RuntimeError, match="does not answer"):  # nothing listens on its port
+        credentials.rotate_mlflow_password(config, "pipeline", timeout=2)
+    assert read_credentials(config.mlflow_user_file("pipeline")) == before  # file untouched
