@@ -66,8 +66,10 @@ ACTIONS: dict[str, str] = {
     "pg-down": "production: stop the cluster, by PID",
     "drop-db": "production: drop this profile's databases (FRAUD_PROD_DB_PREFIX)",
     "pg-remove": "production: stop and delete the cluster, only when this profile created it",
+    "mlflow-password": "production: `rotate --user admin|pipeline|reader` gives that MLflow user "
+    "a new random password, on the running server and in its 0600 credentials file",
 }
-PRODUCTION_ONLY = {"pg-up", "pg-down", "drop-db", "pg-remove"}
+PRODUCTION_ONLY = {"pg-up", "pg-down", "drop-db", "pg-remove", "mlflow-password"}
 
 
 def add_param(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             add_param(child)
         elif name == "fleet-up":
             add_fleet_up_arguments(child)
+        elif name == "mlflow-password":
+            child.add_argument("operation", choices=("rotate",))
+            child.add_argument("--user", required=True, choices=("admin", "pipeline", "reader"))
         elif name == "install":
             child.add_argument(
                 "packages", nargs="+", choices=("haproxy", "chromium", "postgresql", "prometheus")
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from flows.stack import packages
     from flows.stack.config import ProductionConfig, StackConfig, load
-    from flows.stack.embedded import EmbeddedStack
+    from flows.stack.embedded import EmbeddedStack, StackError
 
     action = args.action
     params = [arg for value in getattr(args, "param", []) for arg in ("--param", value)]
@@ -158,6 +163,16 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if action == "status":
             return _print(prod.status())
+        if action == "mlflow-password":
+            from flows.stack.credentials import rotate_mlflow_password
+
+            try:
+                rotate_mlflow_password(prod.config, args.user)
+            except (RuntimeError, ValueError) as err:
+                raise StackError(str(err)) from None
+            where = prod.config.mlflow_user_file(args.user)
+            print(f"[stack] new MLflow password of {args.user} in {where}")
+            return 0
         if action == "deploy":
             prod.deploy()
             return 0

@@ -33,9 +33,15 @@ def load_reference(tracking_uri: str, model_name: str, alias: str, dest: Path) -
     """Download the reference snapshot logged in the run of the version holding ``alias``."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri, tracking_uri)
-    version = client.get_model_version_by_alias(model_name, alias)
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as err:
+        if err.error_code == "PERMISSION_DENIED":  # MLflow's basic-auth app says 403 for a
+            client.get_registered_model(model_name)  # missing model: this raises "not found"
+        raise
     dest.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(
         run_id=version.run_id,

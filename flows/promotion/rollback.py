@@ -72,7 +72,10 @@ def get_version(client: MlflowClient, model_name: str, version: str) -> ModelVer
     try:
         return client.get_model_version(model_name, version)
     except MlflowException as err:
-        if err.error_code not in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+        missing = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+        if err.error_code not in missing and not registry.refused_as_missing(
+            client, model_name, err
+        ):
             raise
     try:
         known = sorted(

@@ -124,7 +124,15 @@ def current_champion(client: MlflowClient, model_name: str, alias: str) -> Model
     except MlflowException as err:
         if err.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
             return None
+        if refused_as_missing(client, model_name, err):
+            return None
         raise
+
+
+def refused_as_missing(client: MlflowClient, model_name: str, err: MlflowException) -> bool:
+    """Whether a 403 means "no such model": MLflow's basic-auth app refuses a read of an alias
+    or version of a registered model that does not exist, instead of answering 404."""
+    return err.error_code == "PERMISSION_DENIED" and not _model_exists(client, model_name)
 
 
 def download_model(version: ModelVersion, dest: Path) -> ChampionModel:

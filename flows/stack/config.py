@@ -26,6 +26,8 @@ ALERT_POOL = "fraud-alerts"  # prefect.yaml: the failure-alert deployment runs o
 LOCAL_MAIL_RECIPIENTS = "fraud-team@localhost"
 SQL_NAME = r"^[a-z_][a-z0-9_]*$"
 C = TypeVar("C", bound=BaseSettings)
+MLFLOW_AUTH_PROVIDER = "fraud-credentials-file"  # flows/registry/mlflow_auth.py (an MLflow plugin)
+MLFLOW_USERS = ("admin", "pipeline", "reader")  # the tracking server's users in the profile
 
 
 class StackConfigError(ValueError):
@@ -169,6 +171,11 @@ class ProductionConfig(_FraudSettings):
         return f"{self.prod_db_prefix}_mlflow"
 
     @property
+    def databases(self) -> tuple[str, ...]:
+        """Prefect's, MLflow's tracking store, MLflow's users and permissions."""
+        return (self.prefect_db, self.mlflow_db, f"{self.mlflow_db}_auth")
+
+    @property
     def artifacts(self) -> Path:
         return self.mlflow_artifacts or self.home / "mlflow-artifacts"
 
@@ -226,7 +233,24 @@ class ProductionConfig(_FraudSettings):
             env["FRAUD_API_KEYS_FILE"] = str(self.api_keys_path)
         # the Prefect server's basic auth, for the server and every client (a 0600 file)
         env["PREFECT_PROFILES_PATH"] = str(self.secrets_dir / "prefect-profiles.toml")
+        if not os.environ.get("MLFLOW_TRACKING_USERNAME"):  # MLflow's own variables win
+            env["MLFLOW_TRACKING_AUTH"] = MLFLOW_AUTH_PROVIDER
+            env["FRAUD_MLFLOW_CREDENTIALS_FILE"] = str(
+                self.mlflow_credentials_file or self.mlflow_user_file("pipeline")
+            )
         return env
+
+    mlflow_credentials_file: Path | None = Field(
+        None, description="Who MLflow clients log in as; default <secrets>/mlflow/pipeline."
+    )
+
+    @property
+    def mlflow_secrets_dir(self) -> Path:
+        """The MLflow server's auth config and one credentials file per user (all 0600)."""
+        return self.secrets_dir / "mlflow"
+
+    def mlflow_user_file(self, user: str) -> Path:
+        return self.mlflow_secrets_dir / user
 
 
 # ---------------------------------------------------------------- the Docker work pool

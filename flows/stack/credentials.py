@@ -11,6 +11,8 @@ never printed, logged nor put on a command line: servers and replicas are given 
   ``FRAUD_TLS_CA`` (what callers trust); default: a private CA and a certificate for 127.0.0.1
   in ``<secrets>/tls/``, made once (:func:`flows.serving.tls.make_certificate`).
 - The Prefect server's basic auth: ``<secrets>/prefect-auth`` (:func:`ensure_prefect_auth`).
+- The MLflow server's users: ``<secrets>/mlflow/{admin,pipeline,reader}`` and the server's
+  auth config ``<secrets>/mlflow/auth.ini`` (:func:`ensure_mlflow_auth`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from data_contracts.api_keys import KEYS_ENV, new_key, write_key_file
 from flows.serving import tls
 from flows.serving.secrets import BENTO_UID
-from flows.stack.config import ProductionConfig
+from flows.stack.config import MLFLOW_USERS, ProductionConfig
 
 
 def ensure_api_keys(config: ProductionConfig) -> bool:
@@ -82,6 +84,84 @@ def ensure_prefect_auth(config: ProductionConfig) -> None:
         f'active = "{PREFECT_PROFILE}"\n\n[profiles.{PREFECT_PROFILE}]\n'
         f'PREFECT_API_AUTH_STRING = "{value}"\nPREFECT_SERVER_API_AUTH_STRING = "{value}"\n',
     )
+
+
+def ensure_mlflow_auth(config: ProductionConfig) -> Path:
+    """The MLflow server's users and auth config (all 0600); returns the config's path.
+
+    Each user's credentials file (MLflow's ``[mlflow]`` ini) is generated once with a random
+    password; ``admin`` administers users, ``pipeline`` writes (flows, workers, ``fraud``
+    commands), ``reader`` reads (people, dashboards). ``auth.ini`` is rewritten from them on
+    every ``up``: MLflow's ``[mlflow]`` section (users and grants in the ``<prefix>_mlflow_auth``
+    database, ``default_permission = READ``, the admin's bootstrap password) and the ``[fraud]``
+    section of :mod:`flows.registry.mlflow_server` (the Flask secret key, kept across rewrites).
+    """
+    import configparser
+
+    from flows.registry.mlflow_auth import read_credentials, write_credentials
+
+    folder = config.mlflow_secrets_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    config.secrets_dir.chmod(0o700)
+    folder.chmod(0o700)
+    for user in MLFLOW_USERS:
+        if not config.mlflow_user_file(user).exists():
+            write_credentials(config.mlflow_user_file(user), user, secrets.token_urlsafe(24))
+    admin, admin_password = read_credentials(config.mlflow_user_file("admin"))
+    pipeline, _ = read_credentials(config.mlflow_user_file("pipeline"))
+    path = folder / "auth.ini"
+    old = configparser.ConfigParser(interpolation=None)
+    old.read(path)
+    secret_key = old.get("fraud", "secret_key", fallback="") or secrets.token_urlsafe(32)
+    pg = f"{config.pg_user}@127.0.0.1:{config.pg_port}"
+    _write_private(
+        path,
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = postgresql+psycopg2://{pg}/{config.databases[2]}\n"
+        f"admin_username = {admin}\nadmin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n\n"
+        f"[fraud]\nsecret_key = {secret_key}\n"
+        f"pipeline_credentials = {config.mlflow_user_file('pipeline')}\n"
+        f"reader_credentials = {config.mlflow_user_file('reader')}\ncreators = {pipeline}\n",
+    )
+    return path
+
+
+def rotate_mlflow_password(config: ProductionConfig, user: str, timeout: float = 30) -> None:
+    """A new random password for ``user`` (admin, pipeline or reader) of the MLflow server.
+
+    The running server gets it first (MLflow's ``users/update-password`` API, called as the
+    admin), then the user's credentials file is replaced; clients read that file at each
+    request, so they switch at once without a restart (a request in the instant between the two
+    steps can get a 401). For the admin, ``auth.ini`` is rewritten too. The value is never
+    printed.
+    """
+    import requests
+
+    from flows.registry.mlflow_auth import read_credentials, write_credentials
+
+    if user not in MLFLOW_USERS:
+        raise ValueError(f"--user {user!r}: one of {', '.join(MLFLOW_USERS)}")
+    admin = read_credentials(config.mlflow_user_file("admin"))
+    name, current = read_credentials(config.mlflow_user_file(user))
+    password = secrets.token_urlsafe(24)
+    # MLflow asks for the current password when the admin changes its own
+    body = {"username": name, "password": password, "current_password": current}
+    try:
+        answer = requests.patch(
+            f"{config.mlflow_url}/api/2.0/mlflow/users/update-password",
+            json=body, auth=admin, timeout=timeout,
+        )  # fmt: skip
+    except requests.RequestException as err:
+        raise RuntimeError(
+            f"the MLflow server at {config.mlflow_url} does not answer ({type(err).__name__}); "
+            "rotating a password needs it running (fraud stack --profile production up)"
+        ) from None
+    if not answer.ok:
+        raise RuntimeError(f"MLflow refused the new password of {name}: HTTP {answer.status_code}")
+    write_credentials(config.mlflow_user_file(user), name, password)
+    if user == "admin":
+        ensure_mlflow_auth(config)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,9 +1,10 @@
 """The production profile on this machine: PostgreSQL, and Prefect and MLflow servers on it.
 
 ``up``: a private PostgreSQL cluster (Debian's package, run as ``postgres`` by the process
-manager), a role and two databases; a Prefect server and an MLflow tracking server (own artifact
-root) on them; the Evidently UI service; then the embedded stack's workers and mail catcher
-pointed at those servers, and Prometheus. ``down`` stops what ``up`` started, by PID (the cluster
+manager), a role and three databases; a Prefect server and an MLflow tracking server (own
+artifact root; MLflow's basic-auth app, its users and grants in the third database) on them;
+the Evidently UI service; then the embedded stack's workers and mail catcher pointed at those
+servers, and Prometheus. ``down`` stops what ``up`` started, by PID (the cluster
 only when it is this profile's own). Passwords are never printed nor put on a command line: the
 servers read them from a pgpass file, the role gets a SCRAM verifier.
 """
@@ -192,7 +193,7 @@ class ProductionStack:
 
     def create_databases(self) -> None:
         owner = self.config.pg_user
-        for db in (self.config.prefect_db, self.config.mlflow_db):
+        for db in self.config.databases:
             self.psql(
                 f"SELECT format('CREATE DATABASE %I OWNER %I', '{db}', '{owner}') WHERE NOT "
                 f"EXISTS (SELECT 1 FROM pg_database WHERE datname = '{db}')\\gexec\n"
@@ -202,7 +203,7 @@ class ProductionStack:
         if not self.pg_ready():
             say(f"PostgreSQL is not answering on 127.0.0.1:{self.config.pg_port}; nothing dropped")
             return
-        for db in (self.config.prefect_db, self.config.mlflow_db):
+        for db in self.config.databases:
             say(f"dropping database {db}")
             self.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);\n')
 
@@ -256,11 +257,13 @@ class ProductionStack:
             [self.stack.tool("mlflow"), "server",
              "--backend-store-uri", f"postgresql+psycopg2://{pg}/{cfg.mlflow_db}",
              "--artifacts-destination", str(cfg.artifacts), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(cfg.mlflow_port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", str(cfg.mlflow_port), "--workers", "1",
+             "--app-name", "fraud-basic-auth"],  # MLflow's basic-auth app: mlflow_server.py
             port=cfg.mlflow_port,
             health=f"{cfg.mlflow_url}/health",
             # the tracking server's GenAI job runners are not used by the pipeline
-            env=self.server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            env=self.server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+                                MLFLOW_AUTH_CONFIG_PATH=str(cfg.mlflow_secrets_dir / "auth.ini")),
             port_setting="FRAUD_MLFLOW_PORT",
             start_timeout_s=180,
         )  # fmt: skip
@@ -270,6 +273,7 @@ class ProductionStack:
         credentials.ensure_api_keys(cfg)  # the bento's API keys (0600 file)
         credentials.ensure_tls(cfg)  # the served port's certificate
         credentials.ensure_prefect_auth(cfg)  # the Prefect server's basic auth
+        credentials.ensure_mlflow_auth(cfg)  # the MLflow server's users (and its auth.ini)
         self.pg_up()
         self.create_databases()
         cfg.artifacts.mkdir(parents=True, exist_ok=True)

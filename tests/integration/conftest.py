@@ -84,6 +84,12 @@ class Stack:
         path = self.home / "secrets" / "prefect-auth"
         return path.read_text().strip() if self.profile == "prod" and path.exists() else None
 
+    def mlflow_user(self, user: str) -> tuple[str, str]:
+        """``(username, password)`` of an MLflow user of the production profile's server."""
+        from flows.registry.mlflow_auth import read_credentials
+
+        return read_credentials(self.home / "secrets" / "mlflow" / user)
+
     def prefect_headers(self) -> dict[str, str]:
         """The Authorization header of a direct call to the stack's Prefect API ({} if none)."""
         auth = self.prefect_auth
@@ -241,14 +247,25 @@ def _prod_stack(home: Path, port: int, env: dict[str, str], pg: PgCluster) -> It
             "PREFECT_PROFILES_PATH": str(home / "secrets" / "prefect-profiles.toml"),
             "PREFECT_HOME": str(home / "prefect"),
             "BENTOML_HOME": str(home / "bentoml"),
-        }
+        } | mlflow_login(home, "pipeline")
         deployed = s.run("deploy", timeout=300)
         assert deployed.returncode == 0, deployed.stderr
-        yield s
+        with pytest.MonkeyPatch.context() as mp:  # the test's own MLflow clients log in too
+            for name, value in mlflow_login(home, "pipeline").items():
+                mp.setenv(name, value)
+            yield s
     finally:
         s.prod("down", timeout=180)
         s.prod("drop-db", timeout=120)
         remove_images(f"fraud-it-{port}-")
+
+
+def mlflow_login(home: Path, user: str) -> dict[str, str]:
+    """What makes MLflow clients log in as ``user`` of the production profile in ``home``."""
+    return {
+        "MLFLOW_TRACKING_AUTH": "fraud-credentials-file",
+        "FRAUD_MLFLOW_CREDENTIALS_FILE": str(home / "secrets" / "mlflow" / user),
+    }
 
 
 def remove_images(prefix: str) -> None:

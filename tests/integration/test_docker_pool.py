@@ -107,6 +107,14 @@ def test_up_creates_the_pool_and_a_docker_worker_by_pid(docker_stack, pipeline_i
     assert props["env"]["default"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"  # crash rule
     # no secret in the template the server stores and shows
     assert all(secret not in str(pool.base_job_template) for secret in docker_stack.secrets)
+    # MLflow's login: flow containers get the path of the pipeline user's file, never a password
+    env = props["env"]["default"]
+    assert env["MLFLOW_TRACKING_AUTH"] == "fraud-credentials-file"
+    assert env["FRAUD_MLFLOW_CREDENTIALS_FILE"] == str(
+        docker_stack.home / "secrets" / "mlflow" / "pipeline"
+    )
+    for user in ("admin", "pipeline", "reader"):
+        assert docker_stack.mlflow_user(user)[1] not in str(pool.base_job_template)
     assert deployment.work_pool_name == POOL
     assert deployment.job_variables["image"] == pipeline_image
     assert deployment.job_variables["env"]["FRAUD_HOME"] == str(docker_stack.home)

@@ -1,4 +1,4 @@
-"""Secrets stay secret: the SMTP password and the database password never appear in any output.
+"""Secrets stay secret: the SMTP, database, Prefect and MLflow passwords never appear in output.
 
 A stack is started with a sentinel SMTP password (and, in the production profile, its database
 password): a release and a drift check that mails through a real SMTP server requiring a login.
@@ -6,6 +6,8 @@ Then every file under FRAUD_HOME (logs, outbox, mail, reports, MLflow artifacts,
 state), the Prefect flow-run logs, runs, deployments and artifacts read from the API, the MLflow
 experiments, runs (params, tags, metrics), models and versions, the received emails and the
 command lines of all running processes are searched for the passwords and their base64 forms.
+In the production profile, the MLflow server's logins are checked against the real server too:
+401 without a valid one, the reader reads and is refused every write (403), rotation.
 """
 
 from __future__ import annotations
@@ -242,6 +244,11 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
             [prefect_password], {p.name: p.read_bytes() for p in files}
         )
         searched.append(prefect_password)
+        # the MLflow users' passwords, and the basic-auth tokens clients send
+        for user in ("admin", "pipeline", "reader"):
+            name, password = stack.mlflow_user(user)
+            assert hits([password], {p.name: p.read_bytes() for p in files})
+            searched += [password, base64.b64encode(f"{name}:{password}".encode()).decode()]
 
     prefect = prefect_records(stack.env["PREFECT_API_URL"], stack.prefect_headers())
     assert prefect["logs"] and prefect["artifacts"] and len(prefect["flow_runs"]) >= 2
@@ -256,6 +263,67 @@ def test_passwords_never_appear_in_logs_artifacts_or_mail(stack, smtp):
     )
     assert any("drift_reports" in name for name in haystacks)  # the reports were searched
     assert hits(searched, haystacks) == []
+
+
+@pytest.mark.prod_only
+def test_mlflow_needs_a_login_and_the_reader_only_reads(stack):
+    """MLflow's basic-auth app: 401 without a valid login; the reader may read, never write."""
+    import mlflow
+
+    url, model = stack.tracking_uri, "fraud-detector"
+    pipeline, reader = stack.mlflow_user("pipeline"), stack.mlflow_user("reader")
+    # the pipeline user (the test's own client logs in as it, from the file) registers a version
+    client = registry.configure(stack.settings())
+    experiment = client.create_experiment(f"auth-probe-{secrets.token_hex(4)}")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_text("probe", "probe.txt")
+    if not client.search_registered_models(f"name = '{model}'"):
+        client.create_registered_model(model)
+    version = client.create_model_version(
+        model, f"runs:/{run.info.run_id}/probe.txt", run.info.run_id
+    )
+    alias = {"name": model, "alias": "auth-probe", "version": version.version}
+    created = {"name": model, "source": version.source, "run_id": run.info.run_id}
+
+    def call(method: str, path: str, auth, **body) -> httpx.Response:
+        sent = {"params": body} if method == "GET" else {"json": body}
+        return httpx.request(method, f"{url}/api/2.0/mlflow/{path}", auth=auth, timeout=30, **sent)
+
+    read = ("GET", "registered-models/get", {"name": model})
+    write = ("POST", "model-versions/create", created)
+    for auth in (None, (pipeline[0], "wrong-password-0123"), (reader[0], pipeline[1])):
+        for method, path, body in (read, write):
+            assert call(method, path, auth, **body).status_code == 401, (auth, path)
+    # the reader reads the registry and its aliases ...
+    assert call(*read[:2], reader, **read[2]).status_code == 200
+    assert call("GET", "model-versions/search", reader, filter=f"name = '{model}'").is_success
+    # ... and cannot register a version, move an alias, create a model or an experiment
+    for method, path, body in (
+        write,
+        ("POST", "registered-models/alias", alias),
+        ("POST", "registered-models/create", {"name": f"reader-{secrets.token_hex(4)}"}),
+        ("POST", "experiments/create", {"name": f"reader-{secrets.token_hex(4)}"}),
+    ):
+        refused = call(method, path, reader, **body)
+        assert refused.status_code == 403, (path, refused.text)
+    # the pipeline user can do each of those
+    assert call(*write[:2], pipeline, **write[2]).status_code == 200
+    assert call("POST", "registered-models/alias", pipeline, **alias).status_code == 200
+    assert client.get_model_version_by_alias(model, "auth-probe").version == version.version
+    client.delete_registered_model_alias(model, "auth-probe")
+    made = call("POST", "registered-models/create", pipeline, name=f"p-{secrets.token_hex(4)}")
+    assert made.status_code == 200, made.text
+
+    # rotation: the server and the file change together; the old password stops working
+    for user in ("pipeline", "admin"):
+        old = stack.mlflow_user(user)
+        rotated = stack.prod("mlflow-password", "rotate", "--user", user, timeout=120)
+        assert rotated.returncode == 0, rotated.stderr
+        new = stack.mlflow_user(user)
+        assert new[1] != old[1] and new[1] not in rotated.stdout + rotated.stderr
+        assert call(*read[:2], old, **read[2]).status_code == 401
+        assert call(*read[:2], new, **read[2]).status_code == 200
+    assert client.get_registered_model(model).name == model  # the file-reading client follows
 
 
 def test_the_search_finds_every_form_of_a_secret():
