@@ -83,7 +83,15 @@ def resolve_password(smtp: SmtpSettings) -> str | None:
     if smtp.password_secret:
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(smtp.password_secret).get())
+        try:
+            block = Secret.load(smtp.password_secret)
+        except ValueError as err:  # Prefect's "Unable to find block document named ..."
+            raise ValueError(
+                f"FRAUD_SMTP_PASSWORD_SECRET names the Prefect Secret block "
+                f"{smtp.password_secret!r}, which the Prefect server does not hold: create it "
+                f"(prefect block create secret, or Secret(value=...).save(name)) or unset it"
+            ) from err
+        return str(block.get())
     return None
 
 

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from data_contracts.spec import default_spec
 from data_contracts.synthetic import DriftKnobs, GeneratorConfig, generate
 from flows.alerting.outbox import deliver, flush_outbox
-from flows.alerting.smtp import SmtpSettings, compose_message
+from flows.alerting.smtp import SmtpSettings, compose_message, resolve_password
 from flows.core.http import free_port
 from flows.core.settings import Settings
 from flows.monitoring.charts import distribution, render_distribution
@@ -114,6 +114,32 @@ def test_login_uses_the_password_and_never_logs_it(tmp_path, caplog):
         controller.stop()
     assert delivery.status == "sent" and len(inbox.envelopes) == 1
     assert wrong.status == "queued"  # authentication refused: kept, not lost
+    assert SECRET not in caplog.text and SECRET not in delivery.model_dump_json()
+
+
+def test_login_password_from_a_prefect_secret_block(tmp_path, caplog):
+    """The password read from a Secret block on a real Prefect server logs in; a block name the
+    server does not hold is an error naming the setting and the block."""
+    from prefect.blocks.system import Secret
+    from prefect.testing.utilities import prefect_test_harness
+
+    port, inbox = free_port(), Inbox()
+    controller = start_server(port, inbox, auth=True)
+    smtp = SmtpSettings(host="127.0.0.1", port=port, user="monitor", password_secret="smtp-login",
+                        recipients=["ops@example.test"])  # fmt: skip
+    try:
+        with prefect_test_harness(server_startup_timeout=60), caplog.at_level(logging.DEBUG):
+            Secret(value=SECRET).save("smtp-login")
+            password = resolve_password(smtp)
+            delivery = deliver(compose_message(drift_email(result()), smtp), smtp,
+                               tmp_path / "outbox", password)  # fmt: skip
+            missing = smtp.model_copy(update={"password_secret": "no-such-block"})
+            with pytest.raises(ValueError, match=r"FRAUD_SMTP_PASSWORD_SECRET.*'no-such-block'"):
+                resolve_password(missing)
+    finally:
+        controller.stop()
+    assert password == SECRET  # the login the server accepted (a wrong one is refused, above)
+    assert delivery.status == "sent" and len(inbox.envelopes) == 1
     assert SECRET not in caplog.text and SECRET not in delivery.model_dump_json()
 
 
