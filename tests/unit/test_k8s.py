@@ -247,12 +247,13 @@ def test_no_secret_values_are_in_the_files_only_secret_names(documents, job_temp
                 assert not re.search(r"PASSWORD|TOKEN|AUTH|KEY", variable["name"]), name
     config = _one(documents, "ConfigMap", "fraud-pipeline")["data"]
     assert not [key for key in config if re.search(r"PASSWORD|TOKEN|AUTH_STRING|KEY$", key)]
-    assert secret_refs == {"fraud-pipeline-credentials", "fraud-id-hash-key"}
+    assert secret_refs == {"fraud-pipeline-credentials", "fraud-id-hash-key", "fraud-api-keys"}
     bento = _one(documents, "Deployment", "fraud-detector")["spec"]["template"]["spec"]
     bento_refs = {s["secretRef"]["name"] for s in bento["containers"][0].get("envFrom", [])}
-    assert bento_refs == {"fraud-id-hash-key"}  # the bento gets the hash key and nothing else
+    # the bento gets the id hash key and its API keys, nothing else
+    assert bento_refs == {"fraud-id-hash-key", "fraud-api-keys"}
     readme = (ROOT / "deploy" / "k8s" / "README.md").read_text()
-    assert "fraud-pipeline-credentials" in readme
+    assert "fraud-pipeline-credentials" in readme and "fraud-api-keys" in readme
     for key in ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "FRAUD_SMTP_PASSWORD"):
         assert key in readme
 
