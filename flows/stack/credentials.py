@@ -53,6 +53,7 @@ def ensure_tls(config: ProductionConfig) -> bool:
 
 PREFECT_USER = "fraud"
 PREFECT_PROFILE = "fraud-production"
+MLFLOW_AUTH_CACHE_SECONDS = 60  # how long the tracking server trusts a login it verified
 
 
 def prefect_auth_string(config: ProductionConfig) -> str | None:
@@ -119,7 +120,11 @@ def ensure_mlflow_auth(config: ProductionConfig) -> Path:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = postgresql+psycopg2://{pg}/{config.databases[2]}\n"
         f"admin_username = {admin}\nadmin_password = {admin_password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a password check costs ~125 ms of scrypt per request; MLflow caches a verified login
+        # for this long in its one worker (--workers 1), and a password changed through its API
+        # (fraud stack ... mlflow-password rotate) leaves that cache at once
+        f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_SECONDS}\n\n"
         f"[fraud]\nsecret_key = {secret_key}\n"
         f"pipeline_credentials = {config.mlflow_user_file('pipeline')}\n"
         f"reader_credentials = {config.mlflow_user_file('reader')}\ncreators = {pipeline}\n",
