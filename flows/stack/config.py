@@ -28,6 +28,7 @@ SQL_NAME = r"^[a-z_][a-z0-9_]*$"
 C = TypeVar("C", bound=BaseSettings)
 MLFLOW_AUTH_PROVIDER = "fraud-credentials-file"  # flows/registry/mlflow_auth.py (an MLflow plugin)
 MLFLOW_USERS = ("admin", "pipeline", "reader")  # the tracking server's users in the profile
+MLFLOW_AUTH_CACHE_SECONDS = 60  # how long the tracking server trusts a login it verified
 
 
 class StackConfigError(ValueError):

@@ -24,7 +24,7 @@ from pathlib import Path
 from data_contracts.api_keys import KEYS_ENV, new_key, write_key_file
 from flows.serving import tls
 from flows.serving.secrets import BENTO_UID
-from flows.stack.config import MLFLOW_USERS, ProductionConfig
+from flows.stack.config import MLFLOW_AUTH_CACHE_SECONDS, MLFLOW_USERS, ProductionConfig
 
 
 def ensure_api_keys(config: ProductionConfig) -> bool:
@@ -53,7 +53,6 @@ def ensure_tls(config: ProductionConfig) -> bool:
 
 PREFECT_USER = "fraud"
 PREFECT_PROFILE = "fraud-production"
-MLFLOW_AUTH_CACHE_SECONDS = 60  # how long the tracking server trusts a login it verified
 
 
 def prefect_auth_string(config: ProductionConfig) -> str | None:

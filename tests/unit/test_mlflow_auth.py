@@ -42,6 +42,7 @@ def test_the_profile_makes_three_users_and_the_servers_config_once(config):
     mlflow = ini["mlflow"]
     assert mlflow["admin_password"] == users["admin"][1] != "password1234"
     assert mlflow["default_permission"] == "READ"
+    assert mlflow.getint("auth_cache_ttl_seconds") == 60  # no scrypt check on every request
     assert mlflow["database_uri"] == (
         f"postgresql+psycopg2://fraud@127.0.0.1:6543/{config.mlflow_db}_auth"
     )
